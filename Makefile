@@ -1,0 +1,30 @@
+# The two commands a newcomer runs: `make demo` and `make test` (README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DATASET ?= fashion-mnist
+
+.PHONY: demo test install data bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data: install
+	@bash scripts/ensure_data.sh $(DATASET)
+
+checkpoints/fashion_cnn.pt: | install data
+	$(BIN)/python scripts/train_baseline.py --model fashion_cnn --epochs 4 --out $@
+
+demo: install data checkpoints/fashion_cnn.pt
+	$(BIN)/modelzip run recipes/quickstart.yaml
+
+test: install data
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

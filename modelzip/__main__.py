@@ -1,0 +1,3 @@
+from modelzip.cli import main
+
+main()

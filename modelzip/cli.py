@@ -1,0 +1,207 @@
+"""The `modelzip` command. It parses, prints and maps errors to exit codes; no logic.
+
+Heavy modules (torch, onnxruntime) are imported only inside `run`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from modelzip.errors import EXIT_INTERRUPTED, EXIT_RUN_FAILED, GateFailure, ModelzipError
+
+app = typer.Typer(
+    name="modelzip", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Compress PyTorch models with a YAML recipe: prune, finetune, quantize, export to ONNX, report.",
+)
+_state = {"debug": False}
+
+RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file", show_default=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="override a recipe key, e.g. --set passes.0.export.opset=18 (repeatable)")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from modelzip import __version__
+
+        typer.echo(f"modelzip {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _err_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    """Print one clear message (a traceback only with --debug) and pick the exit code."""
+    console = _err_console()
+    if _state["debug"]:
+        console.print(traceback.format_exc(), markup=False)
+    if isinstance(exc, KeyboardInterrupt):
+        console.print("interrupted; finished steps are cached and the next run resumes from them")
+        return typer.Exit(EXIT_INTERRUPTED)
+    if isinstance(exc, ModelzipError):
+        console.print(f"[bold red]error:[/] {exc.format()}" if not isinstance(exc, GateFailure)
+                      else f"[bold red]{exc.format()}[/]")
+        return typer.Exit(exc.exit_code)
+    console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+                  "  this is a bug in modelzip or a plugin; rerun with --debug and report the traceback",
+                  markup=True)
+    return typer.Exit(EXIT_RUN_FAILED)
+
+
+@app.command()
+def run(
+    recipe: RecipeArg,
+    out: Annotated[Optional[Path], typer.Option(help="output directory (default: recipe's `output`)")] = None,
+    set_: SetOpt = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="rerun every step")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the final summary")] = False,
+) -> None:
+    """Run a recipe and write model.onnx, report.json and report.md."""
+    try:
+        if device not in ("auto", "cpu", "cuda"):
+            raise typer.BadParameter(f"expected auto, cpu or cuda, got {device!r}", param_hint="--device")
+        from modelzip.recipe import load_recipe
+
+        parsed = load_recipe(recipe, set_ or ())
+        result = _run(parsed, out, no_cache, device, quiet)
+        _print_run(result, quiet)
+        if result.failed_gates:
+            raise GateFailure(result.failed_gates)
+    except (typer.Exit, typer.BadParameter):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
+        raise _fail(exc) from None
+
+
+def _run(recipe, out, no_cache: bool, device: str, quiet: bool):
+    from modelzip.console import RichUI
+    from modelzip.pipeline import RunOptions, run_recipe
+
+    options = RunOptions(out=out, use_cache=not no_cache, device=device, ui=RichUI(quiet=quiet))
+    return run_recipe(recipe, options)
+
+
+def _print_run(result, quiet: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from modelzip import report as rep
+
+    console = Console(highlight=False)
+    data = result.report
+    if not quiet:
+        for title, header, rows in (("steps", rep.SUMMARY_HEADER, rep.summary_rows(data)),
+                                    ("latency (onnxruntime CPU)", rep.LATENCY_HEADER, rep.latency_rows(data))):
+            if rows:
+                table = Table(*header, title=title, title_justify="left")
+                for row in rows:
+                    table.add_row(*row)
+                console.print(table)
+    final, ratios = data["final"], data["final"]["ratios"]
+    speed = f", {ratios['speedup']:.2f}x speedup" if "speedup" in ratios else ""
+    console.print(f"{data['status']}: accuracy {100 * final['accuracy']:.2f}% "
+                  f"({100 * ratios['accuracy_delta']:+.2f} pp), {ratios['size']:.2f}x smaller{speed} -> "
+                  f"{result.output_dir / 'model.onnx'}, report.json, report.md")
+
+
+@app.command()
+def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
+    """Check a recipe against the schema and the installed passes, loading no model or data."""
+    try:
+        from modelzip.recipe import load_recipe
+
+        parsed = load_recipe(recipe, set_ or ())
+    except BaseException as exc:  # noqa: BLE001
+        raise _fail(exc) from None
+    chain = " -> ".join(step.name for step in parsed.passes) or "(no passes)"
+    typer.echo(f"{recipe}: valid ({len(parsed.passes)} passes: {chain})")
+
+
+@app.command()
+def passes() -> None:
+    """List installed passes with a one-line summary."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from modelzip.errors import PluginError
+    from modelzip.registry import default_registry
+
+    registry = default_registry()
+    table = Table("pass", "takes", "summary")
+    for name in registry.names():
+        try:
+            cls = registry.get(name)
+            table.add_row(name, "/".join(cls.consumes), cls.summary)
+        except PluginError as exc:
+            table.add_row(name, "?", f"[red]broken plugin: {exc.what}[/]")
+    Console().print(table)
+
+
+@app.command()
+def explain(name: Annotated[str, typer.Argument(help="pass name, e.g. export")]) -> None:
+    """Show a pass's parameters: type, default, allowed values and help."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from modelzip.errors import InputError
+    from modelzip.registry import default_registry
+
+    try:
+        registry = default_registry()
+        if name not in registry:
+            hint = registry.suggest(name)
+            raise InputError(f"unknown pass {name!r}", got=name, expected=", ".join(registry.names()),
+                             fix=hint or "run `modelzip passes`")
+        cls = registry.get(name)
+    except BaseException as exc:  # noqa: BLE001
+        raise _fail(exc) from None
+    console = Console(highlight=False)
+    console.print(f"[bold]{name}[/] (takes {'/'.join(cls.consumes)}): {cls.summary}")
+    table = Table("parameter", "type", "default", "allowed", "help")
+    for param, spec in _parameters(cls.Config):
+        table.add_row(param, *spec)
+    console.print(table)
+
+
+def _parameters(config_cls):
+    from modelzip.schema_text import describe_fields
+
+    return describe_fields(config_cls)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of recipes (for yaml-language-server and editors)."""
+    from modelzip.recipe import recipe_json_schema
+
+    try:
+        typer.echo(json.dumps(recipe_json_schema(), indent=2))
+    except BaseException as exc:  # noqa: BLE001
+        raise _fail(exc) from None
+
+
+def main() -> None:
+    app(prog_name="modelzip")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

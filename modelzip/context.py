@@ -1,0 +1,48 @@
+"""What a pass receives besides its artifact and config."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from modelzip.artifacts import Artifact
+    from modelzip.console import UI
+    from modelzip.recipe import Recipe
+    from modelzip.sources.data import DataBundle
+
+
+@dataclass
+class PassContext:
+    """Device, data, scratch directory, logging and a place to record report details.
+
+    ``work_dir`` is a fresh directory that becomes the step's cache entry: write
+    files a pass produces (an ONNX file, say) there.
+    """
+
+    step: int
+    pass_name: str
+    work_dir: Path
+    seed: int
+    device: str
+    recipe: Recipe
+    ui: UI
+    baseline: Artifact  # the model as it entered the pipeline
+    load_data: Callable[[], DataBundle]
+    build_module: Callable[[], Any]  # a fresh, untrained architecture from model.source
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data(self) -> DataBundle:
+        return self.load_data()
+
+    def record(self, **items: Any) -> None:
+        """Add JSON-serializable facts to this step's entry in the report."""
+        self.details.update(items)
+
+    def log(self, message: str) -> None:
+        self.ui.log(f"  [{self.pass_name}] {message}")
+
+    def track(self, total: int, description: str):
+        return self.ui.track(total, description)

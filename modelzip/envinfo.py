@@ -1,0 +1,104 @@
+"""What machine and software a report's numbers were measured on.
+
+Latency and int8 speed-ups depend on the CPU (VNNI/AMX make int8 fast; without
+them int8 can be slower than fp32) and on library versions, so every report
+carries this block. Versions come from package metadata: no torch import.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+from pathlib import Path
+
+# The instruction-set extensions that decide how fast fp32 and int8 kernels run.
+RELEVANT_CPU_FLAGS = (
+    "avx",
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512bw",
+    "avx_vnni",
+    "amx_int8",
+    "fma",
+    "sse4_2",
+    "neon",
+)
+# CPUs with any of these have int8 dot-product instructions ORT's int8 kernels use.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+_PACKAGES = ("modelzip", "torch", "torchvision", "onnx", "onnxruntime")
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+def environment(threads: int) -> dict:
+    """A JSON-ready description of this machine; ``threads`` is what latency used."""
+    flags = cpu_flags()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **{name: package_version(name) for name in _PACKAGES},
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": flags,
+        "vnni": any(flag in flags for flag in VNNI_FLAGS),
+        "threads": threads,
+        "ort_providers": _ort_providers(),
+    }
+
+
+def package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, e.g. 'AMD EPYC 9R14'; platform's guess elsewhere."""
+    for key, value in _cpuinfo_fields():
+        if key == "model name":
+            return value
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The RELEVANT_CPU_FLAGS this CPU reports, in that order."""
+    present: set[str] = set()
+    for key, value in _cpuinfo_fields():
+        # x86 lists "flags"; arm64 lists "Features", where NEON is called "asimd".
+        if key in ("flags", "Features"):
+            present.update(value.split())
+    if "asimd" in present or platform.machine().lower() in ("arm64", "aarch64"):
+        present.add("neon")  # NEON is mandatory on arm64 (macOS has no /proc/cpuinfo)
+    return [flag for flag in RELEVANT_CPU_FLAGS if flag in present]
+
+
+def _cpuinfo_fields() -> list[tuple[str, str]]:
+    """(key, value) lines of /proc/cpuinfo for the first CPU; empty where absent."""
+    try:
+        text = _CPUINFO.read_text(errors="replace")
+    except OSError:
+        return []
+    fields = []
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, separator, value = line.partition(":")
+        if separator:
+            fields.append((key.strip(), value.strip()))
+    return fields
+
+
+def _ort_providers() -> list[str]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    return list(onnxruntime.get_available_providers())
+
+
+if __name__ == "__main__":  # handy when filing a latency bug: python -m modelzip.envinfo
+    import json
+
+    json.dump(environment(threads=os.cpu_count() or 1), sys.stdout, indent=2)
+    print()

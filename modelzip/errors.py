@@ -1,0 +1,142 @@
+"""One hierarchy of errors; the CLI alone maps each class to an exit code.
+
+Every error carries data (what / where / got / expected / fix) so tests can
+assert on fields and the CLI can print one actionable message, never a
+traceback, for a mistake of the user's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Documented in README.md ("Exit codes"); tests/test_cli_exit_codes.py pins them.
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_INVALID_INPUT = 2
+EXIT_RUN_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+class ModelzipError(Exception):
+    """Base class. Subclasses set ``exit_code``."""
+
+    exit_code = EXIT_RUN_FAILED
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        where: str | None = None,
+        got: object = None,
+        expected: object = None,
+        fix: str | None = None,
+    ) -> None:
+        self.what = what
+        self.where = where
+        self.got = got
+        self.expected = expected
+        self.fix = fix
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        lines = [self.what if self.where is None else f"{self.where}: {self.what}"]
+        if self.got is not None:
+            lines.append(f"  got:      {self.got}")
+        if self.expected is not None:
+            lines.append(f"  expected: {self.expected}")
+        if self.fix:
+            lines.append(f"  fix:      {self.fix}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RecipeProblem:
+    """One mistake in a recipe, located by key path and YAML line."""
+
+    path: str  # e.g. "passes[0].export.opset"
+    line: int | None  # 1-based; None when the key is absent from the file
+    message: str
+    suggestion: str | None = None
+    source: str = "recipe"  # "recipe" or "--set"
+
+    def format(self) -> str:
+        where = self.path or "<recipe>"
+        if self.source == "--set":
+            where += " (from --set)"
+        elif self.line is not None:
+            where += f" (line {self.line})"
+        text = f"{where}: {self.message}"
+        if self.suggestion:
+            text += f"; {self.suggestion}"
+        return text
+
+
+class RecipeError(ModelzipError):
+    """The recipe (or a --set override) is invalid. Carries every problem found."""
+
+    exit_code = EXIT_INVALID_INPUT
+
+    def __init__(self, problems: list[RecipeProblem], *, file: str | None = None) -> None:
+        self.problems = list(problems)
+        self.file = file
+        count = len(self.problems)
+        head = f"{count} problem{'s' if count != 1 else ''} in recipe"
+        body = "\n".join(f"  - {p.format()}" for p in self.problems)
+        super().__init__(
+            f"{head}:\n{body}",
+            where=file,
+            fix="edit the recipe; `modelzip explain PASS` lists a pass's parameters",
+        )
+
+
+class InputError(ModelzipError):
+    """A file, model, checkpoint or dataset the recipe names is missing or does not fit."""
+
+    exit_code = EXIT_INVALID_INPUT
+
+
+class PluginError(ModelzipError):
+    """A pass plugin is malformed (bad name, bad config class, duplicate, import failure)."""
+
+    exit_code = EXIT_INVALID_INPUT
+
+    def __init__(self, what: str, *, plugin: str, **kwargs: object) -> None:
+        self.plugin = plugin
+        super().__init__(what, where=f"plugin {plugin!r}", **kwargs)  # type: ignore[arg-type]
+
+
+class PassError(ModelzipError):
+    """A pass failed at run time."""
+
+    exit_code = EXIT_RUN_FAILED
+
+    def __init__(self, what: str, *, pass_name: str, step: int | None = None, **kwargs: object) -> None:
+        self.pass_name = pass_name
+        self.step = step
+        where = f"passes[{step}].{pass_name}" if step is not None else pass_name
+        super().__init__(what, where=where, **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    passed: bool
+    got: float | None
+    expected: str
+
+    def format(self) -> str:
+        got = "n/a" if self.got is None else f"{self.got:.4g}"
+        return f"{self.name}: got {got}, expected {self.expected}"
+
+
+class GateFailure(ModelzipError):
+    """The run finished and wrote its report, but one or more gates failed."""
+
+    exit_code = EXIT_GATE_FAILED
+
+    def __init__(self, failures: list[GateResult]) -> None:
+        self.failures = list(failures)
+        lines = "\n".join(f"  - {g.format()}" for g in self.failures)
+        super().__init__(
+            f"{len(self.failures)} gate(s) failed:\n{lines}",
+            fix="relax the gate in `gates:` or change the passes (see report.md)",
+        )

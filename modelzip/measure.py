@@ -1,0 +1,116 @@
+"""What the pipeline measures on artifacts: accuracy, size, MACs, latency.
+
+Accuracy and static figures are cached per (artifact id, data spec); latency is
+measured afresh on every run, baseline and final interleaved so drift cancels.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from modelzip.cache import StepCache, content_key
+from modelzip.console import UI
+from modelzip.recipe import Recipe
+from modelzip.report import latency_verdict
+
+
+class Measurer:
+    def __init__(self, recipe: Recipe, cache: StepCache, data: Callable[[], Any], ui: UI) -> None:
+        self.recipe = recipe
+        self.cache = cache
+        self._data = data
+        self.ui = ui
+        self.threads = recipe.evaluation.threads or os.cpu_count() or 1
+
+    def metrics(self, artifact) -> dict[str, Any]:
+        """Accuracy on the eval split plus parameters, MACs and size (cached)."""
+        key = content_key(artifact=artifact.id, data=self.recipe.data.model_dump(mode="json"),
+                          seed=self.recipe.seed, what="metrics")
+        found = self.cache.load_metrics(key)
+        if found is not None:
+            return found
+        measured = self._torch_metrics(artifact) if artifact.kind == "torch" else self._onnx_metrics(artifact)
+        self.cache.save_metrics(key, measured)
+        return measured
+
+    def _accuracy(self, evaluate, backend: str) -> dict[str, Any]:
+        data = self._data()
+        total = len(data.eval)
+        with self.ui.track(total, f"accuracy ({backend}, {total} images)") as advance:
+            accuracy = evaluate(data.batches("eval"), progress=advance)
+        return {"accuracy": accuracy, "accuracy_backend": backend, "eval_samples": total}
+
+    def _torch_metrics(self, artifact) -> dict[str, Any]:
+        from modelzip import evaluation as ev
+
+        total, nonzero = ev.count_params(artifact.module)
+        return {**self._accuracy(lambda b, progress: ev.torch_accuracy(artifact.module, b, progress=progress),
+                                 "torch"),
+                "params_total": total, "params_nonzero": nonzero,
+                "macs": ev.torch_macs(artifact.module, artifact.input_shape),
+                "size_bytes": ev.state_dict_bytes(artifact.module)}
+
+    def _onnx_metrics(self, artifact) -> dict[str, Any]:
+        from modelzip import evaluation as ev
+
+        path = Path(artifact.path)
+        total, nonzero = ev.onnx_param_counts(path)
+        evaluate = lambda b, progress: ev.onnx_accuracy(path, b, threads=self.threads, progress=progress)  # noqa: E731
+        return {**self._accuracy(evaluate, "onnxruntime"),
+                "params_total": total, "params_nonzero": nonzero, "macs": ev.onnx_macs(path),
+                "size_bytes": path.stat().st_size, "zip_bytes": ev.zip_bytes(path)}
+
+    def final(self, final_path: Path, baseline_path: Path) -> dict[str, Any]:
+        """Sizes and latency of the final ONNX against the fp32 baseline ONNX."""
+        from modelzip import evaluation as ev
+
+        sizes = {"size_bytes": final_path.stat().st_size, "zip_bytes": ev.zip_bytes(final_path),
+                 "baseline_size_bytes": baseline_path.stat().st_size,
+                 "baseline_zip_bytes": ev.zip_bytes(baseline_path)}
+        latency = self.latency(final_path, baseline_path) if self.recipe.evaluation.latency else None
+        return {**sizes, "latency": latency, "threads": self.threads}
+
+    def latency(self, final_path: Path, baseline_path: Path) -> dict[str, Any]:
+        from modelzip.evaluation import measure_latency
+
+        settings = self.recipe.evaluation
+        shape = tuple(self.recipe.model.input_shape)
+        results: dict[str, Any] = {}
+        for batch in sorted({1, self.recipe.data.batch_size}):
+            with self.ui.track(2, f"latency at batch {batch}"):
+                measured = measure_latency({"baseline": baseline_path, "final": final_path}, shape, batch,
+                                           threads=self.threads, warmup=settings.warmup,
+                                           repeats=settings.repeats, seed=self.recipe.seed)
+            pair = {name: _latency_json(lat) for name, lat in measured.items()}
+            pair["verdict"] = latency_verdict(pair["baseline"], pair["final"])
+            results[f"batch_{batch}"] = pair
+        return results
+
+    def environment(self) -> dict[str, Any]:
+        from modelzip.envinfo import environment
+
+        return environment(self.threads)
+
+
+def _latency_json(latency) -> dict[str, Any]:
+    return {"batch": latency.batch, "median_ms": round(latency.median_ms, 4),
+            "p90_ms": round(latency.p90_ms, 4), "mean_ms": round(latency.mean_ms, 4),
+            "runs": latency.runs, "threads": latency.threads}
+
+
+def ratios(final: dict[str, Any], baseline: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """Final vs the fp32 baseline ONNX measured in the same run (>1 means better)."""
+    out: dict[str, Any] = {
+        "size": final["baseline_size_bytes"] / final["size_bytes"],
+        "zip_size": final["baseline_zip_bytes"] / final["zip_bytes"],
+        "accuracy_delta": final["accuracy"] - baseline["torch"]["accuracy"],
+        "accuracy_delta_vs_onnx": final["accuracy"] - baseline["onnx"]["accuracy"],
+    }
+    latency = final.get("latency")
+    if latency:
+        for batch_key, pair in latency.items():
+            out[f"speedup_{batch_key}"] = pair["baseline"]["median_ms"] / pair["final"]["median_ms"]
+        out["speedup"] = out[f"speedup_batch_{batch_size}"]
+    return out

@@ -1,0 +1,131 @@
+"""Torch -> ONNX export and the checks every exported file must pass."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modelzip.errors import PassError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: Path, *, opset: int,
+                exporter: str, dynamic_batch: bool, pass_name: str, step: int | None) -> None:
+    """Export ``module`` (in eval mode, on CPU) and run onnx.checker's full check."""
+    import onnx
+
+    module = copy.deepcopy(module).cpu().eval()  # never mutate the caller's module
+    example = (torch.zeros(input_shape),)
+    try:
+        with _quiet():
+            _export(module, example, path, opset, exporter, dynamic_batch)
+    except Exception as exc:  # exporters raise many types; the message names the op/layer
+        raise PassError(
+            f"ONNX export failed: {type(exc).__name__}: {_first_lines(exc)}", pass_name=pass_name,
+            step=step, fix="try `exporter: torchscript` (or dynamo), or another `opset`; "
+                           "run with --debug for the full trace") from exc
+    _strip_debug_metadata(path)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise PassError(f"the exported ONNX fails onnx.checker: {_first_lines(exc)}",
+                        pass_name=pass_name, step=step) from exc
+
+
+def _strip_debug_metadata(path: Path) -> None:
+    """Drop the dynamo exporter's per-node debug metadata (stack traces, FX nodes).
+
+    It is not part of the model but doubles a small file's size, which would skew every size
+    ratio. The node -> module mapping is kept beside the file (node_modules.json) for passes
+    that select nodes by module name.
+    """
+    import json
+
+    import onnx
+
+    model = onnx.load(str(path))
+    mapping = {}
+    for node in model.graph.node:
+        scopes = [p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"]
+        if scopes and node.name:
+            mapping[node.name] = ".".join(s for s in json.loads(scopes[0].replace("'", '"')) if s)
+        del node.metadata_props[:]
+        node.doc_string = ""
+    for info in model.graph.value_info:
+        del info.metadata_props[:]
+    onnx.save(model, str(path))
+    (path.parent / "node_modules.json").write_text(json.dumps(mapping, indent=1))
+
+
+def _export(module, example, path: Path, opset: int, exporter: str, dynamic_batch: bool) -> None:
+    names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": opset}
+    if exporter == "dynamo":
+        dynamic = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+        program = torch.onnx.export(module, example, dynamo=True, dynamic_shapes=dynamic,
+                                    optimize=True, verbose=False, **names)
+        program.save(str(path), external_data=False)
+    else:
+        axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+        torch.onnx.export(module, example, str(path), dynamo=False, dynamic_axes=axes, **names)
+
+
+_CHATTY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress, version-conversion notes and deprecation chatter to
+    stdout, warnings and loggers; keep the run's output clean (errors still raise)."""
+    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def _first_lines(exc: BaseException, n: int = 3) -> str:
+    return " ".join(str(exc).strip().splitlines()[:n])
+
+
+def check_parity(module: torch.nn.Module, path: Path, images: torch.Tensor, *, atol: float,
+                 rtol: float, pass_name: str, step: int | None) -> dict[str, Any]:
+    """Compare torch and onnxruntime outputs on the same inputs; raise if out of tolerance."""
+    from modelzip.evaluation import onnx_outputs
+
+    module = module.eval()
+    with torch.no_grad():
+        expected = module(images).detach().cpu().numpy()
+    got = onnx_outputs(path, images.numpy())
+    diff = np.abs(expected - got)
+    bound = atol + rtol * np.abs(expected)
+    report = {
+        "samples": int(images.shape[0]),
+        "max_abs_diff": float(diff.max()),
+        "atol": atol,
+        "rtol": rtol,
+        "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean()),
+    }
+    if not bool((diff <= bound).all()):
+        worst = np.unravel_index(np.argmax(diff - bound), diff.shape)
+        raise PassError(
+            "torch and onnxruntime outputs disagree beyond the tolerance",
+            pass_name=pass_name, step=step,
+            got=f"max |diff| {report['max_abs_diff']:.3g} (worst at sample {worst[0]}, output {worst[1]})",
+            expected=f"|diff| <= {atol} + {rtol}*|torch|",
+            fix="raise parity_atol/parity_rtol if the difference is benign, or try the other exporter")
+    return report

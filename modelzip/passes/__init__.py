@@ -1,0 +1,1 @@
+"""Built-in passes, one module each, registered in pyproject.toml like any plugin."""

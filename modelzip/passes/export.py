@@ -1,0 +1,63 @@
+"""export: torch module -> ONNX, checked by onnx.checker and by parity with torch."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from modelzip.plugin import Pass, PassConfig
+
+
+class ExportConfig(PassConfig):
+    opset: int = Field(
+        18, ge=17, le=23,
+        description="ONNX opset; 18 is the dynamo exporter's native one (17 is converted down)")
+    exporter: Literal["dynamo", "torchscript"] = Field(
+        "dynamo", description="torch.export-based exporter, or the legacy TorchScript one")
+    dynamic_batch: bool = Field(True, description="make the batch axis dynamic")
+    parity_samples: int = Field(64, ge=1, le=4096, description="real images compared torch vs ORT")
+    parity_atol: float = Field(1e-4, gt=0, description="absolute tolerance on logits")
+    parity_rtol: float = Field(1e-3, ge=0, description="relative tolerance on logits")
+
+    @model_validator(mode="after")
+    def _dynamo_opset(self) -> ExportConfig:
+        if self.exporter == "torchscript" and self.opset > 20:
+            raise ValueError("the torchscript exporter supports opset <= 20; use exporter: dynamo")
+        return self
+
+
+class ExportPass(Pass):
+    name = "export"
+    summary = "Export the torch model to ONNX, check it, and verify parity in onnxruntime"
+    Config = ExportConfig
+    consumes = ("torch",)
+    produces = "onnx"
+
+    def run(self, artifact, config: ExportConfig, ctx):
+        from modelzip.onnx_export import check_parity, export_onnx
+
+        path = ctx.work_dir / "model.onnx"
+        export_onnx(artifact.module, artifact.input_shape, path, opset=config.opset,
+                    exporter=config.exporter, dynamic_batch=config.dynamic_batch,
+                    pass_name=self.name, step=ctx.step)
+        sample = _parity_inputs(ctx, artifact.input_shape, config)
+        parity = check_parity(artifact.module, path, sample, atol=config.parity_atol,
+                              rtol=config.parity_rtol, pass_name=self.name, step=ctx.step)
+        ctx.record(opset=config.opset, exporter=config.exporter, parity=parity)
+        return artifact.evolve(kind="onnx", path=path, module=None)
+
+
+def _parity_inputs(ctx, input_shape, config: ExportConfig):
+    """Real images when the recipe has data (random ones can hide saturation issues)."""
+    import torch
+
+    data = ctx.data
+    subset = data.calibration(config.parity_samples, seed=ctx.seed)
+    batch = next(iter(data.loader(subset, config.parity_samples)), None)
+    if batch is None:  # no training data: fall back to a seeded random batch
+        generator = torch.Generator().manual_seed(ctx.seed)
+        return torch.randn((config.parity_samples, *input_shape[1:]), generator=generator)
+    images = batch[0]
+    if not config.dynamic_batch:
+        images = images[: input_shape[0]]
+    return images

@@ -1,0 +1,221 @@
+"""Runs a recipe: load the input model, measure the baseline, run each pass
+through the cache, measure the final ONNX, check gates, write the report.
+
+Passes only transform artifacts; everything else (caching, lineage,
+evaluation, reporting) happens here.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modelzip import artifacts as art
+from modelzip.atomic import copy_file
+from modelzip.cache import StepCache, content_key
+from modelzip.console import UI, SilentUI
+from modelzip.context import PassContext
+from modelzip.errors import GateResult, ModelzipError, PassError
+from modelzip.gates import check_gates
+from modelzip.measure import Measurer, ratios
+from modelzip.recipe import PassStep, Recipe
+from modelzip.registry import PassRegistry, default_registry
+from modelzip.report import build_report, write_report
+
+
+@dataclass
+class RunOptions:
+    out: Path | None = None  # overrides recipe.output
+    use_cache: bool = True
+    device: str = "auto"  # auto | cpu | cuda
+    ui: UI = field(default_factory=SilentUI)
+    registry: PassRegistry | None = None
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    report: dict[str, Any]
+    gates: list[GateResult]
+
+    @property
+    def failed_gates(self) -> list[GateResult]:
+        return [g for g in self.gates if not g.passed]
+
+
+def run_recipe(recipe: Recipe, options: RunOptions | None = None) -> RunResult:
+    return _Runner(recipe, options or RunOptions()).run()
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        from modelzip.errors import InputError
+
+        raise InputError("--device cuda was requested but CUDA is not available", got="cuda",
+                         expected="auto or cpu on this machine", fix="use --device auto")
+    return requested
+
+
+class _Runner:
+    def __init__(self, recipe: Recipe, options: RunOptions) -> None:
+        self.recipe = recipe
+        self.options = options
+        self.ui = options.ui
+        self.registry = options.registry or default_registry()
+        self.out = Path(options.out) if options.out else recipe.output_dir
+        cache_root = recipe.resolve(recipe.cache_dir) or self.out / ".cache"
+        self.cache = StepCache(cache_root, enabled=options.use_cache)
+        self.device = resolve_device(options.device)
+        self.executed: set[str] = set()  # keys run in this process: not "cached" in the report
+
+    @cached_property
+    def data(self):
+        from modelzip.sources.data import load_data
+
+        self.ui.log(f"loading data: {self.recipe.data.dataset}")
+        return load_data(self.recipe.data, base_dir=self.recipe.base_dir, seed=self.recipe.seed)
+
+    @cached_property
+    def measurer(self) -> Measurer:
+        return Measurer(self.recipe, self.cache, lambda: self.data, self.ui)
+
+    def build_module(self):
+        from modelzip.sources.models import build_model
+
+        return build_model(self.recipe.model, self.recipe.base_dir)
+
+    def run(self) -> RunResult:
+        started = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._write_resolved_recipe()
+        source = self._load_input()
+        baseline = self._baseline(source)
+        artifact, steps = source, []
+        for index, step in enumerate(self.recipe.passes):
+            artifact, record = self._step(index, step, artifact, baseline_model=source)
+            steps.append(record)
+        if artifact.kind == "torch":  # every run ends in an ONNX file
+            self.ui.log("the last pass left a torch model: exporting it with default settings")
+            implicit = PassStep(name="export", config=self.registry.get("export").Config())
+            artifact, record = self._step(len(steps), implicit, artifact, baseline_model=source)
+            steps.append({**record, "implicit": True})
+        final = self._final(artifact, baseline, steps[-1]["metrics"])
+        gates = check_gates(self.recipe.gates, baseline, final)
+        report = build_report(self.recipe, baseline, steps, final, gates, self.measurer.environment(),
+                              wall_time_s=time.perf_counter() - started)
+        write_report(self.out, report)
+        return RunResult(self.out, report, gates)
+
+    def _write_resolved_recipe(self) -> None:
+        import yaml
+
+        from modelzip.atomic import write_text
+
+        text = yaml.safe_dump(self.recipe.to_data(), sort_keys=False)
+        write_text(self.out / "recipe.resolved.yaml", text)
+
+    def _load_input(self) -> art.Artifact:
+        from modelzip.sources.models import load_input_model, model_fingerprint
+
+        spec = self.recipe.model
+        self.ui.log(f"loading model: {spec.source}" + (f" + {spec.checkpoint}" if spec.checkpoint else ""))
+        module = load_input_model(spec, self.recipe.base_dir)
+        return art.Artifact(kind="torch", input_shape=tuple(spec.input_shape), module=module,
+                            id=model_fingerprint(spec, self.recipe.base_dir))
+
+    def _baseline(self, source: art.Artifact) -> dict[str, Any]:
+        """The input model in torch, and as an fp32 ONNX in onnxruntime (the reference for ratios)."""
+        self.ui.log("measuring the baseline")
+        export = PassStep(name="export", config=self.registry.get("export").Config())
+        onnx_artifact, record = self._step(-1, export, source, baseline_model=source, label="baseline")
+        return {"torch": self.measurer.metrics(source), "onnx": record["metrics"],
+                "onnx_artifact": onnx_artifact, "export": record["details"]}
+
+    def _step(self, index: int, step: PassStep, parent: art.Artifact, *, baseline_model: art.Artifact,
+              label: str | None = None) -> tuple[art.Artifact, dict[str, Any]]:
+        pass_obj = self.registry.get(step.name)()
+        params = step.params()
+        key = content_key(parent=parent.id, pass_name=step.name, params=params,
+                          version=pass_obj.version, seed=self.recipe.seed)
+        entry = self.cache.lookup(key)
+        cached = entry is not None and key not in self.executed
+        if entry is None:
+            self.ui.log(f"[{label or index}] {step.name}: running")
+            entry = self._execute(index, step, pass_obj, parent, key, baseline_model)
+            self.executed.add(key)
+        elif cached:
+            self.ui.log(f"[{label or index}] {step.name}: cached")
+        artifact = art.load_artifact(entry, self.build_module)
+        meta = _read_json(entry / "step.json")
+        record = {"index": index, "pass": step.name, "params": params, "key": key, "cached": cached,
+                  "kind": artifact.kind, "wall_time_s": meta["wall_time_s"], "details": meta["details"],
+                  "metrics": self.measurer.metrics(artifact)}
+        return artifact, record
+
+    def _execute(self, index, step, pass_obj, parent, key, baseline_model) -> Path:
+        with self.cache.store(key) as work_dir:
+            ctx = PassContext(step=index, pass_name=step.name, work_dir=work_dir, seed=self.recipe.seed,
+                              device=self.device, recipe=self.recipe, ui=self.ui, baseline=baseline_model,
+                              load_data=lambda: self.data, build_module=self.build_module)
+            torch.manual_seed(self.recipe.seed + max(index, 0))
+            started = time.perf_counter()
+            produced = _run_pass(pass_obj, parent, step, ctx)
+            wall = time.perf_counter() - started
+            lineage = art.LineageEntry(step.name, step.params(), parent.id, key, wall)
+            produced = produced.evolve(id=key, lineage=parent.lineage + (lineage,))
+            art.save_artifact(produced, work_dir)
+            _write_json(work_dir / "step.json", {"wall_time_s": wall, "details": ctx.details})
+        return self.cache.entry(key)
+
+    def _final(self, artifact: art.Artifact, baseline: dict[str, Any],
+               metrics: dict[str, Any]) -> dict[str, Any]:
+        target = self.out / "model.onnx"
+        copy_file(artifact.path, target)
+        final = {"artifact": "model.onnx", "id": artifact.id, **metrics,
+                 "lineage": [e.to_json() for e in artifact.lineage]}
+        final.update(self.measurer.final(artifact.path, baseline["onnx_artifact"].path))
+        final["ratios"] = ratios(final, baseline, self.recipe.data.batch_size)
+        return final
+
+
+def _run_pass(pass_obj, parent: art.Artifact, step: PassStep, ctx: PassContext) -> art.Artifact:
+    """Run one pass; anything but a modelzip error becomes a PassError naming the step."""
+    try:
+        produced = pass_obj.run(parent, step.config, ctx)
+    except ModelzipError:
+        raise
+    except Exception as exc:
+        raise PassError(f"{type(exc).__name__}: {exc}", pass_name=step.name,
+                        step=ctx.step if ctx.step >= 0 else None,
+                        fix="run again with --debug to see the traceback") from exc
+    if not isinstance(produced, art.Artifact):
+        raise PassError(f"the pass returned {type(produced).__name__}, not an Artifact",
+                        pass_name=step.name, step=ctx.step)
+    return produced
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _write_json(path: Path, data: Any) -> None:
+    import json
+
+    path.write_text(json.dumps(data, indent=1, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (Path, os.PathLike)):
+        return str(value)
+    raise TypeError(f"cannot record {type(value).__name__} in the report")

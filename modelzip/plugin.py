@@ -1,0 +1,49 @@
+"""What a pass plugin implements: a config model and a ``run`` method.
+
+Kept free of torch so that ``modelzip validate``/``passes``/``explain`` can load
+every plugin's config without paying for heavy imports; a pass imports torch,
+onnx or onnxruntime inside ``run``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from modelzip.artifacts import Artifact
+    from modelzip.context import PassContext
+
+ArtifactKind = Literal["torch", "onnx"]
+ARTIFACT_KINDS: tuple[ArtifactKind, ...] = ("torch", "onnx")
+
+
+class PassConfig(BaseModel):
+    """Base of every pass's parameters: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Pass:
+    """Base class of a pass plugin.
+
+    A pass maps (artifact, config, context) to a new artifact. It never writes
+    the report, touches the cache or decides exit codes: the pipeline does.
+    Register it under the entry-point group ``modelzip.passes`` with the same
+    name as ``Pass.name``.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line, shown by `modelzip passes`
+    Config: ClassVar[type[PassConfig]]
+    # Bump when a change in `run` should invalidate cached results.
+    version: ClassVar[str] = "1"
+    consumes: ClassVar[tuple[ArtifactKind, ...]] = ("torch",)
+    produces: ClassVar[ArtifactKind | None] = None  # None: the kind it consumed
+
+    def output_kind(self, input_kind: ArtifactKind, config: PassConfig) -> ArtifactKind:
+        """Kind of artifact this pass returns for ``input_kind`` (used by `validate`)."""
+        return self.produces or input_kind
+
+    def run(self, artifact: Artifact, config: PassConfig, ctx: PassContext) -> Artifact:
+        raise NotImplementedError

@@ -1,0 +1,385 @@
+"""The recipe: typed, validated data, checked in full before any weights load.
+
+``load_recipe`` reports every problem at once, each with its key path, YAML
+line and a did-you-mean where one helps. Pass parameters are validated by the
+pass's own ``Config`` model, found through the plugin registry.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modelzip.errors import InputError, RecipeError, RecipeProblem
+from modelzip.plugin import ArtifactKind, PassConfig
+from modelzip.registry import PassRegistry, default_registry, suggest
+from modelzip.yamlsource import YamlDocument, format_path, parse_yaml
+
+RECIPE_VERSION = 1
+BUILTIN_DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder")
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Section):
+    source: str = Field(description='"torchvision:<name>", "<module>:<callable>" or "modelzip.zoo:<name>"')
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
+    checkpoint: str | None = Field(None, description="state_dict file (.pt/.pth), loaded with weights_only=True")
+    trust_checkpoint: bool = Field(False, description="allow a fully pickled module (runs code from the file)")
+    input_shape: tuple[int, ...] = Field(description="example input, batch first, e.g. [1, 1, 28, 28]")
+    in_channels: int | None = Field(
+        None, ge=1, description="adapt the first convolution to this many input channels"
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, value: str) -> str:
+        if not _CALLABLE.match(value):
+            raise ValueError('expected "torchvision:<name>" or "<module>:<callable>"')
+        return value
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(value) < 2 or any(d < 1 for d in value):
+            raise ValueError("expected at least 2 positive dimensions, batch first")
+        return value
+
+
+class Normalize(Section):
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(s <= 0 for s in value):
+            raise ValueError("every std must be > 0")
+        return value
+
+
+class DataSpec(Section):
+    dataset: str = Field(description=f"one of {', '.join(BUILTIN_DATASETS)} or <module>:<callable>")
+    root: str | None = Field(None, description="dataset directory; default search order in README")
+    download: bool = Field(False, description="allow torchvision to download when absent")
+    batch_size: int = Field(256, ge=1, description="evaluation and default training batch size")
+    limit_train: int | None = Field(None, ge=1, description="use only the first N training images")
+    limit_eval: int | None = Field(None, ge=1, description="use only the first N evaluation images")
+    val_samples: int = Field(5000, ge=0, description="validation subset carved from train")
+    normalize: Normalize | None = Field(None, description="override the dataset's mean/std")
+    image_size: int | None = Field(None, ge=1, description="imagefolder: resize to this square size")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for <module>:<callable>")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value in BUILTIN_DATASETS or _CALLABLE.match(value):
+            return value
+        hint = suggest(value, list(BUILTIN_DATASETS))
+        raise ValueError(
+            f"unknown dataset {value!r}" + (f"; {hint}" if hint else "")
+            + f" (built-in: {', '.join(BUILTIN_DATASETS)}, or <module>:<callable>)"
+        )
+
+
+class Gates(Section):
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="absolute, final vs input model")
+    min_accuracy: float | None = Field(None, ge=0, le=1, description="final top-1 accuracy")
+    min_size_ratio: float | None = Field(None, gt=0, description="fp32 baseline ONNX bytes / final bytes")
+    min_speedup: float | None = Field(None, gt=0, description="ORT latency at data.batch_size, baseline / final")
+
+
+class Evaluation(Section):
+    threads: int | None = Field(None, ge=1, description="ORT intra-op threads for latency (default: all cores)")
+    latency: bool = Field(True, description="measure ORT latency of the baseline and final ONNX")
+    warmup: int = Field(10, ge=0, description="runs discarded before timing")
+    repeats: int = Field(50, ge=3, description="timed runs at batch 1 (fewer at the data batch size)")
+
+
+class PassStep(Section):
+    """One validated entry of ``passes``."""
+
+    name: str
+    config: PassConfig
+
+    def params(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+
+class Recipe(Section):
+    version: Literal[1] = Field(description="recipe format version")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name")
+    seed: int = Field(0, description="seeds data subsets, training and calibration")
+    model: ModelSpec
+    data: DataSpec
+    passes: list[PassStep] = Field(default_factory=list, description="ordered passes, each {name: {params}}")
+    gates: Gates = Field(default_factory=Gates)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    output: str | None = Field(None, description="output directory (default runs/<name>)")
+    cache_dir: str | None = Field(None, description="step cache (default <output>/.cache)")
+    base_dir: Path = Field(Path("."), exclude=True)  # the recipe file's directory
+
+    def resolve(self, path: str | None) -> Path | None:
+        """Resolve a path from the recipe against the recipe file's directory."""
+        if path is None:
+            return None
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.resolve(self.output or f"runs/{self.name}")  # type: ignore[return-value]
+
+    def to_data(self) -> dict[str, Any]:
+        """Plain data with defaults filled in (what `run` writes as recipe.resolved.yaml)."""
+        data = self.model_dump(mode="json", exclude={"passes", "base_dir"})
+        data["passes"] = [{step.name: step.params()} for step in self.passes]
+        return data
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_recipe(
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    registry: PassRegistry | None = None,
+) -> Recipe:
+    """Read, override and validate a recipe file; raise RecipeError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(
+            "recipe file not found", got=str(path), expected="a YAML file", fix="check the path"
+        )
+    return parse_recipe(path.read_text(), base_dir=path.parent, overrides=overrides,
+                        registry=registry, filename=str(path))
+
+
+def parse_recipe(
+    text: str,
+    *,
+    base_dir: Path = Path("."),
+    overrides: list[str] | tuple[str, ...] = (),
+    registry: PassRegistry | None = None,
+    filename: str = "<recipe>",
+) -> Recipe:
+    try:
+        doc = parse_yaml(text, filename=filename)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError([RecipeProblem("", line, f"invalid YAML: {problem}")], file=filename) from exc
+    problems = [RecipeProblem(format_path(p), line, "duplicate key (YAML keeps only the last)")
+                for p, line in doc.duplicates]
+    overridden = _apply_overrides(doc, overrides, problems)
+    validator = _Validator(doc, overridden, registry or default_registry(), problems)
+    recipe = validator.validate(base_dir)
+    if problems or recipe is None:
+        problems.sort(key=lambda p: (p.line is None, p.line or 0, p.path))
+        raise RecipeError(problems, file=filename)
+    return recipe
+
+
+def _apply_overrides(doc: YamlDocument, overrides, problems: list[RecipeProblem]) -> set[tuple]:
+    """Apply ``a.b.0.c=value`` overrides in place; values parse as YAML scalars/lists."""
+    touched: set[tuple] = set()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            problems.append(RecipeProblem(item, None, "expected KEY=VALUE, e.g. passes.0.export.opset=18",
+                                          source="--set"))
+            continue
+        parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        error = _set_path(doc, parts, value)
+        if error:
+            problems.append(RecipeProblem(format_path(tuple(parts)), None, error, source="--set"))
+        else:
+            touched.add(tuple(parts))
+    return touched
+
+
+def _set_path(doc: YamlDocument, parts: list[str | int], value: Any) -> str | None:
+    if not isinstance(doc.data, dict):
+        doc.data = {}
+    node: Any = doc.data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not isinstance(part, int) or not 0 <= part < len(node):
+                return f"no list index {part!r} here (the list has {len(node)} entries)"
+        elif isinstance(node, dict):
+            if isinstance(part, int):
+                part = str(part)
+            if not last and part not in node:
+                node[part] = {}
+        else:
+            return f"cannot set a key inside a {type(node).__name__}"
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and node[part] is None:
+                node[part] = {}
+            node = node[part]
+    return None
+
+
+class _Validator:
+    """Turns raw YAML data into a Recipe, collecting problems instead of stopping."""
+
+    def __init__(self, doc: YamlDocument, overridden: set[tuple], registry: PassRegistry,
+                 problems: list[RecipeProblem]) -> None:
+        self.doc, self.overridden, self.registry, self.problems = doc, overridden, registry, problems
+
+    def problem(self, path: tuple, message: str, suggestion: str | None = None) -> None:
+        source = "--set" if any(path[: len(o)] == o for o in self.overridden) else "recipe"
+        self.problems.append(RecipeProblem(format_path(path), self.doc.line_of(path), message,
+                                           suggestion, source))
+
+    def validate(self, base_dir: Path) -> Recipe | None:
+        data = self.doc.data
+        if not isinstance(data, dict):
+            self.problem((), f"a recipe is a YAML mapping, got {type(data).__name__}")
+            return None
+        if "version" in data and data["version"] != RECIPE_VERSION:
+            self.problem(("version",), f"unsupported recipe version {data['version']!r}",
+                         f"this modelzip reads version {RECIPE_VERSION}")
+            return None
+        steps = self.validate_passes(data.get("passes"))
+        top = {k: v for k, v in data.items() if k != "passes"}
+        try:
+            recipe = Recipe.model_validate({**top, "base_dir": base_dir})
+        except ValidationError as exc:
+            self.add_pydantic(exc, (), Recipe)
+            return None
+        if steps is None:
+            return None
+        return recipe.model_copy(update={"passes": steps})
+
+    def validate_passes(self, raw: Any) -> list[PassStep] | None:
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            self.problem(("passes",), "expected a list of {pass_name: {params}} entries")
+            return None
+        steps: list[PassStep] = []
+        kind: ArtifactKind = "torch"
+        ok = True
+        for index, entry in enumerate(raw):
+            step = self.validate_step(index, entry)
+            if step is None:
+                ok = False
+                continue
+            pass_obj = self.registry.get(step.name)()
+            if kind not in pass_obj.consumes:
+                self.problem(("passes", index, step.name),
+                             f"{step.name!r} takes a {' or '.join(pass_obj.consumes)} model, but the "
+                             f"model is {kind} at this point",
+                             "reorder the passes (export turns torch into onnx)")
+                ok = False
+            else:
+                kind = pass_obj.output_kind(kind, step.config)
+            steps.append(step)
+        return steps if ok else None
+
+    def validate_step(self, index: int, entry: Any) -> PassStep | None:
+        path = ("passes", index)
+        if isinstance(entry, str):
+            entry = {entry: {}}
+        if not isinstance(entry, dict) or len(entry) != 1:
+            self.problem(path, "each pass is a one-key mapping, e.g. `- export: {opset: 17}`")
+            return None
+        (name, params), = entry.items()
+        if not isinstance(name, str) or name not in self.registry:
+            hint = self.registry.suggest(str(name))
+            self.problem(path + (str(name),), f"unknown pass {name!r}",
+                         (hint + " " if hint else "") + f"(available: {', '.join(self.registry.names())})")
+            return None
+        config_cls = self.registry.get(name).Config
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            self.problem(path + (name,), f"pass parameters must be a mapping, got {params!r}")
+            return None
+        try:
+            config = config_cls.model_validate(params)
+        except ValidationError as exc:
+            self.add_pydantic(exc, path + (name,), config_cls)
+            return None
+        return PassStep(name=name, config=config)
+
+    def add_pydantic(self, exc: ValidationError, prefix: tuple, model: type[BaseModel]) -> None:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            if loc and loc[0] == "base_dir":
+                continue
+            path = prefix + loc
+            if err["type"] == "extra_forbidden":
+                valid = _fields_at(model, loc[:-1])
+                hint = suggest(str(loc[-1]), valid)
+                self.problem(path, f"unknown key {loc[-1]!r}",
+                             (hint + " " if hint else "") + f"(valid keys: {', '.join(valid)})")
+            elif err["type"] == "missing":
+                self.problem(path, "missing required key")
+            else:
+                message = err["msg"]
+                message = message[0].lower() + message[1:]
+                if message.startswith("value error, "):
+                    message = message[len("value error, "):]
+                self.problem(path, f"{message}, got {err['input']!r}")
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (nested) model found by following ``loc`` from ``model``."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [n for n in current.model_fields if n != "base_dir"]
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel inside ``X | None`` style annotations, else the annotation."""
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def recipe_json_schema(registry: PassRegistry | None = None) -> dict[str, Any]:
+    """JSON Schema of recipe files, with each registered pass's parameters."""
+    registry = registry or default_registry()
+    schema = Recipe.model_json_schema(mode="validation")
+    schema["properties"].pop("base_dir", None)
+    one_of = []
+    for name in registry.names():
+        config_schema = registry.get(name).Config.model_json_schema()
+        one_of.append({
+            "type": "object",
+            "properties": {name: {"anyOf": [config_schema, {"type": "null"}]}},
+            "required": [name],
+            "additionalProperties": False,
+        })
+    schema["properties"]["passes"] = {"type": "array", "items": {"oneOf": one_of},
+                                      "description": "ordered passes, each {name: {params}}"}
+    schema.get("$defs", {}).pop("PassStep", None)
+    schema.get("$defs", {}).pop("PassConfig", None)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "modelzip recipe"
+    return schema

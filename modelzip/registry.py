@@ -1,0 +1,134 @@
+"""Pass discovery through the ``modelzip.passes`` entry-point group.
+
+Built-in passes are registered in pyproject.toml exactly as a third-party
+package registers its own. A plugin is checked when it is loaded; a malformed
+one raises :class:`PluginError` naming it.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+
+from pydantic import BaseModel
+
+from modelzip.errors import PluginError
+from modelzip.plugin import ARTIFACT_KINDS, Pass, PassConfig
+
+ENTRY_POINT_GROUP = "modelzip.passes"
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def suggest(name: str, choices: list[str]) -> str | None:
+    """A did-you-mean phrase for ``name`` among ``choices`` (None when nothing is close)."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else None
+
+
+@dataclass
+class PassRegistry:
+    """Maps pass names to pass classes, loading entry points on first use."""
+
+    _entry_points: dict[str, list[EntryPoint]] = field(default_factory=dict)
+    _loaded: dict[str, type[Pass]] = field(default_factory=dict)
+
+    @classmethod
+    def from_entry_points(cls) -> PassRegistry:
+        registry = cls()
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            registry._entry_points.setdefault(ep.name, []).append(ep)
+        return registry
+
+    def names(self) -> list[str]:
+        return sorted(set(self._entry_points) | set(self._loaded))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entry_points or name in self._loaded
+
+    def register(self, pass_cls: type[Pass], *, origin: str = "<direct>") -> None:
+        """Register a class directly (tests, notebooks). Same checks as entry points."""
+        verify_pass(pass_cls, getattr(pass_cls, "name", "?"), origin)
+        if pass_cls.name in self and self._loaded.get(pass_cls.name) is not pass_cls:
+            raise PluginError(
+                "a pass with this name is already registered",
+                plugin=pass_cls.name,
+                fix="choose another `name` for the pass",
+            )
+        self._loaded[pass_cls.name] = pass_cls
+
+    def get(self, name: str) -> type[Pass]:
+        """The pass class called ``name``; ``KeyError`` if there is none."""
+        if name in self._loaded:
+            return self._loaded[name]
+        eps = self._entry_points.get(name)
+        if not eps:
+            raise KeyError(name)
+        distinct = {ep.value for ep in eps}
+        if len(distinct) > 1:
+            raise PluginError(
+                "two installed packages register a pass with this name",
+                plugin=name,
+                got=", ".join(sorted(distinct)),
+                fix="uninstall one of them",
+            )
+        pass_cls = _load(eps[0])
+        verify_pass(pass_cls, name, eps[0].value)
+        self._loaded[name] = pass_cls
+        return pass_cls
+
+    def suggest(self, name: str) -> str | None:
+        return suggest(name, self.names())
+
+
+def _load(ep: EntryPoint) -> type[Pass]:
+    try:
+        return ep.load()
+    except Exception as exc:  # any import failure of a third-party module
+        raise PluginError(
+            f"cannot import the pass ({type(exc).__name__}: {exc})",
+            plugin=ep.name,
+            got=ep.value,
+            fix="reinstall the package that provides it, or uninstall it",
+        ) from exc
+
+
+def verify_pass(pass_cls: object, name: str, origin: str) -> None:
+    """Reject malformed plugins at load time, naming what is wrong."""
+
+    def bad(what: str, fix: str) -> PluginError:
+        return PluginError(what, plugin=name, got=origin, fix=fix)
+
+    if not (isinstance(pass_cls, type) and issubclass(pass_cls, Pass)):
+        raise bad("the entry point is not a subclass of modelzip.Pass", "point it at a Pass subclass")
+    if not _NAME.match(name):
+        raise bad("pass names are lower_snake_case", "rename the entry point")
+    if getattr(pass_cls, "name", None) != name:
+        raise bad(
+            f"Pass.name is {getattr(pass_cls, 'name', None)!r} but it is registered as {name!r}",
+            "make the class attribute `name` equal the entry-point name",
+        )
+    config = getattr(pass_cls, "Config", None)
+    if not (isinstance(config, type) and issubclass(config, PassConfig)):
+        raise bad("Pass.Config must be a subclass of modelzip.PassConfig", "derive Config from PassConfig")
+    if issubclass(config, BaseModel) and config.model_config.get("extra") != "forbid":
+        raise bad("Pass.Config must forbid unknown keys", "keep PassConfig's model_config")
+    if not isinstance(getattr(pass_cls, "summary", None), str) or not pass_cls.summary.strip():
+        raise bad("Pass.summary must be a one-line description", "set `summary`")
+    if not pass_cls.consumes or any(k not in ARTIFACT_KINDS for k in pass_cls.consumes):
+        raise bad(f"Pass.consumes must list kinds among {ARTIFACT_KINDS}", "fix `consumes`")
+    if pass_cls.produces is not None and pass_cls.produces not in ARTIFACT_KINDS:
+        raise bad(f"Pass.produces must be one of {ARTIFACT_KINDS} or None", "fix `produces`")
+    if pass_cls.run is Pass.run:
+        raise bad("Pass.run is not implemented", "implement run(artifact, config, ctx)")
+
+
+_DEFAULT: PassRegistry | None = None
+
+
+def default_registry() -> PassRegistry:
+    """The process-wide registry of installed passes (discovered once)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = PassRegistry.from_entry_points()
+    return _DEFAULT

@@ -1,0 +1,144 @@
+"""report.json (stable schema for CI) and report.md (for pull requests).
+
+The schema is documented in docs/report.md; bump REPORT_SCHEMA on breaking changes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from modelzip.atomic import write_text
+from modelzip.errors import GateResult
+from modelzip.recipe import Recipe
+
+REPORT_SCHEMA = "modelzip.report/1"
+
+
+def build_report(recipe: Recipe, baseline: dict[str, Any], steps: list[dict[str, Any]],
+                 final: dict[str, Any], gates: list[GateResult], environment: dict[str, Any],
+                 *, wall_time_s: float) -> dict[str, Any]:
+    failed = [g for g in gates if not g.passed]
+    return {
+        "schema": REPORT_SCHEMA,
+        "status": "gates_failed" if failed else "passed",
+        "recipe": {"name": recipe.name, "resolved": "recipe.resolved.yaml", "seed": recipe.seed},
+        "wall_time_s": round(wall_time_s, 3),
+        "baseline": {"torch": baseline["torch"], "onnx": baseline["onnx"], "export": baseline["export"]},
+        "steps": steps,
+        "final": final,
+        "gates": [{"name": g.name, "passed": g.passed, "got": g.got, "expected": g.expected} for g in gates],
+        "environment": environment,
+    }
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    write_text(out / "report.json", json.dumps(report, indent=2, sort_keys=False) + "\n")
+    write_text(out / "report.md", render_markdown(report))
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _mb(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 1e6:.3f} MB"
+
+
+def _count(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    return f"{n / 1e6:.3f} M" if n >= 1e5 else f"{n:,}"
+
+
+def summary_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per measured artifact: name, backend, accuracy, params (non-zero), MACs, size, time."""
+    rows = []
+    base = report["baseline"]
+    for label, m, wall in (("input model", base["torch"], None), ("baseline fp32 ONNX", base["onnx"], None)):
+        rows.append(_row(label, m, wall, cached=False))
+    for step in report["steps"]:
+        label = f"{step['index']}: {step['pass']}" + (" (implicit)" if step.get("implicit") else "")
+        rows.append(_row(label, step["metrics"], step["wall_time_s"], cached=step["cached"]))
+    return rows
+
+
+def _row(label: str, m: dict[str, Any], wall: float | None, *, cached: bool) -> list[str]:
+    params = f"{_count(m['params_nonzero'])} / {_count(m['params_total'])}"
+    time_s = "" if wall is None else f"{wall:.1f}s" + (" (cached)" if cached else "")
+    return [label, m["accuracy_backend"], _pct(m["accuracy"]), params, _count(m["macs"]),
+            _mb(m["size_bytes"]), time_s]
+
+
+SUMMARY_HEADER = ["artifact", "backend", "accuracy", "params non-zero / total", "MACs", "size", "pass time"]
+
+
+def latency_rows(report: dict[str, Any]) -> list[list[str]]:
+    latency = report["final"].get("latency") or {}
+    rows = []
+    for batch_key, pair in latency.items():
+        b, f = pair["baseline"], pair["final"]
+        speedup = b["median_ms"] / f["median_ms"]
+        rows.append([batch_key.replace("_", " "), f"{b['median_ms']:.3f} / {b['p90_ms']:.3f}",
+                     f"{f['median_ms']:.3f} / {f['p90_ms']:.3f}", f"{speedup:.2f}x {latency_verdict(b, f)}"])
+    return rows
+
+
+def latency_verdict(baseline: dict[str, Any], final: dict[str, Any]) -> str:
+    """'faster'/'SLOWER' only when the difference exceeds the run-to-run spread.
+
+    A median that moves less than the other model's p90 is noise, not a speedup.
+    """
+    if final["p90_ms"] < baseline["median_ms"]:
+        return "faster"
+    if final["median_ms"] > baseline["p90_ms"]:
+        return "SLOWER"
+    return "within noise"
+
+
+LATENCY_HEADER = ["batch", "baseline ms (median / p90)", "final ms (median / p90)", "speedup"]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    final, ratios, env = report["final"], report["final"]["ratios"], report["environment"]
+    status = "✅ passed" if report["status"] == "passed" else "❌ gates failed"
+    parts = [
+        f"# modelzip report: {report['recipe']['name']}",
+        f"**{status}** · final accuracy {_pct(final['accuracy'])} "
+        f"({100 * ratios['accuracy_delta']:+.2f} pp vs input) · "
+        f"size {_mb(final['size_bytes'])} ({ratios['size']:.2f}x smaller, zip {ratios['zip_size']:.2f}x)"
+        + (f" · speedup {ratios['speedup']:.2f}x at batch {_batch(report)}" if "speedup" in ratios else ""),
+        "## Steps", _table(SUMMARY_HEADER, summary_rows(report)),
+    ]
+    if final.get("latency"):
+        parts += ["## Latency (onnxruntime CPU, "
+                  f"{final['threads']} threads, baseline = fp32 ONNX of the input model)",
+                  _table(LATENCY_HEADER, latency_rows(report))]
+    if report["gates"]:
+        gate_rows = [[g["name"], "pass" if g["passed"] else "**FAIL**",
+                      "n/a" if g["got"] is None else f"{g['got']:.4g}", g["expected"]] for g in report["gates"]]
+        parts += ["## Gates", _table(["gate", "result", "got", "expected"], gate_rows)]
+    parts += ["## Environment", _environment_line(env),
+              f"Parity of the baseline export: max |diff| "
+              f"{report['baseline']['export']['parity']['max_abs_diff']:.2e} "
+              f"(tolerance atol {report['baseline']['export']['parity']['atol']}, "
+              f"rtol {report['baseline']['export']['parity']['rtol']})."]
+    return "\n\n".join(parts) + "\n"
+
+
+def _batch(report: dict[str, Any]) -> str:
+    keys = [k for k in (report["final"].get("latency") or {}) if k != "batch_1"]
+    return keys[-1].removeprefix("batch_") if keys else "1"
+
+
+def _environment_line(env: dict[str, Any]) -> str:
+    keys = ("python", "torch", "onnx", "onnxruntime", "modelzip")
+    versions = ", ".join(f"{k} {env.get(k)}" for k in keys if env.get(k))
+    return f"{env.get('cpu_model', 'unknown CPU')} ({env.get('cpu_count')} cores; flags: " \
+           f"{', '.join(env.get('cpu_flags', [])) or 'n/a'}); {versions}."

@@ -1,0 +1,1 @@
+"""Where a run gets its inputs: datasets (and, elsewhere, models)."""

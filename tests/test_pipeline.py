@@ -1,0 +1,231 @@
+"""The pipeline end to end on a tiny model and synthetic data (seconds)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from modelzip import Pass, PassConfig, PassError, load_recipe, run_recipe
+from modelzip.errors import InputError
+from modelzip.pipeline import RunOptions
+from modelzip.registry import PassRegistry
+from modelzip.zoo import tiny_cnn
+
+TINY = """
+version: 1
+name: tiny
+seed: 0
+model:
+  source: modelzip.zoo:tiny_cnn
+  args: {num_classes: 4}
+  checkpoint: tiny.pt
+  input_shape: [1, 1, 28, 28]
+data:
+  dataset: modelzip.testing:synthetic_dataset
+  args: {train: 256, eval: 128}
+  batch_size: 64
+  val_samples: 32
+passes:
+  - export: {}
+evaluation: {warmup: 1, repeats: 5}
+output: out
+"""
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, recipe_file):
+    torch.manual_seed(0)
+    torch.save(tiny_cnn(num_classes=4).state_dict(), tmp_path / "tiny.pt")
+    return recipe_file(TINY)
+
+
+def test_export_recipe_writes_artifacts_and_report(tiny_recipe):
+    result = run_recipe(load_recipe(tiny_recipe))
+    out = result.output_dir
+    for name in ("model.onnx", "report.json", "report.md", "recipe.resolved.yaml"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema"] == "modelzip.report/1" and report["status"] == "passed"
+    step = report["steps"][0]
+    assert step["pass"] == "export" and step["kind"] == "onnx" and not step["cached"]
+    parity = step["details"]["parity"]
+    assert parity["max_abs_diff"] <= parity["atol"] + 1e-3 and parity["top1_agreement"] == 1.0
+    # Export changes nothing: same accuracy in ORT as in torch, same MACs.
+    assert step["metrics"]["accuracy"] == pytest.approx(report["baseline"]["torch"]["accuracy"], abs=1e-9)
+    assert step["metrics"]["macs"] == report["baseline"]["torch"]["macs"]
+    final = report["final"]
+    assert final["ratios"]["size"] == pytest.approx(1.0)  # the baseline export is this very step
+    assert set(final["latency"]) == {"batch_1", "batch_64"}
+    assert final["latency"]["batch_1"]["final"]["median_ms"] > 0
+    assert report["environment"]["threads"] == final["threads"]
+
+
+def test_second_run_reuses_every_step(tiny_recipe):
+    recipe = load_recipe(tiny_recipe)
+    first = run_recipe(recipe)
+    second = run_recipe(recipe)
+    assert [s["cached"] for s in second.report["steps"]] == [True]
+    assert second.report["steps"][0]["key"] == first.report["steps"][0]["key"]
+    forced = run_recipe(recipe, RunOptions(use_cache=False))
+    assert [s["cached"] for s in forced.report["steps"]] == [False]
+
+
+class TagConfig(PassConfig):
+    tag: str = "x"
+    fail: bool = False
+
+
+class TagPass(Pass):
+    """Throwaway plugin: records its tag, optionally fails, returns the model unchanged."""
+
+    name = "tag"
+    summary = "test pass"
+    Config = TagConfig
+    runs: list[str] = []
+
+    def run(self, artifact, config, ctx):
+        TagPass.runs.append(config.tag)
+        if config.fail:
+            raise RuntimeError("boom")
+        ctx.record(tag=config.tag)
+        return artifact.evolve(module=artifact.module)
+
+
+@pytest.fixture
+def registry():
+    TagPass.runs = []
+    reg = PassRegistry.from_entry_points()
+    reg.register(TagPass)
+    return reg
+
+
+def _with_passes(path, passes: str):
+    path.write_text(path.read_text().replace("  - export: {}\n", passes))
+    return path
+
+
+def test_changing_pass_k_reruns_from_k(tiny_recipe, registry):
+    _with_passes(tiny_recipe, "  - tag: {tag: a}\n  - tag: {tag: b}\n  - export: {}\n")
+    run_recipe(load_recipe(tiny_recipe, registry=registry), RunOptions(registry=registry))
+    assert TagPass.runs == ["a", "b"]
+    TagPass.runs = []
+    recipe = load_recipe(tiny_recipe, ["passes.1.tag.tag=c"], registry=registry)
+    result = run_recipe(recipe, RunOptions(registry=registry))
+    assert TagPass.runs == ["c"]
+    assert [s["cached"] for s in result.report["steps"]] == [True, False, False]
+    assert result.report["steps"][1]["details"] == {"tag": "c"}
+
+
+def test_failed_pass_keeps_finished_steps_and_writes_no_artifact(tiny_recipe, registry):
+    _with_passes(tiny_recipe, "  - tag: {tag: a}\n  - tag: {tag: b, fail: true}\n  - export: {}\n")
+    recipe = load_recipe(tiny_recipe, registry=registry)
+    with pytest.raises(PassError) as info:
+        run_recipe(recipe, RunOptions(registry=registry))
+    assert info.value.pass_name == "tag" and info.value.step == 1 and info.value.exit_code == 3
+    assert not (recipe.output_dir / "model.onnx").exists()
+    leftovers = [p for p in (recipe.output_dir / ".cache" / "steps").iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+    TagPass.runs = []
+    fixed = load_recipe(tiny_recipe, ["passes.1.tag.fail=false"], registry=registry)
+    result = run_recipe(fixed, RunOptions(registry=registry))
+    assert TagPass.runs == ["b"]  # step 0 resumed from the cache
+    assert result.report["steps"][0]["cached"]
+
+
+def test_torch_final_artifact_is_exported_implicitly(tiny_recipe, registry):
+    _with_passes(tiny_recipe, "  - tag: {}\n")
+    result = run_recipe(load_recipe(tiny_recipe, registry=registry), RunOptions(registry=registry))
+    assert result.report["steps"][-1]["implicit"] is True
+    assert (result.output_dir / "model.onnx").is_file()
+
+
+def test_gate_failure_is_reported(tiny_recipe):
+    recipe = load_recipe(tiny_recipe, ["gates.min_accuracy=1.0", "gates.min_size_ratio=0.5"])
+    result = run_recipe(recipe)
+    failed = {g.name for g in result.failed_gates}
+    assert "min_accuracy" in failed or result.report["final"]["accuracy"] == 1.0
+    assert "min_size_ratio" not in failed
+    assert (result.output_dir / "report.json").is_file()
+
+
+def test_checkpoint_that_does_not_fit_names_tensors(tiny_recipe, tmp_path):
+    torch.save(tiny_cnn(num_classes=10).state_dict(), tmp_path / "tiny.pt")
+    with pytest.raises(InputError) as info:
+        run_recipe(load_recipe(tiny_recipe))
+    assert info.value.where == "model.checkpoint"
+    assert "(4," in info.value.got or "(10," in info.value.got  # names the classifier's shapes
+
+
+def test_pickled_module_needs_trust(tiny_recipe, tmp_path):
+    torch.save(tiny_cnn(num_classes=4), tmp_path / "tiny.pt")
+    with pytest.raises(InputError) as info:
+        run_recipe(load_recipe(tiny_recipe))
+    assert "trust_checkpoint" in info.value.fix
+    trusted = load_recipe(tiny_recipe, ["model.trust_checkpoint=true"])
+    assert run_recipe(trusted).report["status"] == "passed"
+
+
+USER_MODEL = """
+import torch.nn as nn
+
+def build(classes=4):
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                         nn.Flatten(), nn.Linear(16, classes))
+"""
+
+
+def test_user_module_beside_recipe_runs_from_cli(tmp_path, recipe_file):
+    """`mymodels:build` beside the recipe + state_dict checkpoint, through the real CLI."""
+    (tmp_path / "mymodels.py").write_text(USER_MODEL)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import mymodels  # noqa: F401 - the same file the CLI will import
+
+        torch.save(sys.modules["mymodels"].build().state_dict(), tmp_path / "user.pt")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("mymodels", None)
+    body = TINY.replace("modelzip.zoo:tiny_cnn", "mymodels:build").replace("{num_classes: 4}", "{}")
+    path = recipe_file(body.replace("tiny.pt", "user.pt"))
+    result = subprocess.run([sys.executable, "-m", "modelzip", "run", str(path), "--quiet"],
+                            capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["steps"][0]["metrics"]["accuracy"] == pytest.approx(
+        report["baseline"]["torch"]["accuracy"], abs=1e-9)
+
+
+FAILING_PLUGIN = """
+from modelzip import Pass, PassConfig
+
+class ShoutPass(Pass):
+    name = "shout"
+    summary = "fails at run time"
+    Config = PassConfig
+
+    def run(self, artifact, config, ctx):
+        raise ValueError("no voice left")
+"""
+
+
+def test_cli_exit_codes_for_gate_and_pass_failures(tiny_recipe, tmp_path):
+    from tests.test_registry import make_third_party_plugin
+
+    cmd = [sys.executable, "-m", "modelzip", "run", str(tiny_recipe), "--quiet"]
+    gate = subprocess.run(cmd + ["--set", "gates.min_size_ratio=100"], capture_output=True, text=True)
+    assert gate.returncode == 1, gate.stderr
+    assert "min_size_ratio" in gate.stderr and "Traceback" not in gate.stderr
+    missing = subprocess.run(cmd + ["--set", "model.checkpoint=absent.pt"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "checkpoint file not found" in missing.stderr
+    site = tmp_path / "site"
+    site.mkdir()
+    make_third_party_plugin(site, FAILING_PLUGIN)
+    _with_passes(tiny_recipe, "  - shout: {}\n")
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    failed = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert failed.returncode == 3, failed.stderr
+    assert "passes[0].shout" in failed.stderr and "no voice left" in failed.stderr
+    assert "Traceback" not in failed.stderr
