@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +49,15 @@ class StepCache:
         with atomic_dir(self.entry(key)) as tmp:
             yield tmp
             (tmp / _COMPLETE).write_text(json.dumps({"key": key}))
+        shutil.rmtree(self.root / "partial" / key, ignore_errors=True)
+
+    def resume_dir(self, key: str) -> Path:
+        """Where an unfinished step keeps state (e.g. epoch checkpoints) between attempts."""
+        path = self.root / "partial" / key
+        if not self.enabled:
+            shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     # Metrics (accuracy etc.) of an artifact on a given eval set, keyed separately
     # so the baseline's numbers are reused too.

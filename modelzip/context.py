@@ -18,7 +18,9 @@ class PassContext:
     """Device, data, scratch directory, logging and a place to record report details.
 
     ``work_dir`` is a fresh directory that becomes the step's cache entry: write
-    files a pass produces (an ONNX file, say) there.
+    files a pass produces (an ONNX file, say) there. ``resume_dir`` survives a
+    failed or interrupted attempt of the same step (same cache key) and is
+    deleted once the step finishes: keep per-epoch checkpoints there.
     """
 
     step: int
@@ -31,6 +33,7 @@ class PassContext:
     baseline: Artifact  # the model as it entered the pipeline
     load_data: Callable[[], DataBundle]
     build_module: Callable[[], Any]  # a fresh, untrained architecture from model.source
+    resume_dir: Path | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -38,7 +41,10 @@ class PassContext:
         return self.load_data()
 
     def record(self, **items: Any) -> None:
-        """Add JSON-serializable facts to this step's entry in the report."""
+        """Add JSON-serializable facts to this step's entry in the report.
+
+        A ``summary`` string (one line) is shown in report.md's step table.
+        """
         self.details.update(items)
 
     def log(self, message: str) -> None:

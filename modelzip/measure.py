@@ -5,12 +5,12 @@ measured afresh on every run, baseline and final interleaved so drift cancels.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from modelzip.cache import StepCache, content_key
+from modelzip.evaluation import default_threads
 from modelzip.console import UI
 from modelzip.recipe import Recipe
 from modelzip.report import latency_verdict
@@ -22,7 +22,7 @@ class Measurer:
         self.cache = cache
         self._data = data
         self.ui = ui
-        self.threads = recipe.evaluation.threads or os.cpu_count() or 1
+        self.threads = recipe.evaluation.threads or default_threads()
 
     def metrics(self, artifact) -> dict[str, Any]:
         """Accuracy on the eval split plus parameters, MACs and size (cached)."""
@@ -62,36 +62,58 @@ class Measurer:
                 "params_total": total, "params_nonzero": nonzero, "macs": ev.onnx_macs(path),
                 "size_bytes": path.stat().st_size, "zip_bytes": ev.zip_bytes(path)}
 
-    def final(self, final_path: Path, baseline_path: Path) -> dict[str, Any]:
-        """Sizes and latency of the final ONNX against the fp32 baseline ONNX."""
+    def final(self, final, baseline) -> dict[str, Any]:
+        """Sizes and latency of the final ONNX artifact against the fp32 baseline ONNX artifact."""
         from modelzip import evaluation as ev
 
+        final_path, baseline_path = Path(final.path), Path(baseline.path)
         sizes = {"size_bytes": final_path.stat().st_size, "zip_bytes": ev.zip_bytes(final_path),
                  "baseline_size_bytes": baseline_path.stat().st_size,
                  "baseline_zip_bytes": ev.zip_bytes(baseline_path)}
-        latency = self.latency(final_path, baseline_path) if self.recipe.evaluation.latency else None
+        latency = self.latency(final, baseline) if self.recipe.evaluation.latency else None
         return {**sizes, "latency": latency, "threads": self.threads}
 
-    def latency(self, final_path: Path, baseline_path: Path) -> dict[str, Any]:
-        from modelzip.evaluation import measure_latency
+    def latency(self, final, baseline) -> dict[str, Any]:
+        """Latency at batch 1 and data.batch_size; cached per (artifacts, settings, CPU).
+
+        A fully cached rerun then costs seconds. `--no-cache` measures again.
+        """
+        from modelzip.envinfo import cpu_model
 
         settings = self.recipe.evaluation
-        shape = tuple(self.recipe.model.input_shape)
+        key = content_key(what="latency", final=final.id, baseline=baseline.id, threads=self.threads,
+                          batch=self.recipe.data.batch_size, settings=settings.model_dump(mode="json"),
+                          cpu=cpu_model(), seed=self.recipe.seed)
+        found = self.cache.load_metrics(key)
+        if found is not None:
+            return {**found, "cached": True}
         results: dict[str, Any] = {}
         for batch in sorted({1, self.recipe.data.batch_size}):
-            with self.ui.track(2, f"latency at batch {batch}"):
-                measured = measure_latency({"baseline": baseline_path, "final": final_path}, shape, batch,
-                                           threads=self.threads, warmup=settings.warmup,
-                                           repeats=settings.repeats, seed=self.recipe.seed)
-            pair = {name: _latency_json(lat) for name, lat in measured.items()}
-            pair["verdict"] = latency_verdict(pair["baseline"], pair["final"])
-            results[f"batch_{batch}"] = pair
-        return results
+            results[f"batch_{batch}"] = self._latency_pair(Path(final.path), Path(baseline.path), batch)
+        self.cache.save_metrics(key, results)
+        return {**results, "cached": False}
+
+    def _latency_pair(self, final_path: Path, baseline_path: Path, batch: int) -> dict[str, Any]:
+        from modelzip.latency import measure_latency
+
+        settings = self.recipe.evaluation
+        with self.ui.track(2, f"latency at batch {batch}"):
+            measured = measure_latency({"baseline": baseline_path, "final": final_path},
+                                       tuple(self.recipe.model.input_shape), batch, threads=self.threads,
+                                       warmup=settings.warmup, repeats=settings.repeats, seed=self.recipe.seed)
+        pair: dict[str, Any] = {name: _latency_json(lat) for name, lat in measured.items()}
+        pair["verdict"] = latency_verdict(pair["baseline"], pair["final"])
+        return pair
 
     def environment(self) -> dict[str, Any]:
         from modelzip.envinfo import environment
 
         return environment(self.threads)
+
+
+def _batches(latency: dict[str, Any]):
+    """The per-batch entries of a latency record (skipping flags such as "cached")."""
+    return [(k, v) for k, v in latency.items() if k.startswith("batch_")]
 
 
 def _latency_json(latency) -> dict[str, Any]:
@@ -110,7 +132,7 @@ def ratios(final: dict[str, Any], baseline: dict[str, Any], batch_size: int) -> 
     }
     latency = final.get("latency")
     if latency:
-        for batch_key, pair in latency.items():
+        for batch_key, pair in _batches(latency):
             out[f"speedup_{batch_key}"] = pair["baseline"]["median_ms"] / pair["final"]["median_ms"]
         out["speedup"] = out[f"speedup_batch_{batch_size}"]
     return out

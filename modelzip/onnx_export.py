@@ -34,10 +34,17 @@ def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: Pat
             step=step, fix="try `exporter: torchscript` (or dynamo), or another `opset`; "
                            "run with --debug for the full trace") from exc
     _strip_debug_metadata(path)
+    check_onnx(path, pass_name=pass_name, step=step)
+
+
+def check_onnx(path: Path, *, pass_name: str, step: int | None) -> None:
+    """onnx.checker's full check (with shape inference); a failure is the pass's."""
+    import onnx
+
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise PassError(f"the exported ONNX fails onnx.checker: {_first_lines(exc)}",
+        raise PassError(f"the ONNX file fails onnx.checker: {_first_lines(exc)}",
                         pass_name=pass_name, step=step) from exc
 
 

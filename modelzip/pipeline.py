@@ -163,7 +163,8 @@ class _Runner:
         with self.cache.store(key) as work_dir:
             ctx = PassContext(step=index, pass_name=step.name, work_dir=work_dir, seed=self.recipe.seed,
                               device=self.device, recipe=self.recipe, ui=self.ui, baseline=baseline_model,
-                              load_data=lambda: self.data, build_module=self.build_module)
+                              load_data=lambda: self.data, build_module=self.build_module,
+                              resume_dir=self.cache.resume_dir(key))
             torch.manual_seed(self.recipe.seed + max(index, 0))
             started = time.perf_counter()
             produced = _run_pass(pass_obj, parent, step, ctx)
@@ -180,7 +181,7 @@ class _Runner:
         copy_file(artifact.path, target)
         final = {"artifact": "model.onnx", "id": artifact.id, **metrics,
                  "lineage": [e.to_json() for e in artifact.lineage]}
-        final.update(self.measurer.final(artifact.path, baseline["onnx_artifact"].path))
+        final.update(self.measurer.final(artifact, baseline["onnx_artifact"]))
         final["ratios"] = ratios(final, baseline, self.recipe.data.batch_size)
         return final
 

@@ -55,28 +55,32 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     """One row per measured artifact: name, backend, accuracy, params (non-zero), MACs, size, time."""
     rows = []
     base = report["baseline"]
-    for label, m, wall in (("input model", base["torch"], None), ("baseline fp32 ONNX", base["onnx"], None)):
-        rows.append(_row(label, m, wall, cached=False))
+    for label, m in (("input model", base["torch"]), ("baseline fp32 ONNX", base["onnx"])):
+        rows.append(_row(label, m, None, cached=False, note=""))
     for step in report["steps"]:
         label = f"{step['index']}: {step['pass']}" + (" (implicit)" if step.get("implicit") else "")
-        rows.append(_row(label, step["metrics"], step["wall_time_s"], cached=step["cached"]))
+        rows.append(_row(label, step["metrics"], step["wall_time_s"], cached=step["cached"],
+                         note=str(step["details"].get("summary", ""))))
     return rows
 
 
-def _row(label: str, m: dict[str, Any], wall: float | None, *, cached: bool) -> list[str]:
+def _row(label: str, m: dict[str, Any], wall: float | None, *, cached: bool, note: str) -> list[str]:
     params = f"{_count(m['params_nonzero'])} / {_count(m['params_total'])}"
     time_s = "" if wall is None else f"{wall:.1f}s" + (" (cached)" if cached else "")
     return [label, m["accuracy_backend"], _pct(m["accuracy"]), params, _count(m["macs"]),
-            _mb(m["size_bytes"]), time_s]
+            _mb(m["size_bytes"]), time_s, note]
 
 
-SUMMARY_HEADER = ["artifact", "backend", "accuracy", "params non-zero / total", "MACs", "size", "pass time"]
+SUMMARY_HEADER = ["artifact", "backend", "accuracy", "params non-zero / total", "MACs", "size", "pass time",
+                  "notes"]
 
 
 def latency_rows(report: dict[str, Any]) -> list[list[str]]:
     latency = report["final"].get("latency") or {}
     rows = []
     for batch_key, pair in latency.items():
+        if not batch_key.startswith("batch_"):
+            continue
         b, f = pair["baseline"], pair["final"]
         speedup = b["median_ms"] / f["median_ms"]
         rows.append([batch_key.replace("_", " "), f"{b['median_ms']:.3f} / {b['p90_ms']:.3f}",
@@ -117,8 +121,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Steps", _table(SUMMARY_HEADER, summary_rows(report)),
     ]
     if final.get("latency"):
+        cached = " (cached from an earlier run; --no-cache measures again)" if final["latency"].get("cached") else ""
         parts += ["## Latency (onnxruntime CPU, "
-                  f"{final['threads']} threads, baseline = fp32 ONNX of the input model)",
+                  f"{final['threads']} threads, baseline = fp32 ONNX of the input model){cached}",
                   _table(LATENCY_HEADER, latency_rows(report))]
     if report["gates"]:
         gate_rows = [[g["name"], "pass" if g["passed"] else "**FAIL**",
@@ -133,7 +138,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _batch(report: dict[str, Any]) -> str:
-    keys = [k for k in (report["final"].get("latency") or {}) if k != "batch_1"]
+    keys = [k for k in (report["final"].get("latency") or {}) if k.startswith("batch_") and k != "batch_1"]
     return keys[-1].removeprefix("batch_") if keys else "1"
 
 

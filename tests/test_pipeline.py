@@ -58,7 +58,7 @@ def test_export_recipe_writes_artifacts_and_report(tiny_recipe):
     assert step["metrics"]["macs"] == report["baseline"]["torch"]["macs"]
     final = report["final"]
     assert final["ratios"]["size"] == pytest.approx(1.0)  # the baseline export is this very step
-    assert set(final["latency"]) == {"batch_1", "batch_64"}
+    assert set(final["latency"]) == {"batch_1", "batch_64", "cached"} and not final["latency"]["cached"]
     assert final["latency"]["batch_1"]["final"]["median_ms"] > 0
     assert report["environment"]["threads"] == final["threads"]
 
@@ -68,9 +68,11 @@ def test_second_run_reuses_every_step(tiny_recipe):
     first = run_recipe(recipe)
     second = run_recipe(recipe)
     assert [s["cached"] for s in second.report["steps"]] == [True]
+    assert second.report["final"]["latency"]["cached"] is True
     assert second.report["steps"][0]["key"] == first.report["steps"][0]["key"]
     forced = run_recipe(recipe, RunOptions(use_cache=False))
     assert [s["cached"] for s in forced.report["steps"]] == [False]
+    assert forced.report["final"]["latency"]["cached"] is False
 
 
 class TagConfig(PassConfig):
@@ -229,3 +231,11 @@ def test_cli_exit_codes_for_gate_and_pass_failures(tiny_recipe, tmp_path):
     assert failed.returncode == 3, failed.stderr
     assert "passes[0].shout" in failed.stderr and "no voice left" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def test_export_after_onnx_is_a_checked_passthrough(tiny_recipe):
+    _with_passes(tiny_recipe, "  - export: {}\n  - export: {opset: 19}\n")
+    result = run_recipe(load_recipe(tiny_recipe))
+    second = result.report["steps"][1]
+    assert second["details"]["passthrough"] is True
+    assert second["metrics"]["accuracy"] == result.report["steps"][0]["metrics"]["accuracy"]

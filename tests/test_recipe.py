@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from modelzip import Pass, PassConfig
 from modelzip.errors import InputError, RecipeError
 from modelzip.recipe import load_recipe, parse_recipe, recipe_json_schema
+from modelzip.registry import PassRegistry
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -105,12 +107,23 @@ def test_yaml_syntax_error_has_line(recipe_file):
     assert "invalid YAML" in info.value.problems[0].message
 
 
+class TorchOnlyPass(Pass):
+    name = "torch_only"
+    summary = "takes torch models only"
+    Config = PassConfig
+
+    def run(self, artifact, config, ctx):
+        return artifact
+
+
 def test_pass_chain_is_checked(recipe_file):
-    body = VALID.replace("- export: {opset: 18}", "- export: {}\n  - export: {}")
+    registry = PassRegistry.from_entry_points()
+    registry.register(TorchOnlyPass)
+    body = VALID.replace("- export: {opset: 18}", "- torch_only: {}\n  - export: {}\n  - torch_only: {}")
     with pytest.raises(RecipeError) as info:
-        load_recipe(recipe_file(body))
+        load_recipe(recipe_file(body), registry=registry)
     (problem,) = info.value.problems
-    assert problem.path == "passes[1].export"
+    assert problem.path == "passes[2].torch_only"
     assert "model is onnx" in problem.message
 
 

@@ -30,11 +30,18 @@ class ExportPass(Pass):
     name = "export"
     summary = "Export the torch model to ONNX, check it, and verify parity in onnxruntime"
     Config = ExportConfig
-    consumes = ("torch",)
+    # An ONNX input (e.g. after `quantize`, which materializes ONNX itself) is checked and
+    # passed through, so `prune -> finetune -> quantize -> export` reads as users expect.
+    consumes = ("torch", "onnx")
     produces = "onnx"
 
     def run(self, artifact, config: ExportConfig, ctx):
-        from modelzip.onnx_export import check_parity, export_onnx
+        from modelzip.onnx_export import check_onnx, check_parity, export_onnx
+
+        if artifact.kind == "onnx":
+            check_onnx(artifact.path, pass_name=self.name, step=ctx.step)
+            ctx.record(passthrough=True, summary="already ONNX: checked and kept as is")
+            return artifact
 
         path = ctx.work_dir / "model.onnx"
         export_onnx(artifact.module, artifact.input_shape, path, opset=config.opset,
@@ -43,7 +50,8 @@ class ExportPass(Pass):
         sample = _parity_inputs(ctx, artifact.input_shape, config)
         parity = check_parity(artifact.module, path, sample, atol=config.parity_atol,
                               rtol=config.parity_rtol, pass_name=self.name, step=ctx.step)
-        ctx.record(opset=config.opset, exporter=config.exporter, parity=parity)
+        ctx.record(opset=config.opset, exporter=config.exporter, parity=parity,
+                   summary=f"opset {config.opset}, parity max |diff| {parity['max_abs_diff']:.1e}")
         return artifact.evolve(kind="onnx", path=path, module=None)
 
 
