@@ -26,5 +26,9 @@ demo: install data checkpoints/fashion_cnn.pt
 test: install data
 	$(BIN)/python -m pytest -q
 
+# Figures in BENCHMARKS.md and bench.json; `make bench BENCH_ARGS=--quick` for a short run.
+bench: install data
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
 clean:
 	rm -rf runs .pytest_cache

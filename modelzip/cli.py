@@ -107,6 +107,8 @@ def _print_run(result, quiet: bool) -> None:
     from modelzip import report as rep
 
     console = Console(highlight=False)
+    if not console.is_terminal:  # CI logs: don't squeeze tables into 80 columns
+        console.width = 160
     data = result.report
     if not quiet:
         for title, header, rows in (("steps", rep.SUMMARY_HEADER, rep.summary_rows(data)),

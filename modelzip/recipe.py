@@ -6,6 +6,7 @@ pass's own ``Config`` model, found through the plugin registry.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -130,7 +131,7 @@ class Recipe(Section):
         if path is None:
             return None
         p = Path(path).expanduser()
-        return p if p.is_absolute() else (self.base_dir / p)
+        return Path(os.path.normpath(p if p.is_absolute() else self.base_dir / p))
 
     @property
     def output_dir(self) -> Path:

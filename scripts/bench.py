@@ -1,0 +1,216 @@
+"""`make bench`: modelzip's recipes against the by-hand references, in one run and one table.
+
+1. trains the baselines once (cached under .bench/),
+2. runs every recipe in recipes/bench/ through modelzip (3 seeds where training is involved),
+3. builds the references a user would make by hand with onnxruntime's quantization tools,
+4. measures every artifact the same way (accuracy on the full test set, sizes, MACs, latency
+   interleaved across all artifacts), and
+5. times the tool itself (--help, validate, cached rerun).
+
+Writes BENCHMARKS.md and bench.json. `--quick`: one seed, fewer epochs, under 10 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / ".bench"
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_report import write_markdown  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one seed, short training (< 10 min)")
+    parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--json", type=Path, default=REPO / "bench.json")
+    return parser.parse_args(argv)
+
+
+def train_baseline(model: str, epochs: int) -> dict:
+    """Train a zoo model once; reuse the checkpoint (and its recorded cost) afterwards."""
+    checkpoint = WORK / "checkpoints" / f"{model}-{epochs}ep.pt"
+    meta_path = checkpoint.with_suffix(".json")
+    if not checkpoint.exists():
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(REPO / "scripts" / "train_baseline.py"), "--model", model,
+                        "--epochs", str(epochs), "--out", str(checkpoint)], check=True)
+        meta_path.write_text(json.dumps({"model": model, "epochs": epochs,
+                                         "train_seconds": round(time.perf_counter() - started, 1)}))
+    return {**json.loads(meta_path.read_text()), "checkpoint": str(checkpoint)}
+
+
+def run_recipe(recipe: Path, overrides: list[str]) -> tuple[dict, float]:
+    """Run one recipe through the CLI (as a user would); return its report and wall time."""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "modelzip", "run", str(recipe), "--quiet",
+                             *[arg for o in overrides for arg in ("--set", o)]],
+                            capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode not in (0, 1):  # 1: a gate failed, the artifact still exists
+        raise RuntimeError(f"{recipe.name} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    out = next(o.split("=", 1)[1] for o in overrides if o.startswith("output="))
+    return json.loads((Path(out) / "report.json").read_text()), wall
+
+
+def recipe_runs(baseline: dict, seeds: list[int]) -> dict[str, list[dict]]:
+    """Every recipe in recipes/bench (fp32 first) for each seed; skips recipes whose passes are absent."""
+    from modelzip.errors import RecipeError
+    from modelzip.recipe import load_recipe
+
+    runs: dict[str, list[dict]] = {}
+    for recipe in sorted((REPO / "recipes" / "bench").glob("*.yaml"), key=lambda p: p.stem != "fp32"):
+        try:
+            parsed = load_recipe(recipe)
+        except RecipeError as exc:
+            print(f"skip {recipe.name}: {exc.problems[0].format()}")
+            continue
+        trains = any(s.name in ("finetune", "prune", "lowrank") or
+                     (s.name == "quantize" and s.params().get("mode") == "qat") for s in parsed.passes)
+        for seed in (seeds if trains else seeds[:1]):
+            out = WORK / "runs" / f"{recipe.stem}-seed{seed}"
+            overrides = [f"model.checkpoint={baseline['checkpoint']}", f"seed={seed}", f"output={out}"]
+            report, wall = run_recipe(recipe, overrides)
+            runs.setdefault(recipe.stem, []).append({"seed": seed, "report": report, "wall_s": wall,
+                                                     "onnx": str(out / "model.onnx")})
+            print(f"{recipe.stem} seed {seed}: {report['final']['accuracy']:.4f} in {wall:.0f}s")
+    return runs
+
+
+def references(fp32_onnx: Path, calibration_images: int = 512) -> dict[str, Path]:
+    """What a user builds by hand: ORT quantize_static (QDQ, per-channel, S8S8, MinMax, 512
+    calibration images: what Olive's OnnxStaticQuantization runs) and quantize_dynamic."""
+    import numpy as np
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_dynamic, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from modelzip.recipe import DataSpec
+    from modelzip.sources.data import load_data
+
+    bundle = load_data(DataSpec(dataset="fashion-mnist"), base_dir=REPO, seed=0)
+    images = np.stack([bundle.calibration(calibration_images, seed=0)[i][0].numpy()
+                       for i in range(calibration_images)])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(np.array_split(images, calibration_images // 64))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"input": batch.astype(np.float32)}
+
+    out = WORK / "references"
+    out.mkdir(parents=True, exist_ok=True)
+    prepared = out / "fp32-prepared.onnx"
+    quant_pre_process(str(fp32_onnx), str(prepared))
+    quantize_static(str(prepared), str(out / "ort_static.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    quantize_dynamic(str(prepared), str(out / "ort_dynamic.onnx"), weight_type=QuantType.QInt8)
+    return {"ORT quantize_static by hand": out / "ort_static.onnx",
+            "ORT quantize_dynamic by hand": out / "ort_dynamic.onnx"}
+
+
+def measure(artifacts: dict[str, Path], threads: int) -> dict[str, dict]:
+    """Accuracy on the full test set, sizes, MACs; latency at batch 1 and 256, all interleaved."""
+    from modelzip import evaluation as ev
+    from modelzip.latency import measure_latency
+    from modelzip.recipe import DataSpec
+    from modelzip.sources.data import load_data
+
+    bundle = load_data(DataSpec(dataset="fashion-mnist"), base_dir=REPO, seed=0)
+    rows = {name: {"accuracy": ev.onnx_accuracy(path, bundle.batches("eval"), threads=threads),
+                   "size_bytes": path.stat().st_size, "zip_bytes": ev.zip_bytes(path),
+                   "macs": ev.onnx_macs(path)} for name, path in artifacts.items()}
+    for batch in (1, 256):
+        latency = measure_latency(artifacts, (1, 1, 28, 28), batch, threads=threads, warmup=20, repeats=200)
+        for name, lat in latency.items():
+            rows[name][f"batch_{batch}"] = {"median_ms": lat.median_ms, "p90_ms": lat.p90_ms, "runs": lat.runs}
+    return rows
+
+
+def _timed(cmd: list[str], repeats: int = 5) -> float:
+    """Best-of-N wall time of a command (the least disturbed run)."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=False)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def tool_overhead(fp32_run: dict, baseline: dict) -> dict:
+    modelzip = [str(Path(sys.executable).with_name("modelzip"))]
+    recipe = str(REPO / "recipes" / "bench" / "fp32.yaml")
+    out = WORK / "runs" / "overhead"
+    overrides = [f"model.checkpoint={baseline['checkpoint']}", f"output={out}"]
+    subprocess.run(modelzip + ["run", recipe, "--quiet", "--no-cache"] + _sets(overrides), check=True,
+                   capture_output=True)
+    _, cached_s = run_recipe(Path(recipe), overrides)
+    first_s = fp32_run["wall_s"]
+    return {"help_s": _timed(modelzip + ["--help"]), "validate_s": _timed(modelzip + ["validate", recipe]),
+            "import_torch_s": _timed([sys.executable, "-c", "import torch"]),
+            "first_run_s": first_s, "cached_rerun_s": cached_s}
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def finetune_throughput() -> dict | None:
+    script = REPO / "scripts" / "bench_finetune.py"
+    if not script.exists():
+        return None
+    result = subprocess.run([sys.executable, str(script), "--json"], capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"error": result.stderr[-500:]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    from modelzip.envinfo import environment
+    from modelzip.evaluation import default_threads
+
+    threads = default_threads()
+    baseline = train_baseline("fashion_cnn", 4 if args.quick else 8)
+    seeds = [0] if args.quick else [0, 1, 2]
+    runs = recipe_runs(baseline, seeds)
+    fp32 = Path(runs["fp32"][0]["onnx"])
+    artifacts = {"fp32 ONNX (baseline)": fp32, **references(fp32)}
+    for name, seeded in runs.items():
+        if name != "fp32":
+            artifacts[f"modelzip {name}"] = Path(seeded[0]["onnx"])
+    measured = measure(artifacts, threads)
+    results = {"baseline": baseline, "seeds": seeds, "quick": args.quick, "threads": threads,
+               "environment": environment(threads), "artifacts": measured,
+               "accuracy_over_seeds": {name: _mean_std([r["report"]["final"]["accuracy"] for r in seeded])
+                                       for name, seeded in runs.items()},
+               "overhead": tool_overhead(runs["fp32"][0], baseline),
+               "finetune_throughput": finetune_throughput(),
+               "command": "make bench" + (" BENCH_ARGS=--quick" if args.quick else ""),
+               "wall_s": round(time.perf_counter() - started, 1)}
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results, args.out)
+    print(f"wrote {args.out} and {args.json} in {results['wall_s']:.0f}s")
+    return 0
+
+
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    sys.exit(main())
