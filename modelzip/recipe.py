@@ -100,7 +100,7 @@ class Evaluation(Section):
     threads: int | None = Field(None, ge=1, description="ORT intra-op threads for latency (default: all cores)")
     latency: bool = Field(True, description="measure ORT latency of the baseline and final ONNX")
     warmup: int = Field(10, ge=0, description="runs discarded before timing")
-    repeats: int = Field(50, ge=3, description="timed runs at batch 1 (fewer at the data batch size)")
+    repeats: int = Field(200, ge=3, description="timed runs at batch 1 (fewer at large batches: ~3 s cap)")
 
 
 class PassStep(Section):
