@@ -1,0 +1,1 @@
+"""Truncated-SVD factorization of Linear and Conv2d layers (the `lowrank` pass)."""

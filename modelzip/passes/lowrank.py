@@ -1,0 +1,50 @@
+"""lowrank: replace Linear and Conv2d layers by two thinner ones (truncated SVD)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from modelzip.plugin import Pass, PassConfig
+
+
+class LowRankConfig(PassConfig):
+    energy: float | None = Field(
+        None, gt=0, le=1,
+        description="keep the smallest rank whose singular values retain this fraction of the squared spectrum")
+    rank_ratio: float | None = Field(None, gt=0, le=1, description="keep this fraction of the full rank")
+    conv: Literal["channel", "spatial", "none"] = Field(
+        "channel", description="channel: kxk conv to r channels then 1x1; spatial: kx1 then 1xk; none: skip convs")
+    linear: bool = Field(True, description="factorize Linear layers (in -> r -> out)")
+    min_rank: int = Field(1, ge=1, description="never go below this rank")
+    ignore: tuple[str, ...] = Field((), description="glob patterns on module names to leave as they are")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> LowRankConfig:
+        if (self.energy is None) == (self.rank_ratio is None):
+            raise ValueError("set exactly one of `energy` or `rank_ratio`")
+        return self
+
+
+class LowRankPass(Pass):
+    name = "lowrank"
+    summary = "Factorize Linear/Conv2d layers by truncated SVD where it cuts MACs and parameters"
+    Config = LowRankConfig
+    consumes = ("torch",)
+
+    def run(self, artifact, config: LowRankConfig, ctx):
+        from modelzip.lowrank.factorize import factorize_model
+
+        module, layers = factorize_model(artifact.module, config, artifact.input_shape)
+        changed = [layer for layer in layers if layer["factorized"]]
+        ctx.record(layers=layers, factorized=len(changed), summary=_summary(layers, changed))
+        return artifact.evolve(module=module)
+
+
+def _summary(layers: list[dict], changed: list[dict]) -> str:
+    if not changed:
+        return f"no layer got cheaper ({len(layers)} examined): model unchanged"
+    before = sum(layer["macs_before"] for layer in changed)
+    after = sum(layer["macs_after"] for layer in changed)
+    return (f"factorized {len(changed)} of {len(layers)} layers: their MACs "
+            f"{before / 1e6:.2f} M -> {after / 1e6:.2f} M")

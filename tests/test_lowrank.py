@@ -1,0 +1,100 @@
+"""lowrank: exact on low-rank weights, skips layers it cannot make cheaper, round-trips."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from modelzip import load_recipe, run_recipe
+from modelzip.errors import RecipeError
+from modelzip.lowrank.factorize import factorize_model
+from modelzip.lowrank.ranks import choose_rank
+from modelzip.passes.lowrank import LowRankConfig
+from modelzip.zoo import fashion_cnn, resnet20
+from tests.test_pipeline import TINY
+
+
+def low_rank(shape: tuple[int, ...], rank: int, generator: torch.Generator) -> torch.Tensor:
+    rows, cols = shape[0], int(torch.tensor(shape[1:]).prod())
+    return (torch.randn(rows, rank, generator=generator) @ torch.randn(rank, cols, generator=generator)).reshape(shape)
+
+
+def test_choose_rank():
+    s = torch.tensor([3.0, 2.0, 1.0, 0.0])  # squared: 9, 4, 1 -> cumulative 9/14, 13/14, 1
+    assert choose_rank(s, LowRankConfig(energy=0.6)) == 1
+    assert choose_rank(s, LowRankConfig(energy=0.9)) == 2
+    assert choose_rank(s, LowRankConfig(energy=1.0)) == 3
+    assert choose_rank(s, LowRankConfig(rank_ratio=0.5)) == 2
+    assert choose_rank(s, LowRankConfig(rank_ratio=0.1, min_rank=3)) == 3
+
+
+@pytest.mark.parametrize("conv", ["channel", "spatial"])
+def test_exact_on_low_rank_weights(conv):
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(16 * 8 * 8, 32))
+    with torch.no_grad():
+        if conv == "channel":
+            model[0].weight.copy_(low_rank((16, 8, 3, 3), 2, g))
+        else:  # rank 2 in the (in, kh) x (out, kw) arrangement
+            matrix = low_rank((8 * 3, 16 * 3), 2, g)
+            model[0].weight.copy_(matrix.reshape(8, 3, 16, 3).permute(2, 0, 1, 3))
+        model[3].weight.copy_(low_rank((32, 16 * 64), 3, g))
+    factorized, layers = factorize_model(model, LowRankConfig(energy=1.0, conv=conv), (1, 8, 16, 16))
+    assert [layer["rank"] for layer in layers] == [2, 3]
+    assert all(layer["factorized"] for layer in layers)
+    assert isinstance(factorized[0], nn.Sequential) and isinstance(factorized[3], nn.Sequential)
+    x = torch.randn(4, 8, 16, 16, generator=g)
+    with torch.no_grad():
+        assert torch.allclose(factorized(x), model(x), rtol=1e-4, atol=1e-3)
+
+
+def test_layers_that_would_not_get_cheaper_are_kept():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4))  # full rank 4: r(4+4) >= 16 for r >= 2
+    factorized, (layer,) = factorize_model(model, LowRankConfig(energy=1.0), (1, 4))
+    assert not layer["factorized"] and "not cheaper" in layer["reason"]
+    assert isinstance(factorized[1], nn.Linear)
+
+
+def test_ignore_and_linear_switch():
+    model = fashion_cnn()
+    _, layers = factorize_model(model, LowRankConfig(rank_ratio=0.25, ignore=("features.*",), linear=True),
+                                (1, 1, 28, 28))
+    assert [layer["name"] for layer in layers] == ["classifier.1", "classifier.4"]
+    _, layers = factorize_model(model, LowRankConfig(rank_ratio=0.25, linear=False), (1, 1, 28, 28))
+    assert all(layer["kind"].startswith("conv") for layer in layers)
+
+
+def test_residual_network_channel_svd_cuts_macs():
+    from modelzip.evaluation import torch_macs
+
+    model = resnet20()
+    factorized, layers = factorize_model(model, LowRankConfig(rank_ratio=0.25), (1, 1, 28, 28))
+    assert sum(layer["factorized"] for layer in layers) > 10
+    assert torch_macs(factorized, (1, 1, 28, 28)) < 0.6 * torch_macs(model, (1, 1, 28, 28))
+    assert factorized(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_config_needs_exactly_one_target(recipe_file):
+    body = TINY.replace("  - export: {}\n", "  - lowrank: {energy: 0.9, rank_ratio: 0.5}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe_file(body))
+    assert info.value.problems[0].path == "passes[0].lowrank"
+    assert "exactly one" in info.value.problems[0].message
+
+
+def test_pipeline_factorizes_exports_and_reloads(tmp_path, recipe_file):
+    from modelzip.zoo import tiny_cnn
+
+    torch.manual_seed(0)
+    torch.save(tiny_cnn(num_classes=4).state_dict(), tmp_path / "tiny.pt")
+    body = TINY.replace("  - export: {}\n", "  - lowrank: {rank_ratio: 0.5}\n  - export: {}\n")
+    recipe = load_recipe(recipe_file(body))
+    first = run_recipe(recipe).report
+    step = first["steps"][0]
+    assert step["details"]["factorized"] >= 1
+    assert step["metrics"]["macs"] < first["baseline"]["torch"]["macs"]
+    assert first["steps"][1]["details"]["parity"]["top1_agreement"] == 1.0
+    again = run_recipe(recipe).report  # reloads the factorized module from the cache
+    assert [s["cached"] for s in again["steps"]] == [True, True]
+    assert again["steps"][0]["metrics"] == step["metrics"]
