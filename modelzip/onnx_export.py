@@ -63,8 +63,9 @@ def _strip_debug_metadata(path: Path) -> None:
     mapping = {}
     for node in model.graph.node:
         scopes = [p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"]
-        if scopes and node.name:
-            mapping[node.name] = ".".join(s for s in json.loads(scopes[0].replace("'", '"')) if s)
+        if scopes and node.name:  # scopes end with the aten op; the module is the one before it
+            names = [s for s in json.loads(scopes[0].replace("'", '"'))[:-1] if s]
+            mapping[node.name] = names[-1] if names else ""
         del node.metadata_props[:]
         node.doc_string = ""
     for info in model.graph.value_info:

@@ -239,3 +239,11 @@ def test_export_after_onnx_is_a_checked_passthrough(tiny_recipe):
     second = result.report["steps"][1]
     assert second["details"]["passthrough"] is True
     assert second["metrics"]["accuracy"] == result.report["steps"][0]["metrics"]["accuracy"]
+
+
+def test_export_records_which_module_each_node_came_from(tiny_recipe):
+    result = run_recipe(load_recipe(tiny_recipe))
+    entry = result.output_dir / ".cache" / "steps" / result.report["steps"][0]["key"]
+    mapping = json.loads((entry / "node_modules.json").read_text())
+    assert "features.3" in mapping.values()  # the MaxPool, by its torch module name
+    assert "classifier.1" in mapping.values()

@@ -1,0 +1,138 @@
+"""quantize: torch or ONNX -> an int8 (or int4-weight) ONNX model that onnxruntime runs.
+
+The pass always produces ONNX: a torch input is first exported (dynamo, opset 18, dynamic
+batch) and the float ONNX is then quantized with onnxruntime's tools. The result is checked
+with onnx.checker, loaded in an onnxruntime CPU session, and timed against the float model
+it came from; the report says which layers run quantized and whether int8 is really faster.
+
+Quantization-aware training (`mode: qat`) is not offered yet: it needs fake-quant modules
+that export to ONNX and the shared fine-tuning loop.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from modelzip.plugin import Pass, PassConfig
+
+Mode = Literal["static", "dynamic", "weight_only"]
+
+# Which parameters mean something in which mode; setting one in another mode is a mistake
+# (it would be silently ignored), so validation says so.
+_MODES_OF = {
+    "calibration_samples": ("static",),
+    "calibration_batch_size": ("static",),
+    "method": ("static",),
+    "percentile": ("static",),
+    "activations": ("static",),
+    "per_channel": ("static", "dynamic"),
+    "reduce_range": ("static", "dynamic"),
+    "bits": ("weight_only",),
+    "block_size": ("weight_only",),
+    "compute": ("weight_only",),
+}
+
+
+class QuantizeConfig(PassConfig):
+    mode: Mode = Field(
+        "static",
+        description="static: int8 weights and activations, calibrated (CNNs); dynamic: int8 weights, "
+                    "activations quantized at run time (Linear/LSTM-heavy models); weight_only: "
+                    "4- or 8-bit blockwise MatMul/Gemm weights (MatMulNBits)")
+    # ---- static
+    calibration_samples: int = Field(
+        512, ge=1, le=100_000,
+        description="static: training images (seeded subset) used to calibrate activation ranges")
+    calibration_batch_size: int = Field(
+        64, ge=1, le=4096,
+        description="static: images per calibration batch; memory holds one batch of activations")
+    method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="static: how activation ranges are chosen from calibration data")
+    percentile: float = Field(
+        99.999, gt=90, lt=100, description="static, method percentile: share of values kept in range")
+    activations: Literal["asymmetric", "symmetric"] = Field(
+        "asymmetric",
+        description="static: asymmetric = uint8 with a zero point (uses all 256 levels for ReLU "
+                    "outputs); symmetric = int8 centred on 0 (for targets that require it)")
+    per_channel: bool = Field(True, description="static/dynamic: one weight scale per output channel")
+    reduce_range: bool | None = Field(
+        None,
+        description="static/dynamic: 7-bit weights; null = decide from the CPU (on for x86-64 "
+                    "without VNNI, where onnxruntime's U8S8 kernels can saturate)")
+    # ---- weight_only
+    bits: Literal[4, 8] = Field(4, description="weight_only: bits per weight")
+    block_size: int = Field(
+        128, ge=16, le=256, description="weight_only: weights sharing one scale (power of 2)")
+    compute: Literal["int8", "float"] = Field(
+        "int8",
+        description="weight_only: MatMulNBits arithmetic; int8 (accuracy_level 4) is fast on CPUs, "
+                    "float (accuracy_level 1) dequantizes weights to fp32 first")
+    # ---- all modes
+    exclude: tuple[str, ...] = Field(
+        (), description="glob patterns of torch module names (e.g. 'classifier.4', 'features.*') "
+                        "or ONNX node names to keep in float")
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=1,
+        description="accuracy budget on the validation split vs the float model (0.01 = 1 point); "
+                    "when exceeded, the most sensitive layers are kept float one at a time")
+    max_float_layers: int = Field(
+        3, ge=1, le=64, description="at most this many layers kept float by the accuracy search")
+    prefer: Literal["smaller", "faster"] = Field(
+        "smaller",
+        description="faster: if the quantized model is slower than the float one at the data batch "
+                    "size, return the float model instead (the report says so)")
+
+    @field_validator(*_MODES_OF)
+    @classmethod
+    def _applies_to_mode(cls, value, info: ValidationInfo):
+        mode = info.data.get("mode")
+        modes = _MODES_OF[info.field_name]
+        if mode is not None and mode not in modes:
+            raise ValueError(f"{info.field_name} applies to mode {' or '.join(modes)} only, "
+                             f"not mode {mode}; remove it or change mode")
+        return value
+
+    @field_validator("percentile")
+    @classmethod
+    def _percentile_needs_method(cls, value: float, info: ValidationInfo) -> float:
+        if info.data.get("method") != "percentile":
+            raise ValueError("percentile applies to method: percentile only; "
+                             "set `method: percentile` or remove it")
+        return value
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("block_size must be a power of 2 (16, 32, 64, 128 or 256)")
+        return value
+
+    @field_validator("exclude")
+    @classmethod
+    def _non_empty_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not pattern.strip() for pattern in value):
+            raise ValueError("exclude patterns must be non-empty, e.g. 'classifier.4' or 'features.*'")
+        return value
+
+    @field_validator("max_float_layers")
+    @classmethod
+    def _needs_budget(cls, value: int, info: ValidationInfo) -> int:
+        # Declared after max_accuracy_drop, so info.data holds it (unless it was invalid).
+        if "max_accuracy_drop" in info.data and info.data["max_accuracy_drop"] is None:
+            raise ValueError("max_float_layers bounds the accuracy search; set max_accuracy_drop too")
+        return value
+
+
+class QuantizePass(Pass):
+    name = "quantize"
+    summary = "Quantize to int8 (static/dynamic) or 4/8-bit weights in ONNX, checked and timed in onnxruntime"
+    Config = QuantizeConfig
+    consumes = ("torch", "onnx")
+    produces = "onnx"
+    version = "1"
+
+    def run(self, artifact, config: QuantizeConfig, ctx):
+        from modelzip.quantization.run import run_quantize
+
+        return run_quantize(artifact, config, ctx, pass_name=self.name)
