@@ -1,0 +1,91 @@
+"""Training objectives: cross-entropy, and knowledge distillation from a frozen teacher.
+
+Distillation follows Hinton et al. (2015), "Distilling the Knowledge in a Neural
+Network": the student matches the teacher's temperature-softened class
+probabilities, and the soft term is scaled by T² so its gradients keep the
+same magnitude as T changes::
+
+    loss = alpha · T² · KL(p_teacher ‖ p_student) + (1 − alpha) · CE(student, labels)
+    p_x  = softmax(logits_x / T)
+
+KL runs from the teacher's distribution to the student's (``F.kl_div(log p_student,
+p_teacher)``), averaged over the batch, as in the paper and in torch's own examples.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+class CrossEntropy:
+    """Plain supervised objective: ``(images, logits, labels) -> loss``."""
+
+    distills = False
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, images: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+
+    def to(self, device: torch.device | str) -> CrossEntropy:
+        return self
+
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *, alpha: float,
+                      temperature: float, label_smoothing: float = 0.0) -> Tensor:
+    """``alpha·T²·KL(p_teacher ‖ p_student) + (1−alpha)·CE`` (see the module docstring)."""
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits.float() / t, dim=-1),
+                    F.log_softmax(teacher_logits.float() / t, dim=-1),
+                    reduction="batchmean", log_target=True)
+    hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    return alpha * t * t * soft + (1.0 - alpha) * hard
+
+
+class Distillation:
+    """Distillation objective; the teacher runs in eval mode under no_grad.
+
+    The teacher is a private frozen copy, so moving it to the training device
+    never moves (or changes) the model it came from.
+    """
+
+    distills = True
+
+    def __init__(self, teacher: nn.Module, *, alpha: float, temperature: float,
+                 label_smoothing: float = 0.0) -> None:
+        self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+        self.alpha = alpha
+        self.temperature = temperature
+        self.label_smoothing = label_smoothing
+
+    def to(self, device: torch.device | str) -> Distillation:
+        self.teacher.to(device)
+        return self
+
+    def __call__(self, images: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+        with torch.no_grad():
+            teacher_logits = self.teacher(images)
+        return distillation_loss(logits, teacher_logits, labels, alpha=self.alpha,
+                                 temperature=self.temperature, label_smoothing=self.label_smoothing)
+
+
+def check_teacher_fits(teacher: nn.Module, student: nn.Module, sample: Tensor) -> str | None:
+    """None when both give logits of the same shape on ``sample``, else a description of the mismatch."""
+    shapes = []
+    for model in (teacher, student):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                shapes.append(tuple(model(sample).shape))
+        except RuntimeError as exc:
+            return f"{'teacher' if not shapes else 'student'} fails on the input: {exc}"
+        finally:
+            model.train(was_training)
+    if shapes[0] != shapes[1]:
+        return f"teacher logits {shapes[0]} vs student logits {shapes[1]}"
+    return None

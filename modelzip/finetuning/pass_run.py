@@ -1,0 +1,154 @@
+"""What the ``finetune`` pass does at run time: config + context -> the training loop.
+
+Kept out of modelzip/passes/finetune.py so that module stays free of torch.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import pickle
+from typing import Any
+
+import torch
+
+from modelzip.errors import InputError, PassError
+from modelzip.finetuning.augment import Augment, auto_augment
+from modelzip.finetuning.checkpoint import CheckpointStore
+from modelzip.finetuning.distill import CrossEntropy, Distillation, check_teacher_fits
+from modelzip.finetuning.loop import FitResult, Hooks, NonFiniteLoss, TrainSettings, fit
+
+SEED_OFFSET = 7919  # fine-tuning's own random stream, apart from other passes seeded by ctx.seed
+
+
+def run_finetune(artifact, config, ctx, *, pass_name: str):
+    data = ctx.data
+    if len(data.train) == 0:
+        raise PassError("the training split is empty", pass_name=pass_name, step=ctx.step,
+                        got=f"{len(data.train)} training images", expected="at least one batch",
+                        fix="raise data.limit_train or lower data.val_samples")
+    model = copy.deepcopy(artifact.module)  # never train the input artifact's module
+    objective = _objective(artifact, model, config, ctx, pass_name)
+    augment = _augment(config, ctx.recipe.data)
+    settings = TrainSettings(
+        epochs=config.epochs, steps=config.steps, optimizer=config.optimizer, lr=config.lr,
+        weight_decay=config.weight_decay, momentum=config.momentum, schedule=config.schedule,
+        warmup=config.warmup, grad_clip=config.grad_clip, batch_size=config.batch_size,
+        patience=config.patience, seed=ctx.seed + SEED_OFFSET, device=ctx.device, augment=augment)
+    store = None
+    if ctx.resume_dir is not None:
+        store = CheckpointStore(ctx.resume_dir, fingerprint=_fingerprint(artifact, config, ctx))
+    if config.patience is not None and not len(data.validation):
+        ctx.log("patience is set but the validation split is empty (data.val_samples): no early stopping")
+    try:
+        result = fit(model, data, settings, objective, Hooks(log=ctx.log, track=ctx.track, checkpoints=store))
+    except NonFiniteLoss as exc:
+        raise _non_finite_error(exc, config, ctx, pass_name) from exc
+    _record(ctx, config, settings, result, augment, objective)
+    return artifact.evolve(module=model.cpu().eval())
+
+
+def _non_finite_error(exc: NonFiniteLoss, config, ctx, pass_name: str) -> PassError:
+    return PassError(
+        f"the training loss became {exc.value} at epoch {exc.epoch}, iteration {exc.iteration} "
+        f"(optimizer step {exc.step}), learning rate {exc.lr:.3g}",
+        pass_name=pass_name, step=ctx.step, got=f"loss {exc.value} with lr {exc.lr:.3g}",
+        expected="a finite loss",
+        fix=f"lower lr (e.g. lr: {config.lr / 10:g}), set grad_clip: 1.0, or add warmup: 0.05")
+
+
+# --------------------------------------------------------------------------- objective and teacher
+
+
+def _objective(artifact, student, config, ctx, pass_name: str):
+    if config.distill is None:
+        return CrossEntropy(config.label_smoothing)
+    teacher = _teacher(config.distill.teacher, artifact, ctx, pass_name)
+    sample = next(iter(ctx.data.batches("train", 2)))[0]
+    mismatch = check_teacher_fits(teacher, student, sample)
+    if mismatch is not None:
+        raise PassError("the teacher's outputs do not match the student's", pass_name=pass_name,
+                        step=ctx.step, got=mismatch, expected="logits over the same classes",
+                        fix="distill from a teacher trained on the same labels (e.g. teacher: baseline)")
+    return Distillation(teacher, alpha=config.distill.alpha, temperature=config.distill.temperature,
+                        label_smoothing=config.label_smoothing)
+
+
+def _teacher(teacher: str, artifact, ctx, pass_name: str):
+    """The teacher module (Distillation makes its own frozen copy)."""
+    if teacher == "input":
+        return artifact.module
+    if teacher == "baseline":
+        return ctx.baseline.module
+    where = f"passes[{ctx.step}].{pass_name}.distill.teacher"
+    path = ctx.recipe.resolve(teacher)
+    if not path.is_file():
+        raise InputError("teacher checkpoint not found", where=where, got=str(path),
+                         expected="a state_dict saved with torch.save(model.state_dict(), path)",
+                         fix="check the path (relative paths start at the recipe's directory)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
+        raise InputError(f"cannot read the teacher checkpoint: {exc}", where=where, got=str(path),
+                         expected="a state_dict (loaded with weights_only=True)") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    from modelzip.sources.models import load_state
+
+    module = ctx.build_module()
+    try:
+        load_state(module, state, path)
+    except InputError as exc:
+        raise InputError(exc.what, where=where, got=exc.got, expected=exc.expected,
+                         fix="the teacher is built from model.source/model.args: give a state_dict "
+                             "of that (unpruned) architecture") from exc
+    return module.eval()
+
+
+def _augment(config, data_spec) -> Augment:
+    if config.augment == "none":
+        return Augment()
+    from modelzip.sources.data import DEFAULT_NORMALIZE
+
+    if data_spec.normalize is not None:
+        normalize = (data_spec.normalize.mean, data_spec.normalize.std)
+    else:
+        normalize = DEFAULT_NORMALIZE.get(data_spec.dataset)
+    return auto_augment(data_spec.dataset, normalize)
+
+
+def _fingerprint(artifact, config, ctx) -> str:
+    blob = f"{artifact.id}|{config.model_dump_json()}|{ctx.seed}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _record(ctx, config, settings: TrainSettings, result: FitResult, augment: Augment, objective) -> None:
+    distill = None
+    if config.distill is not None:
+        distill = config.distill.model_dump()
+    sparsity = result.sparsity
+    ctx.record(
+        curve=result.history, epochs_run=len(result.history), optimizer_steps=result.total_steps,
+        best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy,
+        stopped_early=result.stopped_early, resumed_after_epoch=result.resumed_after_epoch,
+        wall_time_s=round(result.wall_time_s, 3), distilled=objective.distills, distill=distill,
+        augment=augment.describe(), device=settings.device,
+        mixed_precision=settings.device.startswith("cuda"), sparsity_preserved=sparsity,
+        summary=_summary(config, result, sparsity))
+
+
+def _summary(config, result: FitResult, sparsity: dict[str, Any]) -> str:
+    parts = [f"{len(result.history)} epoch{'s' if len(result.history) != 1 else ''} "
+             f"{config.optimizer} lr {config.lr:g} {config.schedule}"]
+    if config.distill is not None:
+        d = config.distill
+        parts.append(f"distilled from {d.teacher} (alpha {d.alpha:g}, T {d.temperature:g})")
+    if result.best_epoch is not None:
+        parts.append(f"best val {result.best_val_accuracy:.4f} at epoch {result.best_epoch}")
+    if result.stopped_early:
+        parts.append("stopped early")
+    if sparsity["masked_tensors"]:
+        parts.append(f"{sparsity['zero_fraction']:.1%} zeros kept in {sparsity['masked_tensors']} tensors")
+    return "; ".join(parts)

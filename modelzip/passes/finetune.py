@@ -1,0 +1,113 @@
+"""finetune: recover accuracy after pruning or quantization, optionally distilled from a teacher.
+
+Light imports only: the training machinery (torch) lives in modelzip.finetuning
+and is imported inside ``run``.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from modelzip.plugin import Pass, PassConfig
+from modelzip.registry import suggest
+
+DEFAULT_EPOCHS = 2  # when neither epochs nor steps is given
+DEFAULT_LR = {"sgd": 0.01, "adamw": 0.001}  # peak lr when `lr` is not given
+TEACHERS = ("baseline", "input")
+
+
+class DistillConfig(PassConfig):
+    teacher: str = Field(
+        "baseline", min_length=1,
+        description='"baseline": the model as it entered the pipeline; "input": the model as it '
+                    "entered this pass; or a state_dict file of the recipe's model architecture "
+                    "(relative paths start at the recipe's directory)")
+    alpha: float = Field(
+        0.5, ge=0, le=1,
+        description="weight of the distillation term, alpha·T²·KL(teacher‖student); "
+                    "(1 - alpha) weighs cross-entropy on the labels")
+    temperature: float = Field(
+        4.0, gt=0, le=100, description="T: softens both distributions (1 = plain softmax)")
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_form(cls, value: str) -> str:
+        # Anything path-like is a checkpoint; a bare word must be one of the keywords.
+        if value in TEACHERS or "/" in value or "." in value:
+            return value
+        hint = suggest(value, list(TEACHERS))
+        raise ValueError(f"unknown teacher {value!r}" + (f"; {hint}" if hint else "")
+                         + ' (expected "baseline", "input" or a path to a .pt state_dict)')
+
+
+class FinetuneConfig(PassConfig):
+    epochs: int | None = Field(
+        None, ge=1, description=f"passes over the training split (default {DEFAULT_EPOCHS} when "
+                                "`steps` is not given); give epochs or steps, not both")
+    steps: int | None = Field(None, ge=1, description="optimizer steps instead of epochs")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (Nesterov momentum) or adamw")
+    lr: float = Field(DEFAULT_LR["sgd"], gt=0,
+                      description="peak learning rate (default 0.01 for sgd, 0.001 for adamw)")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 penalty (sgd) / decoupled decay (adamw)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum (Nesterov when > 0); sgd only")
+    schedule: Literal["cosine", "onecycle", "constant"] = Field(
+        "cosine", description="lr schedule, stepped per batch: cosine decay to 0; onecycle (lr/25 "
+                              "up to lr, then down to ~0); constant")
+    warmup: float | None = Field(
+        None, ge=0, lt=1,
+        description="linear warmup as a FRACTION of all optimizer steps (0.05 = the first 5%); "
+                    "default 0, or 0.3 for onecycle")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    grad_clip: float | None = Field(None, gt=0, description="max global L2 norm of the gradients (null: off)")
+    augment: Literal["auto", "none"] = Field(
+        "auto", description="auto: random crop (2-px padding) + flip on fashion-mnist, 4-px on cifar10, "
+                            "nothing on mnist or other datasets; none: no augmentation")
+    batch_size: int | None = Field(None, ge=1, description="training batch (default data.batch_size)")
+    patience: int | None = Field(
+        None, ge=1, description="stop after this many epochs without a better validation accuracy "
+                                "(null: run every epoch); the best validation epoch is kept either way")
+    distill: DistillConfig | None = Field(
+        None, description="knowledge distillation, e.g. {teacher: baseline, alpha: 0.5, temperature: 4}; "
+                          "null: plain fine-tuning on the labels")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        """Fill the defaults that depend on other keys, so the resolved recipe shows them."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("epochs") is None and data.get("steps") is None:
+            data["epochs"] = DEFAULT_EPOCHS
+        if "lr" not in data and data.get("optimizer") in DEFAULT_LR:
+            data["lr"] = DEFAULT_LR[data["optimizer"]]
+        return data
+
+    @field_validator("steps")
+    @classmethod
+    def _epochs_or_steps(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("epochs") is not None:
+            raise ValueError("give `epochs` or `steps`, not both")
+        return value
+
+    @field_validator("momentum")
+    @classmethod
+    def _momentum_is_sgd(cls, value: float, info: ValidationInfo) -> float:
+        # Runs only when momentum is given: AdamW would silently ignore it.
+        if info.data.get("optimizer") == "adamw":
+            raise ValueError("momentum applies to optimizer: sgd only (adamw uses its betas)")
+        return value
+
+
+class FinetunePass(Pass):
+    name = "finetune"
+    summary = "Fine-tune the torch model (optionally distilled from a teacher), keeping pruned zeros"
+    Config = FinetuneConfig
+    consumes = ("torch",)
+    version = "1"
+
+    def run(self, artifact, config: FinetuneConfig, ctx):
+        from modelzip.finetuning.pass_run import run_finetune
+
+        return run_finetune(artifact, config, ctx, pass_name=self.name)
