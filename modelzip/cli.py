@@ -83,6 +83,8 @@ def run(
 
         parsed = load_recipe(recipe, set_ or ())
         result = _run(parsed, out, no_cache, device, quiet)
+        if result is None:  # a non-zero torchrun rank: rank 0 reports
+            return
         _print_run(result, quiet)
         if result.failed_gates:
             raise GateFailure(result.failed_gates)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from modelzip import artifacts as art
+from modelzip import distributed
 from modelzip.atomic import copy_file
 from modelzip.cache import StepCache, content_key
 from modelzip.console import UI, SilentUI
@@ -48,8 +49,19 @@ class RunResult:
         return [g for g in self.gates if not g.passed]
 
 
-def run_recipe(recipe: Recipe, options: RunOptions | None = None) -> RunResult:
-    return _Runner(recipe, options or RunOptions()).run()
+def run_recipe(recipe: Recipe, options: RunOptions | None = None) -> RunResult | None:
+    """Run ``recipe``. Under torchrun, only rank 0 returns a result (the others return None)."""
+    options = options or RunOptions()
+    layout = distributed.init(resolve_device(options.device))
+    runner = _Runner(recipe, options, layout)
+    if not layout.is_main:
+        runner.follow()
+        return None
+    try:
+        return runner.run()
+    finally:
+        if layout.active:
+            distributed.broadcast({"op": "done"})  # releases the followers, on success or failure
 
 
 def resolve_device(requested: str) -> str:
@@ -64,10 +76,11 @@ def resolve_device(requested: str) -> str:
 
 
 class _Runner:
-    def __init__(self, recipe: Recipe, options: RunOptions) -> None:
+    def __init__(self, recipe: Recipe, options: RunOptions, layout: distributed.Layout) -> None:
         self.recipe = recipe
         self.options = options
-        self.ui = options.ui
+        self.layout = layout
+        self.ui = options.ui if layout.is_main else SilentUI()
         self.registry = options.registry or default_registry()
         self.out = Path(options.out) if options.out else recipe.output_dir
         cache_root = recipe.resolve(recipe.cache_dir) or self.out / ".cache"
@@ -159,12 +172,19 @@ class _Runner:
                   "metrics": self.measurer.metrics(artifact)}
         return artifact, record
 
+    def _context(self, index: int, step: PassStep, work_dir: Path, baseline_model, resume_dir: Path):
+        return PassContext(step=index, pass_name=step.name, work_dir=work_dir, seed=self.recipe.seed,
+                           device=self.device, recipe=self.recipe, ui=self.ui, baseline=baseline_model,
+                           load_data=lambda: self.data, build_module=self.build_module,
+                           resume_dir=resume_dir)
+
     def _execute(self, index, step, pass_obj, parent, key, baseline_model) -> Path:
         with self.cache.store(key) as work_dir:
-            ctx = PassContext(step=index, pass_name=step.name, work_dir=work_dir, seed=self.recipe.seed,
-                              device=self.device, recipe=self.recipe, ui=self.ui, baseline=baseline_model,
-                              load_data=lambda: self.data, build_module=self.build_module,
-                              resume_dir=self.cache.resume_dir(key))
+            ctx = self._context(index, step, work_dir, baseline_model, self.cache.resume_dir(key))
+            if self.layout.active and pass_obj.distributed:
+                distributed.broadcast({"op": "run", "index": index, "name": step.name, "params": step.params(),
+                                       "key": key, "parent": None if not parent.lineage else
+                                       str(self.cache.entry(parent.id))})
             torch.manual_seed(self.recipe.seed + max(index, 0))
             started = time.perf_counter()
             produced = _run_pass(pass_obj, parent, step, ctx)
@@ -174,6 +194,23 @@ class _Runner:
             art.save_artifact(produced, work_dir)
             _write_json(work_dir / "step.json", {"wall_time_s": wall, "details": ctx.details})
         return self.cache.entry(key)
+
+    def follow(self) -> None:
+        """A non-zero rank: run the distributed passes rank 0 announces, until it is done."""
+        import tempfile
+
+        source = None
+        while (message := distributed.broadcast())["op"] == "run":
+            source = source or self._load_input()
+            parent = source if message["parent"] is None else art.load_artifact(
+                Path(message["parent"]), self.build_module)
+            pass_obj = self.registry.get(message["name"])()
+            step = PassStep(name=message["name"], config=pass_obj.Config.model_validate(message["params"]))
+            with tempfile.TemporaryDirectory() as scratch:  # the follower's output is discarded
+                ctx = self._context(message["index"], step, Path(scratch), source,
+                                    self.cache.root / "partial" / message["key"])
+                torch.manual_seed(self.recipe.seed + max(message["index"], 0))
+                _run_pass(pass_obj, parent, step, ctx)
 
     def _final(self, artifact: art.Artifact, baseline: dict[str, Any],
                metrics: dict[str, Any]) -> dict[str, Any]:

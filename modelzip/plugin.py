@@ -40,6 +40,9 @@ class Pass:
     version: ClassVar[str] = "1"
     consumes: ClassVar[tuple[ArtifactKind, ...]] = ("torch",)
     produces: ClassVar[ArtifactKind | None] = None  # None: the kind it consumed
+    # True: under torchrun every process runs this pass (data-parallel training); False:
+    # rank 0 runs it alone while the other processes wait.
+    distributed: ClassVar[bool] = False
 
     def output_kind(self, input_kind: ArtifactKind, config: PassConfig) -> ArtifactKind:
         """Kind of artifact this pass returns for ``input_kind`` (used by `validate`)."""

@@ -16,6 +16,7 @@ from modelzip.finetuning.augment import Augment, auto_augment
 from modelzip.finetuning.checkpoint import CheckpointStore
 from modelzip.finetuning.distill import CrossEntropy, Distillation, check_teacher_fits
 from modelzip.finetuning.loop import FitResult, Hooks, NonFiniteLoss, TrainSettings, fit
+from modelzip.finetuning.runtime import current_runtime
 
 SEED_OFFSET = 7919  # fine-tuning's own random stream, apart from other passes seeded by ctx.seed
 
@@ -40,7 +41,8 @@ def run_finetune(artifact, config, ctx, *, pass_name: str):
     if config.patience is not None and not len(data.validation):
         ctx.log("patience is set but the validation split is empty (data.val_samples): no early stopping")
     try:
-        result = fit(model, data, settings, objective, Hooks(log=ctx.log, track=ctx.track, checkpoints=store))
+        result = fit(model, data, settings, objective, Hooks(log=ctx.log, track=ctx.track, checkpoints=store),
+                     runtime=current_runtime())
     except NonFiniteLoss as exc:
         raise _non_finite_error(exc, config, ctx, pass_name) from exc
     _record(ctx, config, settings, result, augment, objective)

@@ -106,6 +106,7 @@ class FinetunePass(Pass):
     Config = FinetuneConfig
     consumes = ("torch",)
     version = "1"
+    distributed = True  # under torchrun: DistributedDataParallel across the processes
 
     def run(self, artifact, config: FinetuneConfig, ctx):
         from modelzip.finetuning.pass_run import run_finetune

@@ -1,0 +1,131 @@
+"""prune: remove channels (smaller, faster model) or zero weights (smaller zip, same shapes).
+
+``method: channel`` physically removes filters with Torch-Pruning's dependency
+graph: MACs, parameters, file size and latency fall. ``method: magnitude``
+zeroes the smallest weights in place: shapes stay dense, so it is no faster by
+itself, but the zeros survive fine-tuning and export and shrink the zipped
+file. The report says which one happened (``effect: removed | masked``).
+
+Light module: the work lives in ``modelzip.pruning`` and is imported in ``run``.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from modelzip.plugin import Pass, PassConfig
+
+Glob = Annotated[str, Field(min_length=1)]
+Sparsity = Annotated[float, Field(ge=0, lt=1)]
+
+# Which parameters belong to which choice: setting one (to a non-default value) under
+# another choice is an error, not a silently ignored key. (field: ((field, value), ...))
+_APPLIES_TO: dict[str, tuple[tuple[str, str], ...]] = {
+    **{name: (("method", "magnitude"),) for name in ("sparsity", "scope", "layers")},
+    **{name: (("method", "channel"),)
+       for name in ("importance", "ratio", "target_macs", "allocation", "round_to", "steps")},
+    "taylor_batches": (("method", "channel"), ("importance", "taylor")),
+}
+
+
+class PruneConfig(PassConfig):
+    # Validators read fields declared earlier (info.data): `method` comes first, `importance`
+    # before `taylor_batches`, `ratio` before `target_macs`.
+    method: Literal["magnitude", "channel"] = Field(
+        description="channel: remove whole filters/channels (real speedup); "
+                    "magnitude: zero the smallest weights (dense shapes, smaller zip, no speedup)")
+    ignore: tuple[Glob, ...] = Field(
+        (), description="globs on module names kept unpruned; a block's name covers its layers "
+                        "(the final classifier's outputs are never pruned)")
+    sparsity: Sparsity | None = Field(
+        None, validate_default=True,
+        description="magnitude: fraction of the covered weights set to zero, 0 <= s < 1")
+    scope: Literal["global", "layer"] = Field(
+        "global", description="magnitude: one threshold across layers, or `sparsity` in every layer")
+    layers: dict[Glob, Sparsity] = Field(
+        {},  # pydantic copies a mutable default per instance
+        description="magnitude: per-layer sparsity, {glob: s}; the first matching glob wins")
+    importance: Literal["l1", "l2", "taylor", "random"] = Field(
+        "l1", description="channel: how channels are ranked; taylor uses gradients on training batches")
+    ratio: float | None = Field(
+        None, gt=0, le=0.9, description="channel: fraction of each layer's channels removed")
+    target_macs: float | None = Field(
+        None, gt=0, lt=1, description="channel: fraction of the input model's MACs to keep; the "
+                                      "ratio is searched so the result lands at or just below it")
+    allocation: Literal["uniform", "global"] = Field(
+        "uniform", description="channel: the same ratio in every layer, or one ranking across all layers "
+                               "(global can thin some layers to a single channel)")
+    round_to: int | None = Field(
+        None, ge=1, le=512, description="channel: keep channel counts multiples of this (e.g. 8)")
+    steps: int = Field(
+        1, ge=1, le=50, description="channel: reach the ratio in this many pruning steps, "
+                                    "re-ranking channels after each")
+    taylor_batches: int = Field(
+        4, ge=1, le=1000, description="channel, importance taylor: training batches for the gradients")
+
+    @field_validator(*_APPLIES_TO)
+    @classmethod
+    def _applies(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or value == cls.model_fields[info.field_name].default:
+            return value
+        for key, wanted in _APPLIES_TO[info.field_name]:
+            chosen = info.data.get(key)
+            if chosen is not None and chosen != wanted:
+                raise ValueError(f"`{info.field_name}` applies to {key}: {wanted}, not {chosen}; remove it")
+        return value
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity_given(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is None and info.data.get("method") == "magnitude":
+            raise ValueError("method: magnitude needs `sparsity`, the fraction of weights to zero")
+        return value
+
+    @field_validator("target_macs")
+    @classmethod
+    def _one_target(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("ratio") is not None:
+            raise ValueError("give either `ratio` or `target_macs`, not both")
+        return value
+
+    @model_validator(mode="after")
+    def _channel_target(self) -> PruneConfig:
+        if self.method == "channel" and self.ratio is None and self.target_macs is None:
+            raise ValueError("method: channel needs `ratio` (fraction of channels removed per layer) "
+                             "or `target_macs` (fraction of MACs kept)")
+        return self
+
+
+class PrunePass(Pass):
+    name = "prune"
+    summary = "Remove channels (smaller, faster) or zero the smallest weights (smaller zip)"
+    Config = PruneConfig
+    version = "1"
+
+    def run(self, artifact, config: PruneConfig, ctx):
+        from modelzip.errors import PassError
+        from modelzip.pruning import PruneFailure
+
+        try:
+            module, details = self._prune(artifact, config, ctx)
+        except PruneFailure as failure:
+            raise PassError(failure.what, pass_name=self.name, step=ctx.step, **failure.fields()) from failure
+        ctx.record(**details)
+        ctx.log(details["summary"])
+        return artifact.evolve(module=module)
+
+    def _prune(self, artifact, config: PruneConfig, ctx):
+        if config.method == "magnitude":
+            from modelzip.pruning.magnitude import prune_magnitude
+
+            return prune_magnitude(artifact.module, artifact.input_shape, sparsity=config.sparsity,
+                                   scope=config.scope, layers=config.layers, ignore=config.ignore)
+        from modelzip.pruning import check_reloadable
+        from modelzip.pruning.channel import prune_channels
+
+        batches = lambda: ctx.data.batches("train", shuffle=True, seed=ctx.seed)  # noqa: E731
+        module, details = prune_channels(artifact.module, artifact.input_shape, config, batches=batches,
+                                         seed=ctx.seed, log=ctx.log)
+        check_reloadable(module, ctx.build_module)
+        return module, details
