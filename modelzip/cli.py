@@ -42,6 +42,16 @@ def _main(
     _state["debug"] = debug
 
 
+def _out_console():
+    """stdout console; outside a terminal (CI logs, pipes) tables get 160 columns, not 80."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = 160
+    return console
+
+
 def _err_console():
     from rich.console import Console
 
@@ -103,14 +113,11 @@ def _run(recipe, out, no_cache: bool, device: str, quiet: bool):
 
 
 def _print_run(result, quiet: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from modelzip import report as rep
 
-    console = Console(highlight=False)
-    if not console.is_terminal:  # CI logs: don't squeeze tables into 80 columns
-        console.width = 160
+    console = _out_console()
     data = result.report
     if not quiet:
         for title, header, rows in (("steps", rep.SUMMARY_HEADER, rep.summary_rows(data)),
@@ -143,7 +150,6 @@ def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
 @app.command()
 def passes() -> None:
     """List installed passes with a one-line summary."""
-    from rich.console import Console
     from rich.table import Table
 
     from modelzip.errors import PluginError
@@ -157,13 +163,12 @@ def passes() -> None:
             table.add_row(name, "/".join(cls.consumes), cls.summary)
         except PluginError as exc:
             table.add_row(name, "?", f"[red]broken plugin: {exc.what}[/]")
-    Console().print(table)
+    _out_console().print(table)
 
 
 @app.command()
 def explain(name: Annotated[str, typer.Argument(help="pass name, e.g. export")]) -> None:
     """Show a pass's parameters: type, default, allowed values and help."""
-    from rich.console import Console
     from rich.table import Table
 
     from modelzip.errors import InputError
@@ -178,7 +183,7 @@ def explain(name: Annotated[str, typer.Argument(help="pass name, e.g. export")])
         cls = registry.get(name)
     except BaseException as exc:  # noqa: BLE001
         raise _fail(exc) from None
-    console = Console(highlight=False)
+    console = _out_console()
     console.print(f"[bold]{name}[/] (takes {'/'.join(cls.consumes)}): {cls.summary}")
     table = Table("parameter", "type", "default", "allowed", "help")
     for param, spec in _parameters(cls.Config):

@@ -35,15 +35,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train_baseline(model: str, epochs: int) -> dict:
-    """Train a zoo model once; reuse the checkpoint (and its recorded cost) afterwards."""
-    checkpoint = WORK / "checkpoints" / f"{model}-{epochs}ep.pt"
+# Baselines per zoo model: (epochs, training images) for the full and the --quick run.
+BASELINES = {"fashion_cnn": {"full": (8, None), "quick": (4, None)},
+             "resnet20": {"full": (3, None), "quick": (1, 20000)}}
+
+
+def train_baseline(model: str, epochs: int, limit_train: int | None) -> dict:
+    """Train a zoo model once; reuse the checkpoint (and its recorded cost and accuracy) afterwards."""
+    checkpoint = WORK / "checkpoints" / f"{model}-{epochs}ep-{limit_train or 'all'}.pt"
     meta_path = checkpoint.with_suffix(".json")
     if not checkpoint.exists():
         started = time.perf_counter()
-        subprocess.run([sys.executable, str(REPO / "scripts" / "train_baseline.py"), "--model", model,
-                        "--epochs", str(epochs), "--out", str(checkpoint)], check=True)
-        meta_path.write_text(json.dumps({"model": model, "epochs": epochs,
+        limit = ["--limit-train", str(limit_train)] if limit_train else []
+        result = subprocess.run([sys.executable, str(REPO / "scripts" / "train_baseline.py"), "--model", model,
+                                 "--epochs", str(epochs), "--out", str(checkpoint), *limit],
+                                check=True, capture_output=True, text=True)
+        print(result.stdout)
+        accuracy = float(result.stdout.split("eval accuracy ")[1].split()[0])
+        meta_path.write_text(json.dumps({"model": model, "epochs": epochs, "limit_train": limit_train,
+                                         "test_accuracy": accuracy,
                                          "train_seconds": round(time.perf_counter() - started, 1)}))
     return {**json.loads(meta_path.read_text()), "checkpoint": str(checkpoint)}
 
@@ -61,8 +71,10 @@ def run_recipe(recipe: Path, overrides: list[str]) -> tuple[dict, float]:
     return json.loads((Path(out) / "report.json").read_text()), wall
 
 
-def recipe_runs(baseline: dict, seeds: list[int]) -> dict[str, list[dict]]:
-    """Every recipe in recipes/bench (fp32 first) for each seed; skips recipes whose passes are absent."""
+def recipe_runs(baselines: dict[str, dict], seeds: list[int]) -> dict[str, list[dict]]:
+    """Every recipe in recipes/bench (fp32 first) for each seed; skips recipes whose passes are absent.
+
+    Recipes on the residual network run one seed (its epochs cost minutes each)."""
     from modelzip.errors import RecipeError
     from modelzip.recipe import load_recipe
 
@@ -75,12 +87,14 @@ def recipe_runs(baseline: dict, seeds: list[int]) -> dict[str, list[dict]]:
             continue
         trains = any(s.name in ("finetune", "prune", "lowrank") or
                      (s.name == "quantize" and s.params().get("mode") == "qat") for s in parsed.passes)
-        for seed in (seeds if trains else seeds[:1]):
+        model = parsed.model.source.rpartition(":")[2]
+        baseline = baselines[model]
+        for seed in (seeds if trains and model == "fashion_cnn" else seeds[:1]):
             out = WORK / "runs" / f"{recipe.stem}-seed{seed}"
             overrides = [f"model.checkpoint={baseline['checkpoint']}", f"seed={seed}", f"output={out}"]
             report, wall = run_recipe(recipe, overrides)
             runs.setdefault(recipe.stem, []).append({"seed": seed, "report": report, "wall_s": wall,
-                                                     "onnx": str(out / "model.onnx")})
+                                                     "onnx": str(out / "model.onnx"), "model": model})
             print(f"{recipe.stem} seed {seed}: {report['final']['accuracy']:.4f} in {wall:.0f}s")
     return runs
 
@@ -143,21 +157,22 @@ def _timed(cmd: list[str], repeats: int = 5) -> float:
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run(cmd, capture_output=True, check=False)
+        subprocess.run(cmd, capture_output=True, check=True)
         best = min(best, time.perf_counter() - started)
     return best
 
 
-def tool_overhead(fp32_run: dict, baseline: dict) -> dict:
+def tool_overhead(baseline: dict) -> dict:
+    """CLI start-up, and the fp32 recipe run from scratch (--no-cache) vs fully cached."""
     modelzip = [str(Path(sys.executable).with_name("modelzip"))]
-    recipe = str(REPO / "recipes" / "bench" / "fp32.yaml")
-    out = WORK / "runs" / "overhead"
-    overrides = [f"model.checkpoint={baseline['checkpoint']}", f"output={out}"]
-    subprocess.run(modelzip + ["run", recipe, "--quiet", "--no-cache"] + _sets(overrides), check=True,
+    recipe = REPO / "recipes" / "bench" / "fp32.yaml"
+    overrides = [f"model.checkpoint={baseline['checkpoint']}", f"output={WORK / 'runs' / 'overhead'}"]
+    started = time.perf_counter()
+    subprocess.run(modelzip + ["run", str(recipe), "--quiet", "--no-cache"] + _sets(overrides), check=True,
                    capture_output=True)
-    _, cached_s = run_recipe(Path(recipe), overrides)
-    first_s = fp32_run["wall_s"]
-    return {"help_s": _timed(modelzip + ["--help"]), "validate_s": _timed(modelzip + ["validate", recipe]),
+    first_s = time.perf_counter() - started
+    _, cached_s = run_recipe(recipe, overrides)
+    return {"help_s": _timed(modelzip + ["--help"]), "validate_s": _timed(modelzip + ["validate", str(recipe)]),
             "import_torch_s": _timed([sys.executable, "-c", "import torch"]),
             "first_run_s": first_s, "cached_rerun_s": cached_s}
 
@@ -183,20 +198,24 @@ def main(argv: list[str] | None = None) -> int:
     from modelzip.evaluation import default_threads
 
     threads = default_threads()
-    baseline = train_baseline("fashion_cnn", 4 if args.quick else 8)
+    mode = "quick" if args.quick else "full"
+    baselines = {model: train_baseline(model, *plan[mode]) for model, plan in BASELINES.items()}
     seeds = [0] if args.quick else [0, 1, 2]
-    runs = recipe_runs(baseline, seeds)
+    runs = recipe_runs(baselines, seeds)
     fp32 = Path(runs["fp32"][0]["onnx"])
     artifacts = {"fp32 ONNX (baseline)": fp32, **references(fp32)}
     for name, seeded in runs.items():
-        if name != "fp32":
+        if name != "fp32" and seeded[0]["model"] == "fashion_cnn":
             artifacts[f"modelzip {name}"] = Path(seeded[0]["onnx"])
     measured = measure(artifacts, threads)
-    results = {"baseline": baseline, "seeds": seeds, "quick": args.quick, "threads": threads,
+    residual = {name: _pipeline_figures(seeded[0]["report"]) for name, seeded in runs.items()
+                if seeded[0]["model"] != "fashion_cnn"}
+    results = {"baseline": baselines["fashion_cnn"], "baselines": baselines, "residual": residual,
+               "seeds": seeds, "quick": args.quick, "threads": threads,
                "environment": environment(threads), "artifacts": measured,
                "accuracy_over_seeds": {name: _mean_std([r["report"]["final"]["accuracy"] for r in seeded])
                                        for name, seeded in runs.items()},
-               "overhead": tool_overhead(runs["fp32"][0], baseline),
+               "overhead": tool_overhead(baselines["fashion_cnn"]),
                "finetune_throughput": finetune_throughput(),
                "command": "make bench" + (" BENCH_ARGS=--quick" if args.quick else ""),
                "wall_s": round(time.perf_counter() - started, 1)}
@@ -204,6 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(results, args.out)
     print(f"wrote {args.out} and {args.json} in {results['wall_s']:.0f}s")
     return 0
+
+
+def _pipeline_figures(report: dict) -> dict:
+    """What a run's own report measured: input vs final, latency interleaved in that run."""
+    final = report["final"]
+    latency = {k: v for k, v in (final.get("latency") or {}).items() if k.startswith("batch_")}
+    return {"input_accuracy": report["baseline"]["torch"]["accuracy"], "accuracy": final["accuracy"],
+            "macs_input": report["baseline"]["torch"]["macs"], "macs": final["macs"],
+            "params_input": report["baseline"]["torch"]["params_total"], "params": final["params_total"],
+            "size_ratio": final["ratios"]["size"], "latency": latency,
+            "steps": [{"pass": s["pass"], "summary": s["details"].get("summary", "")} for s in report["steps"]]}
 
 
 def _mean_std(values: list[float]) -> dict:

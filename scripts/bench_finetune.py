@@ -15,6 +15,7 @@ which other processes barely disturb when torch uses one thread.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -38,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--augment", action="store_true", help="also time modelzip with augment: auto")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     return parser.parse_args(argv)
 
 
@@ -100,7 +102,18 @@ def main(argv: list[str] | None = None) -> int:
             wall[name].append(seconds)
             cpu[name].append(cpu_seconds)
     _print(len(labels), args, wall, cpu)
+    if args.json:
+        print(json.dumps(_figures(len(labels), args, wall)))
     return 0
+
+
+def _figures(n: int, args, wall: dict[str, list[float]]) -> dict:
+    """samples/s (median over rounds) and the median per-round ratio of modelzip to plain."""
+    name = next(k for k in wall if k != "plain")
+    paired = [p / m for p, m in zip(wall["plain"], wall[name])]
+    return {"images": n, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+            "rounds": args.rounds, "plain_samples_per_s": n / statistics.median(wall["plain"]),
+            "modelzip_samples_per_s": n / statistics.median(wall[name]), "ratio": statistics.median(paired)}
 
 
 def _print(n: int, args, wall: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
