@@ -91,7 +91,9 @@ def recipe_runs(baselines: dict[str, dict], seeds: list[int]) -> dict[str, list[
         baseline = baselines[model]
         for seed in (seeds if trains and model == "fashion_cnn" else seeds[:1]):
             out = WORK / "runs" / f"{recipe.stem}-seed{seed}"
-            overrides = [f"model.checkpoint={baseline['checkpoint']}", f"seed={seed}", f"output={out}"]
+            # One cache for all recipes: steps they share (same input, pass, params, seed) run once.
+            overrides = [f"model.checkpoint={baseline['checkpoint']}", f"seed={seed}", f"output={out}",
+                         f"cache_dir={WORK / 'cache'}"]
             report, wall = run_recipe(recipe, overrides)
             runs.setdefault(recipe.stem, []).append({"seed": seed, "report": report, "wall_s": wall,
                                                      "onnx": str(out / "model.onnx"), "model": model})

@@ -330,7 +330,7 @@ def test_config_mistakes_are_reported_with_key_paths(tmp_path, registry):
       block_size: 100
       max_float_layers: 2
       calibration_sample: 10
-  - quantize: {mode: qat}
+  - quantize: {mode: qta}
 """)
     path.write_text(text)
     with pytest.raises(RecipeError) as info:

@@ -28,7 +28,7 @@ def run_finetune(artifact, config, ctx, *, pass_name: str):
                         got=f"{len(data.train)} training images", expected="at least one batch",
                         fix="raise data.limit_train or lower data.val_samples")
     model = copy.deepcopy(artifact.module)  # never train the input artifact's module
-    objective = _objective(artifact, model, config, ctx, pass_name)
+    objective = build_objective(artifact, model, config, ctx, pass_name)
     augment = _augment(config, ctx.recipe.data)
     settings = TrainSettings(
         epochs=config.epochs, steps=config.steps, optimizer=config.optimizer, lr=config.lr,
@@ -61,7 +61,8 @@ def _non_finite_error(exc: NonFiniteLoss, config, ctx, pass_name: str) -> PassEr
 # --------------------------------------------------------------------------- objective and teacher
 
 
-def _objective(artifact, student, config, ctx, pass_name: str):
+def build_objective(artifact, student, config, ctx, pass_name: str):
+    """Cross-entropy, or distillation when ``config.distill`` is set (also used by quantize's qat)."""
     if config.distill is None:
         return CrossEntropy(config.label_smoothing)
     teacher = _teacher(config.distill.teacher, artifact, ctx, pass_name)

@@ -5,8 +5,9 @@ batch) and the float ONNX is then quantized with onnxruntime's tools. The result
 with onnx.checker, loaded in an onnxruntime CPU session, and timed against the float model
 it came from; the report says which layers run quantized and whether int8 is really faster.
 
-Quantization-aware training (`mode: qat`) is not offered yet: it needs fake-quant modules
-that export to ONNX and the shared fine-tuning loop.
+Quantization-aware training (`mode: qat`, torch input only) fine-tunes the model with fake
+quantization first (the shared training loop), then quantizes statically with the learned
+activation ranges (modelzip/quantization/qat.py).
 """
 from __future__ import annotations
 
@@ -14,23 +15,28 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from modelzip.passes.finetune import DistillConfig
 from modelzip.plugin import Pass, PassConfig
 
-Mode = Literal["static", "dynamic", "weight_only"]
+Mode = Literal["static", "dynamic", "weight_only", "qat"]
 
 # Which parameters mean something in which mode; setting one in another mode is a mistake
 # (it would be silently ignored), so validation says so.
 _MODES_OF = {
-    "calibration_samples": ("static",),
-    "calibration_batch_size": ("static",),
+    "calibration_samples": ("static", "qat"),
+    "calibration_batch_size": ("static", "qat"),
     "method": ("static",),
     "percentile": ("static",),
     "activations": ("static",),
     "per_channel": ("static", "dynamic"),
-    "reduce_range": ("static", "dynamic"),
+    "reduce_range": ("static", "dynamic", "qat"),
     "bits": ("weight_only",),
     "block_size": ("weight_only",),
     "compute": ("weight_only",),
+    "epochs": ("qat",),
+    "lr": ("qat",),
+    "batch_size": ("qat",),
+    "distill": ("qat",),
 }
 
 
@@ -39,14 +45,17 @@ class QuantizeConfig(PassConfig):
         "static",
         description="static: int8 weights and activations, calibrated (CNNs); dynamic: int8 weights, "
                     "activations quantized at run time (Linear/LSTM-heavy models); weight_only: "
-                    "4- or 8-bit blockwise MatMul/Gemm weights (MatMulNBits)")
+                    "4- or 8-bit blockwise MatMul/Gemm weights (MatMulNBits); qat (torch input): "
+                    "fine-tune with fake int8 quantization, then static int8 with the learned "
+                    "activation ranges")
     # ---- static
     calibration_samples: int = Field(
         512, ge=1, le=100_000,
-        description="static: training images (seeded subset) used to calibrate activation ranges")
+        description="static/qat: training images (seeded subset) used to calibrate activation ranges "
+                    "(qat: only the tensors without a learned range)")
     calibration_batch_size: int = Field(
         64, ge=1, le=4096,
-        description="static: images per calibration batch; memory holds one batch of activations")
+        description="static/qat: images per calibration batch; memory holds one batch of activations")
     method: Literal["minmax", "entropy", "percentile"] = Field(
         "minmax", description="static: how activation ranges are chosen from calibration data")
     percentile: float = Field(
@@ -58,7 +67,7 @@ class QuantizeConfig(PassConfig):
     per_channel: bool = Field(True, description="static/dynamic: one weight scale per output channel")
     reduce_range: bool | None = Field(
         None,
-        description="static/dynamic: 7-bit weights; null = decide from the CPU (on for x86-64 "
+        description="static/dynamic/qat: 7-bit weights; null = decide from the CPU (on for x86-64 "
                     "without VNNI, where onnxruntime's U8S8 kernels can saturate)")
     # ---- weight_only
     bits: Literal[4, 8] = Field(4, description="weight_only: bits per weight")
@@ -68,6 +77,17 @@ class QuantizeConfig(PassConfig):
         "int8",
         description="weight_only: MatMulNBits arithmetic; int8 (accuracy_level 4) is fast on CPUs, "
                     "float (accuracy_level 1) dequantizes weights to fp32 first")
+    # ---- qat
+    epochs: int = Field(
+        1, ge=1, le=1000, description="qat: passes over the training split with fake quantization")
+    lr: float = Field(
+        0.001, gt=0, le=1,
+        description="qat: peak learning rate (sgd, cosine); small, since the model is already trained")
+    batch_size: int | None = Field(
+        None, ge=1, le=65536, description="qat: training batch (default data.batch_size)")
+    distill: DistillConfig | None = Field(
+        None, description="qat: knowledge distillation as in finetune, e.g. {teacher: input, alpha: 0.5}; "
+                          "null: train on the labels")
     # ---- all modes
     exclude: tuple[str, ...] = Field(
         (), description="glob patterns of torch module names (e.g. 'classifier.4', 'features.*') "

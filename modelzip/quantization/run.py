@@ -39,6 +39,12 @@ def _run(artifact, config, ctx, pass_name: str, scratch: Path):
 
     from modelzip.quantization import inspect, summary
 
+    trained = None
+    if config.mode == "qat":  # train first; the trained float model is what gets exported
+        from modelzip.quantization import qat
+
+        trained = qat.train(artifact, config, ctx, pass_name=pass_name)
+        artifact = artifact.evolve(module=trained.module)
     float_path = prepare.float_onnx(artifact, scratch, ctx.work_dir, pass_name=pass_name, step=ctx.step)
     prepared = scratch / "prepared.onnx"
     preprocess_note = prepare.preprocess(float_path, prepared)
@@ -50,7 +56,7 @@ def _run(artifact, config, ctx, pass_name: str, scratch: Path):
     labels = {node: names[-1] for node, names in aliases.items()}
     labels.update({layer.node: layer.label for layer in layers})
     excluded = _resolve_exclude(config.exclude, aliases, pass_name, ctx.step)
-    quantizer = _make_quantizer(config, prepared, prepare.graph_input_name(model), ctx, scratch)
+    quantizer = _make_quantizer(config, prepared, prepare.graph_input_name(model), ctx, scratch, trained)
     ctx.log(f"{config.mode}: {len(layers)} layers, {len(excluded)} node(s) excluded")
 
     search = None
@@ -71,6 +77,8 @@ def _run(artifact, config, ctx, pass_name: str, scratch: Path):
         labels=labels, excluded=excluded, search=search, latency=latency, agreement=agreement,
         float_bytes=float_path.stat().st_size, quantized_bytes=quantized.stat().st_size,
         returned_float=keep_float, batch_size=ctx.recipe.data.batch_size))
+    if trained is not None:
+        ctx.record(**qat.record(trained, quantizer, quantized, ctx.details["summary"]))
     return artifact.evolve(kind="onnx", path=output, module=None)
 
 
@@ -94,9 +102,11 @@ def _resolve_exclude(patterns: tuple[str, ...], aliases: dict[str, tuple[str, ..
     return excluded
 
 
-def _make_quantizer(config, prepared: Path, input_name: str, ctx, scratch: Path) -> Quantizer:
-    from modelzip.quantization import choice, dynamic, weight_only
+def _make_quantizer(config, prepared: Path, input_name: str, ctx, scratch: Path, trained=None) -> Quantizer:
+    from modelzip.quantization import choice, dynamic, qat, weight_only
 
+    if config.mode == "qat":
+        return qat.quantizer(config, prepared, input_name, ctx, scratch, trained)
     if config.mode == "static":
         return _static_quantizer(config, prepared, input_name, ctx, scratch)
     if config.mode == "dynamic":

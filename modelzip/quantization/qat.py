@@ -1,0 +1,237 @@
+"""quantize mode qat: fine-tune with fake quantization, then a static int8 graph with the learned ranges.
+
+1. A copy of the torch model gets fake-quantized Conv/Linear layers (qat_modules.py) and is
+   trained by the one training loop, ``fit()`` (optionally distilled, as in finetune).
+2. The wrappers are removed: the float model with the trained weights is exported as usual.
+3. onnxruntime's static QDQ quantizer writes the int8 graph. The inputs of the Conv/Gemm/MatMul
+   nodes whose torch module was fake-quantized get the trained (scale, zero point) through
+   ``TensorQuantOverrides``, so the int8 model uses the ranges the weights were trained for;
+   every other tensor (layer outputs, tensors of layers kept float) is calibrated as in static
+   mode. The report lists which tensors got which, read back from the int8 graph.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from modelzip.errors import PassError
+from modelzip.quantization.layers import find_layers, load_module_map
+from modelzip.quantization.prepare import quiet
+
+SEED_OFFSET = 104_729  # QAT's own random stream (shuffles, dropout), apart from other passes
+OVERRIDDEN_OPS = ("Conv", "Gemm", "MatMul")  # ops whose input a QATLayer fake-quantized
+# onnxruntime's QDQ quantizer gives the output of these ops their input's (scale, zero point).
+# Behind a range-preserving one (a MaxPool of a ReLU output has the same maximum) the learned
+# range is set on its input too; behind an AveragePool (which narrows the range) the pool is
+# kept float instead, since widening or narrowing the range before it would cost accuracy.
+RANGE_PRESERVING_OPS = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"})
+RANGE_NARROWING_OPS = frozenset({"AveragePool"})
+
+
+@dataclass
+class Trained:
+    module: Any  # the float torch model with the QAT-trained weights (wrappers removed)
+    ranges: dict[str, dict[str, float]]  # torch module name -> learned input range
+    result: Any  # fit()'s FitResult
+    distilled: bool
+    reduce_range: bool
+    reduce_range_reason: str
+
+
+def train(artifact, config, ctx, *, pass_name: str) -> Trained:
+    """Quantization-aware fine-tuning of a copy of ``artifact.module``."""
+    from modelzip.finetuning.loop import Hooks, NonFiniteLoss, TrainSettings, fit
+    from modelzip.quantization import choice
+    from modelzip.quantization.qat_modules import fake_quant_layers, insert_fake_quant, remove_fake_quant
+
+    _check_input(artifact, ctx, pass_name)
+    reduce_range, reason = choice.reduce_range(config.reduce_range)
+    # The weight grid must be the one onnxruntime writes: [-127, 127], or [-64, 64] with reduce_range.
+    weight_qmax = 64 if reduce_range else 127
+    excluded = lambda name: any(fnmatch.fnmatchcase(name, p) for p in config.exclude)  # noqa: E731
+    model = insert_fake_quant(copy.deepcopy(artifact.module), weight_qmax, excluded)
+    objective = _objective(artifact, model, config, ctx, pass_name)
+    settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                             seed=ctx.seed + SEED_OFFSET, device=ctx.device)
+    try:
+        result = fit(model, ctx.data, settings, objective, Hooks(log=ctx.log, track=ctx.track))
+    except NonFiniteLoss as exc:
+        raise PassError(f"the QAT loss became {exc.value} at epoch {exc.epoch}, iteration {exc.iteration}",
+                        pass_name=pass_name, step=ctx.step, got=f"loss {exc.value} with lr {exc.lr:.3g}",
+                        expected="a finite loss", fix=f"lower lr (e.g. lr: {config.lr / 10:g})") from exc
+    model = model.cpu().eval()
+    ranges = {name: layer.input_quant.learned_range() for name, layer in fake_quant_layers(model).items()}
+    return Trained(remove_fake_quant(model), {k: v for k, v in ranges.items() if v is not None}, result,
+                   objective.distills, reduce_range, reason)
+
+
+def _check_input(artifact, ctx, pass_name: str) -> None:
+    if artifact.kind != "torch":
+        raise PassError("mode qat trains the torch model, but this step receives an ONNX model",
+                        pass_name=pass_name, step=ctx.step, got="an ONNX artifact",
+                        expected="a torch model (QAT fine-tunes it before export)",
+                        fix="put quantize: {mode: qat} before export (it exports by itself)")
+    if len(ctx.data.train) == 0:
+        raise PassError("mode qat needs training images, but the training split is empty",
+                        pass_name=pass_name, step=ctx.step, fix="raise data.limit_train or use mode: static")
+
+
+def _objective(artifact, student, config, ctx, pass_name: str):
+    """finetune's objective (cross-entropy, or distillation from the configured teacher)."""
+    from modelzip.finetuning.pass_run import build_objective
+
+    view = SimpleNamespace(distill=config.distill, label_smoothing=0.0)
+    return build_objective(artifact, student, view, ctx, pass_name)
+
+
+# --------------------------------------------------------------------------- int8 graph
+
+
+def quantizer(config, prepared: Path, input_name: str, ctx, scratch: Path, trained: Trained):
+    """A run.Quantizer: static QDQ with the learned ranges, calibration for the rest."""
+    from modelzip.quantization import static
+    from modelzip.quantization.run import Quantizer
+
+    settings = static.StaticSettings("minmax", config.percentile, False, True, trained.reduce_range)
+    cache = ctx.work_dir / static.CALIBRATION_FILE
+    batches = static.calibration_batches(ctx.data, config.calibration_samples, config.calibration_batch_size,
+                                         ctx.seed)
+    samples = static.calibrate(prepared, batches, input_name, settings, cache, scratch)
+    module_map = load_module_map(ctx.work_dir)
+    overrides, range_float, learned = learned_overrides(prepared, module_map, trained.ranges)
+    described = {**settings.describe(), "reduce_range_reason": trained.reduce_range_reason,
+                 "calibration": {"method": "minmax", "samples": samples,
+                                 "batch_size": config.calibration_batch_size,
+                                 "used_for": "tensors without a learned range"},
+                 "learned_ranges": learned}
+
+    def run(float_nodes, out: Path) -> Path:
+        return _quantize(prepared, out, cache, settings, {*float_nodes, *range_float}, overrides)
+
+    return Quantizer(described, run, "int8")
+
+
+def learned_overrides(model_path: Path, module_map: dict[str, str], ranges: dict[str, dict[str, float]]
+                      ) -> tuple[dict[str, list[dict[str, Any]]], list[str], list[dict[str, Any]]]:
+    """(TensorQuantOverrides, nodes to keep float so they apply, one report row per tensor) for
+    the data input of each Conv/Gemm/MatMul node whose torch module has a learned range."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    float_nodes: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for layer in find_layers(model, module_map):
+        module = next((name for name in layer.aliases if name in ranges), None)
+        if layer.op_type not in OVERRIDDEN_OPS or module is None:
+            continue
+        tensor = _node(model, layer.node).input[0]
+        learned = ranges[module]
+        if tensor in overrides:  # one tensor feeding two layers: the first layer's range wins
+            rows[[r["tensor"] for r in rows].index(tensor)]["also_feeds"].append(module)
+            continue
+        upstream, keep_float = _range_chain(model, tensor)
+        for name in (tensor, *upstream):
+            overrides[name] = [{"scale": learned["scale"], "zero_point": learned["zero_point"]}]
+        float_nodes += keep_float
+        rows.append({"tensor": tensor, "module": module, "node": layer.node, **learned,
+                     "also_set_on": upstream, "kept_float_for_range": keep_float, "also_feeds": []})
+    return overrides, float_nodes, rows
+
+
+def _range_chain(model, tensor: str) -> tuple[list[str], list[str]]:
+    """(tensors up the chain of range-preserving ops ending in ``tensor``, each read by nothing
+    else; the range-narrowing node that ends the chain, if any): see RANGE_PRESERVING_OPS."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    chain: list[str] = []
+    node = producers.get(tensor)
+    while node is not None:
+        if node.op_type in RANGE_NARROWING_OPS:
+            return chain, [node.name]
+        if node.op_type not in RANGE_PRESERVING_OPS or readers.get(node.input[0]) != 1:
+            break
+        chain.append(node.input[0])
+        node = producers.get(node.input[0])
+    return chain, []
+
+
+def _quantize(model_path: Path, out_path: Path, calibration: Path, settings, float_nodes,
+              overrides: dict[str, list[dict[str, Any]]]) -> Path:
+    """static.quantize, plus the learned per-tensor (scale, zero point) overrides."""
+    import numpy as np
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from modelzip.quantization.static import _ort_method
+
+    # onnxruntime writes override values straight into the Q/DQ initializers: give it typed values.
+    typed = {tensor: [{"scale": np.array(o["scale"], dtype=np.float32),
+                       "zero_point": np.array(o["zero_point"], dtype=np.uint8)}
+                      for o in entries] for tensor, entries in overrides.items()}
+    with quiet():
+        quantize_static(
+            str(model_path), str(out_path), calibration_data_reader=None,
+            calibration_cache_path=str(calibration), calibrate_method=_ort_method(settings.method),
+            quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=sorted(float_nodes),
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                           "TensorQuantOverrides": typed},
+        )
+    return out_path
+
+
+def _node(model, name: str):
+    return next(node for node in model.graph.node if node.name == name)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def record(trained: Trained, quantizer, quantized: Path, static_summary: str) -> dict[str, Any]:
+    """Report items: the training curve, which tensors use learned vs calibrated ranges (as
+    found in the int8 graph), and the summary line."""
+    graph_scales = _activation_scales(quantized)
+    learned = []
+    for row in quantizer.settings["learned_ranges"]:
+        learned.append(row | {"scale_in_graph": graph_scales.get(row["tensor"])})
+    overridden = {name for row in learned for name in (row["tensor"], *row["also_set_on"])}
+    calibrated = sorted(set(graph_scales) - overridden)
+    result = trained.result
+    details = {
+        "curve": result.history, "epochs_run": len(result.history), "optimizer_steps": result.total_steps,
+        "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+        "wall_time_s": round(result.wall_time_s, 3), "distilled": trained.distilled,
+        "sparsity_preserved": result.sparsity,
+        "learned_ranges": learned, "calibrated_tensors": calibrated,
+    }
+    applied = sum(1 for row in learned if row["scale_in_graph"] is not None)
+    epochs = len(result.history)
+    head = (f"qat {epochs} epoch{'s' if epochs != 1 else ''}"
+            + (" distilled" if trained.distilled else "")
+            + (f" (val {result.best_val_accuracy:.4f})" if result.best_val_accuracy is not None else "")
+            + f"; {applied} learned / {len(calibrated)} calibrated activation ranges")
+    return {"qat": details, "summary": f"{head}; {static_summary}"}
+
+
+def _activation_scales(path: Path) -> dict[str, float]:
+    """Quantized activation tensor -> the scale of its QuantizeLinear in the int8 graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {init.name: init for init in model.graph.initializer}
+    scales = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in initializers:
+            scale = initializers.get(node.input[1])
+            if scale is not None:
+                scales[node.input[0]] = float(numpy_helper.to_array(scale).reshape(-1)[0])
+    return scales
