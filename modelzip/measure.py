@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from modelzip.cache import StepCache, content_key
-from modelzip.evaluation import default_threads
 from modelzip.console import UI
+from modelzip.evaluation import default_threads
 from modelzip.recipe import Recipe
 from modelzip.report import latency_verdict
 
@@ -62,16 +62,13 @@ class Measurer:
                 "params_total": total, "params_nonzero": nonzero, "macs": ev.onnx_macs(path),
                 "size_bytes": path.stat().st_size, "zip_bytes": ev.zip_bytes(path)}
 
-    def final(self, final, baseline) -> dict[str, Any]:
-        """Sizes and latency of the final ONNX artifact against the fp32 baseline ONNX artifact."""
-        from modelzip import evaluation as ev
-
-        final_path, baseline_path = Path(final.path), Path(baseline.path)
-        sizes = {"size_bytes": final_path.stat().st_size, "zip_bytes": ev.zip_bytes(final_path),
-                 "baseline_size_bytes": baseline_path.stat().st_size,
-                 "baseline_zip_bytes": ev.zip_bytes(baseline_path)}
+    def final(self, final, baseline, baseline_metrics: dict[str, Any]) -> dict[str, Any]:
+        """What the final ONNX is compared with: the fp32 baseline ONNX's sizes (measured with
+        its metrics) and the latency of both."""
         latency = self.latency(final, baseline) if self.recipe.evaluation.latency else None
-        return {**sizes, "latency": latency, "threads": self.threads}
+        return {"baseline_size_bytes": baseline_metrics["size_bytes"],
+                "baseline_zip_bytes": baseline_metrics["zip_bytes"], "latency": latency,
+                "threads": self.threads}
 
     def latency(self, final, baseline) -> dict[str, Any]:
         """Latency at batch 1 and data.batch_size; cached per (artifacts, settings, CPU).

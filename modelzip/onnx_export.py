@@ -21,7 +21,6 @@ OUTPUT_NAME = "logits"
 def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: Path, *, opset: int,
                 exporter: str, dynamic_batch: bool, pass_name: str, step: int | None) -> None:
     """Export ``module`` (in eval mode, on CPU) and run onnx.checker's full check."""
-    import onnx
 
     module = copy.deepcopy(module).cpu().eval()  # never mutate the caller's module
     example = (torch.zeros(input_shape),)

@@ -218,7 +218,7 @@ class _Runner:
         copy_file(artifact.path, target)
         final = {"artifact": "model.onnx", "id": artifact.id, **metrics,
                  "lineage": [e.to_json() for e in artifact.lineage]}
-        final.update(self.measurer.final(artifact, baseline["onnx_artifact"]))
+        final.update(self.measurer.final(artifact, baseline["onnx_artifact"], baseline["onnx"]))
         final["ratios"] = ratios(final, baseline, self.recipe.data.batch_size)
         return final
 

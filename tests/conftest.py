@@ -31,3 +31,19 @@ needs_fashion = pytest.mark.skipif(
 
 def modelzip_cmd() -> list[str]:
     return [sys.executable, "-m", "modelzip"]
+
+
+def synthetic_recipe(passes: str, *, name: str = "tiny", seed: bool = True,
+                     model: str = "modelzip.zoo:tiny_cnn", model_args: str = "{num_classes: 4}",
+                     checkpoint: str | None = None, data_args: str = "{train: 256, eval: 128}",
+                     val_samples: int = 32, evaluation: str = "{warmup: 1, repeats: 5}") -> str:
+    """The tiny-model, synthetic-data recipe the tests share (runs in seconds).
+
+    ``passes`` is the body of the `passes:` list, e.g. "  - export: {}".
+    """
+    lines = ["version: 1", f"name: {name}", *(["seed: 0"] if seed else []), "model:", f"  source: {model}",
+             f"  args: {model_args}", *([f"  checkpoint: {checkpoint}"] if checkpoint else []),
+             "  input_shape: [1, 1, 28, 28]", "data:", "  dataset: modelzip.testing:synthetic_dataset",
+             f"  args: {data_args}", "  batch_size: 64", f"  val_samples: {val_samples}", "passes:",
+             passes.rstrip("\n"), f"evaluation: {evaluation}", "output: out"]
+    return "\n" + "\n".join(lines) + "\n"

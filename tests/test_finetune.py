@@ -17,9 +17,8 @@ from modelzip.console import SilentUI
 from modelzip.context import PassContext
 from modelzip.errors import InputError, PassError, RecipeError
 from modelzip.evaluation import torch_accuracy
-from modelzip.finetuning import Augment, Hooks, NonFiniteLoss, TrainSettings, distillation_loss, fit
+from modelzip.finetuning import Augment, NonFiniteLoss, TrainSettings, distillation_loss, fit, pass_run
 from modelzip.finetuning import loop as loop_module
-from modelzip.finetuning import pass_run
 from modelzip.finetuning.augment import auto_augment
 from modelzip.finetuning.checkpoint import CheckpointStore
 from modelzip.finetuning.optim import LrShape, warmup_steps
@@ -28,27 +27,11 @@ from modelzip.pipeline import RunOptions
 from modelzip.registry import PassRegistry
 from modelzip.sources.data import load_data
 from modelzip.zoo import fashion_cnn, tiny_cnn
-from tests.conftest import REPO, needs_fashion
+from tests.conftest import REPO, needs_fashion, synthetic_recipe
 
-RECIPE = """
-version: 1
-name: ft
-seed: 0
-model:
-  source: modelzip.zoo:tiny_cnn
-  args: {num_classes: 4}
-  checkpoint: tiny.pt
-  input_shape: [1, 1, 28, 28]
-data:
-  dataset: modelzip.testing:synthetic_dataset
-  args: {train: 384, eval: 128}
-  batch_size: 64
-  val_samples: 64
-passes:
-  - finetune: {epochs: 3, lr: 0.05}
-evaluation: {latency: false}
-output: out
-"""
+RECIPE = synthetic_recipe("  - finetune: {epochs: 3, lr: 0.05}", name="ft", checkpoint="tiny.pt",
+                          data_args="{train: 384, eval: 128}", val_samples=64,
+                          evaluation="{latency: false}")
 
 
 @pytest.fixture(autouse=True)

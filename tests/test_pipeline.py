@@ -13,26 +13,9 @@ from modelzip.errors import InputError
 from modelzip.pipeline import RunOptions
 from modelzip.registry import PassRegistry
 from modelzip.zoo import tiny_cnn
+from tests.conftest import synthetic_recipe
 
-TINY = """
-version: 1
-name: tiny
-seed: 0
-model:
-  source: modelzip.zoo:tiny_cnn
-  args: {num_classes: 4}
-  checkpoint: tiny.pt
-  input_shape: [1, 1, 28, 28]
-data:
-  dataset: modelzip.testing:synthetic_dataset
-  args: {train: 256, eval: 128}
-  batch_size: 64
-  val_samples: 32
-passes:
-  - export: {}
-evaluation: {warmup: 1, repeats: 5}
-output: out
-"""
+TINY = synthetic_recipe("  - export: {}", checkpoint="tiny.pt")
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from modelzip.recipe import ModelSpec
 from modelzip.registry import PassRegistry
 from modelzip.sources.models import build_model
 from modelzip.zoo import fashion_cnn, tiny_cnn
+from tests.conftest import synthetic_recipe
 
 SHAPE = (1, 1, 28, 28)
 
@@ -382,23 +383,7 @@ def _registry() -> PassRegistry:
     return registry
 
 
-RECIPE = """
-version: 1
-name: prune-test
-model:
-  source: modelzip.zoo:tiny_cnn
-  args: {num_classes: 4}
-  input_shape: [1, 1, 28, 28]
-data:
-  dataset: modelzip.testing:synthetic_dataset
-  args: {train: 256, eval: 128}
-  batch_size: 64
-  val_samples: 32
-passes:
-PASSES
-evaluation: {warmup: 1, repeats: 5}
-output: out
-"""
+RECIPE = synthetic_recipe("PASSES", name="prune-test", seed=False)
 
 
 def _recipe(recipe_file, passes: str):

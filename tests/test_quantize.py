@@ -25,26 +25,10 @@ from modelzip.recipe import DataSpec
 from modelzip.registry import PassRegistry
 from modelzip.sources.data import load_data
 from modelzip.zoo import fashion_cnn
-from tests.conftest import needs_fashion
+from tests.conftest import needs_fashion, synthetic_recipe
 
-RECIPE = """
-version: 1
-name: quant
-seed: 0
-model:
-  source: modelzip.zoo:fashion_cnn
-  args: {num_classes: 4, width: 8}
-  input_shape: [1, 1, 28, 28]
-data:
-  dataset: modelzip.testing:synthetic_dataset
-  args: {train: 256, eval: 128}
-  batch_size: 64
-  val_samples: 64
-passes:
-  - quantize: {}
-evaluation: {warmup: 1, repeats: 5}
-output: out
-"""
+RECIPE = synthetic_recipe("  - quantize: {}", name="quant", model="modelzip.zoo:fashion_cnn",
+                          model_args="{num_classes: 4, width: 8}", val_samples=64)
 
 
 @pytest.fixture(scope="module")

@@ -19,33 +19,25 @@ from modelzip.evaluation import onnx_accuracy, onnx_outputs
 from modelzip.finetuning.loop import TrainSettings, fit
 from modelzip.passes.quantize import QuantizeConfig, QuantizePass
 from modelzip.pipeline import RunOptions
-from modelzip.quantization.qat_modules import (ActivationFakeQuant, QATLayer, fake_quantize,
-                                               fake_quant_layers, insert_fake_quant, remove_fake_quant)
+from modelzip.quantization.qat_modules import (
+    ActivationFakeQuant,
+    QATLayer,
+    fake_quant_layers,
+    fake_quantize,
+    insert_fake_quant,
+    remove_fake_quant,
+)
 from modelzip.recipe import DataSpec
 from modelzip.registry import PassRegistry
 from modelzip.sources.data import load_data
 from modelzip.zoo import tiny_cnn
+from tests.conftest import synthetic_recipe
 
 torch.set_num_threads(1)  # tiny models; leave the other core alone
 
-RECIPE = """
-version: 1
-name: qat
-seed: 0
-model:
-  source: modelzip.zoo:tiny_cnn
-  args: {num_classes: 4}
-  input_shape: [1, 1, 28, 28]
-data:
-  dataset: modelzip.testing:synthetic_dataset
-  args: {train: 512, eval: 256, noise: 2.5}
-  batch_size: 64
-  val_samples: 64
-passes:
-  - quantize: {mode: qat}
-evaluation: {latency: false, threads: 1}
-output: out
-"""
+RECIPE = synthetic_recipe("  - quantize: {mode: qat}", name="qat",
+                          data_args="{train: 512, eval: 256, noise: 2.5}", val_samples=64,
+                          evaluation="{latency: false, threads: 1}")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from modelzip.quantization.prepare import quiet
-from modelzip.quantization.rewrite import gemm_to_matmul
 
 OP_TYPES = ("MatMul", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
 
@@ -32,13 +31,6 @@ class DynamicSettings:
             "reduce_range": self.reduce_range,
             "op_types": list(OP_TYPES) + ["Gemm (as MatMul + Add)"],
         }
-
-
-def prepare(model_path: Path, scratch: Path) -> Path:
-    """Gemm -> MatMul + Add, so nn.Linear layers are quantized too (done once per run)."""
-    target = scratch / "matmul.onnx"
-    gemm_to_matmul(model_path, target)
-    return target
 
 
 def quantize(model_path: Path, out_path: Path, settings: DynamicSettings,

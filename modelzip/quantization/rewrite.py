@@ -49,3 +49,11 @@ def gemm_to_matmul(source: Path, target: Path) -> list[str]:
     graph.initializer.extend(kept)
     onnx.save(model, str(target))
     return rewritten
+
+
+def matmul_copy(model_path: Path, scratch: Path) -> Path:
+    """A copy of the model with Gemm as MatMul + Add: onnxruntime's dynamic and MatMulNBits
+    quantizers only rewrite MatMul, so nn.Linear layers are quantized too (done once per run)."""
+    target = scratch / "matmul.onnx"
+    gemm_to_matmul(model_path, target)
+    return target

@@ -12,6 +12,7 @@ from modelzip.errors import PassError
 from modelzip.quantization import prepare
 from modelzip.quantization.layers import Layer, all_aliases, find_layers, load_module_map, match_exclude
 from modelzip.quantization.layers import suggest_names
+from modelzip.quantization.rewrite import matmul_copy
 
 OUTPUT_FILE = "model.onnx"
 
@@ -112,11 +113,11 @@ def _make_quantizer(config, prepared: Path, input_name: str, ctx, scratch: Path,
     if config.mode == "dynamic":
         reduce_range, reason = choice.reduce_range(config.reduce_range)
         settings = dynamic.DynamicSettings(config.per_channel, reduce_range)
-        source = dynamic.prepare(prepared, scratch)
+        source = matmul_copy(prepared, scratch)
         described = {**settings.describe(), "reduce_range_reason": reason, "cpu": choice.cpu_summary()}
         return Quantizer(described, lambda nodes, out: dynamic.quantize(source, out, settings, nodes), "int8")
     settings = weight_only.WeightOnlySettings(config.bits, config.block_size, config.compute)
-    source = weight_only.prepare(prepared, scratch)
+    source = matmul_copy(prepared, scratch)
     run = lambda nodes, out: weight_only.quantize(source, out, settings, nodes)  # noqa: E731
     return Quantizer(settings.describe(), run, f"int{config.bits}")
 

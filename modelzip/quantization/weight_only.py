@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from modelzip.quantization.prepare import quiet
-from modelzip.quantization.rewrite import gemm_to_matmul
 
 # MatMulNBits accuracy_level: 4 computes in int8 (activations quantized per block at run
 # time); 1 dequantizes the weights and computes in fp32. Measured here with onnxruntime 1.32,
@@ -36,13 +35,6 @@ class WeightOnlySettings:
             "accuracy_level": ACCURACY_LEVEL[self.compute],
             "op_types": ["MatMul", "Gemm (as MatMul + Add)"],
         }
-
-
-def prepare(model_path: Path, scratch: Path) -> Path:
-    """Gemm -> MatMul + Add: MatMulNBitsQuantizer only rewrites MatMul nodes."""
-    target = scratch / "matmul.onnx"
-    gemm_to_matmul(model_path, target)
-    return target
 
 
 def quantize(model_path: Path, out_path: Path, settings: WeightOnlySettings,
