@@ -47,6 +47,11 @@ class PassContext:
         """
         self.details.update(items)
 
+    def record_table(self, title: str, header: list[str], rows: list[list[Any]]) -> None:
+        """A table for report.md (a per-layer breakdown, say), kept in ``details["tables"]``."""
+        table = {"title": title, "header": list(header), "rows": [[str(cell) for cell in row] for row in rows]}
+        self.details.setdefault("tables", []).append(table)
+
     def log(self, message: str) -> None:
         self.ui.log(f"  [{self.pass_name}] {message}")
 

@@ -120,6 +120,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         + (f" · speedup {ratios['speedup']:.2f}x at batch {_batch(report)}" if "speedup" in ratios else ""),
         "## Steps", _table(SUMMARY_HEADER, summary_rows(report)),
     ]
+    parts += _step_tables(report)
     if final.get("latency"):
         cached = " (cached from an earlier run; --no-cache measures again)" if final["latency"].get("cached") else ""
         parts += ["## Latency (onnxruntime CPU, "
@@ -135,6 +136,16 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"(tolerance atol {report['baseline']['export']['parity']['atol']}, "
               f"rtol {report['baseline']['export']['parity']['rtol']})."]
     return "\n\n".join(parts) + "\n"
+
+
+def _step_tables(report: dict[str, Any]) -> list[str]:
+    """The tables passes recorded with ``ctx.record_table``, each under its step's heading."""
+    parts = []
+    for step in report["steps"]:
+        for table in step["details"].get("tables", []):
+            parts += [f"## Step {step['index']}: {step['pass']}, {table['title']}",
+                      _table(table["header"], table["rows"])]
+    return parts
 
 
 def _batch(report: dict[str, Any]) -> str:

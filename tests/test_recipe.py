@@ -182,3 +182,12 @@ def test_json_schema_lists_pass_parameters():
     export = next(i for i in items if "export" in i["properties"])
     assert "opset" in str(export)
     assert schema["additionalProperties"] is False
+
+
+SHIPPED = sorted((Path(__file__).parent.parent / "recipes").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_shipped_recipes_are_valid(path):
+    recipe = load_recipe(path)
+    assert recipe.passes, path

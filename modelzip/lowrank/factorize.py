@@ -81,7 +81,8 @@ def _record(kind: str, rank: int, full: int, s: torch.Tensor, before: tuple[int,
     return {"kind": kind, "rank": rank, "full_rank": full, "energy_kept": round(energy, 4),
             "params_before": before[1], "params_after": after[1] if cheaper else before[1],
             "macs_before": before[0], "macs_after": after[0] if cheaper else before[0],
-            "factorized": cheaper, **({} if cheaper else {"reason": "factorized form is not cheaper"})}
+            "factorized": cheaper,
+            **({} if cheaper else {"reason": f"factorized form at rank {rank} of {full} is not cheaper"})}
 
 
 def _linear(layer: nn.Linear, config) -> tuple[dict[str, Any], nn.Module | None]:

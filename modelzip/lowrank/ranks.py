@@ -7,7 +7,12 @@ import torch
 
 
 def choose_rank(singular_values: torch.Tensor, config) -> int:
-    """Smallest rank meeting `energy` (fraction of sum s^2) or `rank_ratio`, at least `min_rank`."""
+    """Smallest rank meeting `energy` (fraction of sum s^2) or `rank_ratio`, at least `min_rank`,
+    rounded up to a multiple of `round_to` but never past the full rank.
+
+    Rounding up keeps at least the energy asked for. A rank rounded up to the full rank makes
+    the factorized form dearer than the layer, which is then kept as it is.
+    """
     full = len(singular_values)
     if config.energy is not None:
         squared = singular_values.double() ** 2
@@ -16,4 +21,5 @@ def choose_rank(singular_values: torch.Tensor, config) -> int:
         rank = int(torch.searchsorted(kept, torch.tensor(config.energy - 1e-12, dtype=kept.dtype))) + 1
     else:
         rank = math.ceil(config.rank_ratio * full)
-    return max(1, min(full, max(rank, config.min_rank)))
+    rank = max(rank, config.min_rank, 1)
+    return min(full, math.ceil(rank / config.round_to) * config.round_to)

@@ -17,6 +17,10 @@ class LowRankConfig(PassConfig):
         "channel", description="channel: kxk conv to r channels then 1x1; spatial: kx1 then 1xk; none: skip convs")
     linear: bool = Field(True, description="factorize Linear layers (in -> r -> out)")
     min_rank: int = Field(1, ge=1, description="never go below this rank")
+    round_to: int = Field(
+        16, ge=1,
+        description="round each rank up to a multiple of this (capped at the full rank); onnxruntime's x86 "
+                    "convolutions work on blocks of 8/16 channels and run odd widths slower; 1: no rounding")
     ignore: tuple[str, ...] = Field((), description="glob patterns on module names to leave as they are")
 
     @model_validator(mode="after")
@@ -38,7 +42,21 @@ class LowRankPass(Pass):
         module, layers = factorize_model(artifact.module, config, artifact.input_shape)
         changed = [layer for layer in layers if layer["factorized"]]
         ctx.record(layers=layers, factorized=len(changed), summary=_summary(layers, changed))
+        ctx.record_table("per layer", LAYER_HEADER, [_layer_row(layer) for layer in layers])
         return artifact.evolve(module=module)
+
+
+LAYER_HEADER = ["layer", "kind", "rank / full", "energy kept", "params before -> after",
+                "MACs before -> after", "factorized"]
+
+
+def _layer_row(layer: dict) -> list[str]:
+    if "rank" not in layer:  # not decomposable at all (a grouped conv, say)
+        return [layer["name"], layer["kind"], "", "", "", "", f"no: {layer['reason']}"]
+    return [layer["name"], layer["kind"], f"{layer['rank']} / {layer['full_rank']}", f"{layer['energy_kept']:.3f}",
+            f"{layer['params_before']:,} -> {layer['params_after']:,}",
+            f"{layer['macs_before']:,} -> {layer['macs_after']:,}",
+            "yes" if layer["factorized"] else f"no: {layer['reason']}"]
 
 
 def _summary(layers: list[dict], changed: list[dict]) -> str:
