@@ -17,11 +17,6 @@ TARGETS = [
     ("prune_distill", "channel prune to 50% of MACs + 3 epochs distilled finetune: within 0.5 pp (issue 4)",
      lambda r, b: _check(r, b, drop=0.005)),
 ]
-# Residual-network runs: name -> (description, check(figures) -> (got text, met?)).
-RESIDUAL_TARGETS = [
-    ("resnet20_lowrank", "ResNet-20 lowrank conv: channel: faster than the baseline at batch 256 (issue 6)",
-     lambda f: _faster_at_256(f)),
-]
 
 
 def _faster_at_256(figures: dict) -> tuple[str, bool]:
@@ -30,6 +25,13 @@ def _faster_at_256(figures: dict) -> tuple[str, bool]:
         return "not measured", False
     speedup = lat["baseline"]["median_ms"] / lat["final"]["median_ms"]
     return f"speed256 {speedup:.2f}x ({lat['verdict']})", lat["verdict"] == "faster"
+
+
+# Residual-network runs: name -> (description, check(figures) -> (got text, met?)).
+RESIDUAL_TARGETS = [
+    ("resnet20_lowrank", "ResNet-20 lowrank conv: channel: faster than the baseline at batch 256 (issue 6)",
+     _faster_at_256),
+]
 
 
 def _ratios(row: dict, base: dict) -> dict:

@@ -23,6 +23,31 @@ def recipe_file(tmp_path):
     return lambda body, name="recipe.yaml": write_recipe(tmp_path, body, name)
 
 
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    """tmp_path/tiny.pt: the state_dict of a seeded, untrained tiny_cnn with 4 classes."""
+    import torch
+
+    from modelzip.zoo import tiny_cnn
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_cnn(num_classes=4).state_dict(), path)
+    return path
+
+
+def pass_context(recipe, data, *, pass_name: str, work_dir: Path, build_module, baseline=None,
+                 resume_dir: Path | None = None):
+    """The context the pipeline would give step 0, for calling a pass's ``run`` directly
+    (no cache, no measurement): fast, and ``ctx.details`` is inspectable."""
+    from modelzip.console import SilentUI
+    from modelzip.context import PassContext
+
+    return PassContext(step=0, pass_name=pass_name, work_dir=work_dir, seed=0, device="cpu", recipe=recipe,
+                       ui=SilentUI(), baseline=baseline, load_data=lambda: data, build_module=build_module,
+                       resume_dir=resume_dir)
+
+
 needs_fashion = pytest.mark.skipif(
     not (FASHION / "t10k-images-idx3-ubyte.gz").exists() and not os.environ.get("MODELZIP_DATA"),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",

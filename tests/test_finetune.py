@@ -13,8 +13,6 @@ from torch import nn
 
 from modelzip import load_recipe, run_recipe
 from modelzip.artifacts import Artifact
-from modelzip.console import SilentUI
-from modelzip.context import PassContext
 from modelzip.errors import InputError, PassError, RecipeError
 from modelzip.evaluation import torch_accuracy
 from modelzip.finetuning import Augment, NonFiniteLoss, TrainSettings, distillation_loss, fit, pass_run
@@ -27,7 +25,7 @@ from modelzip.pipeline import RunOptions
 from modelzip.registry import PassRegistry
 from modelzip.sources.data import load_data
 from modelzip.zoo import fashion_cnn, tiny_cnn
-from tests.conftest import REPO, needs_fashion, synthetic_recipe
+from tests.conftest import REPO, needs_fashion, pass_context, synthetic_recipe
 
 RECIPE = synthetic_recipe("  - finetune: {epochs: 3, lr: 0.05}", name="ft", checkpoint="tiny.pt",
                           data_args="{train: 384, eval: 128}", val_samples=64,
@@ -45,16 +43,11 @@ def one_thread():
 
 @pytest.fixture
 def registry():
-    reg = PassRegistry.from_entry_points()
-    if "finetune" not in reg:  # until pyproject.toml registers it
-        reg.register(FinetunePass)
-    return reg
+    return PassRegistry.from_entry_points()
 
 
 @pytest.fixture
-def recipe_path(tmp_path, recipe_file):
-    torch.manual_seed(0)
-    torch.save(tiny_cnn(num_classes=4).state_dict(), tmp_path / "tiny.pt")
+def recipe_path(tiny_checkpoint, recipe_file):
     return recipe_file(RECIPE)
 
 
@@ -69,9 +62,8 @@ def harness(recipe_path, registry):
 
     def run(params: dict, artifact: Artifact | None = None, resume_dir: Path | None = None):
         config = FinetunePass.Config.model_validate(params)
-        ctx = PassContext(step=0, pass_name="finetune", work_dir=recipe.base_dir, seed=0, device="cpu",
-                          recipe=recipe, ui=SilentUI(), baseline=baseline, load_data=lambda: bundle,
-                          build_module=lambda: tiny_cnn(num_classes=4), resume_dir=resume_dir)
+        ctx = pass_context(recipe, bundle, pass_name="finetune", work_dir=recipe.base_dir, baseline=baseline,
+                           build_module=lambda: tiny_cnn(num_classes=4), resume_dir=resume_dir)
         produced = FinetunePass().run(artifact or baseline, config, ctx)
         return produced, ctx
 
@@ -378,8 +370,8 @@ def test_one_epoch_lifts_an_untrained_fashion_cnn(tmp_path, recipe_file, registr
     source = fashion_cnn()
     source.load_state_dict(torch.load(tmp_path / "untrained.pt", weights_only=True))
     artifact = Artifact(kind="torch", input_shape=(1, 1, 28, 28), id="u", module=source.eval())
-    ctx = PassContext(step=0, pass_name="finetune", work_dir=tmp_path, seed=0, device="cpu", recipe=recipe,
-                      ui=SilentUI(), baseline=artifact, load_data=lambda: bundle, build_module=fashion_cnn)
+    ctx = pass_context(recipe, bundle, pass_name="finetune", work_dir=tmp_path, baseline=artifact,
+                       build_module=fashion_cnn)
     before = torch_accuracy(source, bundle.batches("eval"))
     produced = FinetunePass().run(artifact, recipe.passes[0].config, ctx)
     after = torch_accuracy(produced.module, bundle.batches("eval"))

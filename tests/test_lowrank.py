@@ -104,11 +104,7 @@ def test_config_needs_exactly_one_target(recipe_file):
     assert "exactly one" in info.value.problems[0].message
 
 
-def test_pipeline_factorizes_exports_and_reloads(tmp_path, recipe_file):
-    from modelzip.zoo import tiny_cnn
-
-    torch.manual_seed(0)
-    torch.save(tiny_cnn(num_classes=4).state_dict(), tmp_path / "tiny.pt")
+def test_pipeline_factorizes_exports_and_reloads(tiny_checkpoint, recipe_file):
     # round_to 1: the tiny model's widths (8, 16) are below the default rounding of 16.
     body = TINY.replace("  - export: {}\n", "  - lowrank: {rank_ratio: 0.5, round_to: 1}\n  - export: {}\n")
     recipe = load_recipe(recipe_file(body))
@@ -126,13 +122,9 @@ def test_pipeline_factorizes_exports_and_reloads(tmp_path, recipe_file):
     assert again["steps"][0]["metrics"] == step["metrics"]
 
 
-def test_composes_with_prune_finetune_and_static_int8(tmp_path, recipe_file):
+def test_composes_with_prune_finetune_and_static_int8(tmp_path, tiny_checkpoint, recipe_file):
     import onnx
 
-    from modelzip.zoo import tiny_cnn
-
-    torch.manual_seed(0)
-    torch.save(tiny_cnn(num_classes=4).state_dict(), tmp_path / "tiny.pt")
     passes = ("  - prune: {method: channel, ratio: 0.25}\n"
               "  - lowrank: {rank_ratio: 0.5, round_to: 1}\n"
               "  - finetune: {steps: 2}\n"

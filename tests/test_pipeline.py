@@ -19,9 +19,7 @@ TINY = synthetic_recipe("  - export: {}", checkpoint="tiny.pt")
 
 
 @pytest.fixture
-def tiny_recipe(tmp_path, recipe_file):
-    torch.manual_seed(0)
-    torch.save(tiny_cnn(num_classes=4).state_dict(), tmp_path / "tiny.pt")
+def tiny_recipe(tiny_checkpoint, recipe_file):
     return recipe_file(TINY)
 
 

@@ -377,10 +377,7 @@ def test_magnitude_zeros_reach_the_onnx_file(tmp_path):
 
 
 def _registry() -> PassRegistry:
-    registry = PassRegistry.from_entry_points()
-    if "prune" not in registry:
-        registry.register(PrunePass)
-    return registry
+    return PassRegistry.from_entry_points()
 
 
 RECIPE = synthetic_recipe("PASSES", name="prune-test", seed=False)

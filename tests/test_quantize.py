@@ -13,8 +13,6 @@ from torch import nn
 
 from modelzip import load_recipe, run_recipe
 from modelzip.artifacts import Artifact
-from modelzip.console import SilentUI
-from modelzip.context import PassContext
 from modelzip.errors import PassError, RecipeError
 from modelzip.evaluation import onnx_outputs
 from modelzip.latency import Latency
@@ -25,7 +23,7 @@ from modelzip.recipe import DataSpec
 from modelzip.registry import PassRegistry
 from modelzip.sources.data import load_data
 from modelzip.zoo import fashion_cnn
-from tests.conftest import needs_fashion, synthetic_recipe
+from tests.conftest import needs_fashion, pass_context, synthetic_recipe
 
 RECIPE = synthetic_recipe("  - quantize: {}", name="quant", model="modelzip.zoo:fashion_cnn",
                           model_args="{num_classes: 4, width: 8}", val_samples=64)
@@ -33,10 +31,7 @@ RECIPE = synthetic_recipe("  - quantize: {}", name="quant", model="modelzip.zoo:
 
 @pytest.fixture(scope="module")
 def registry() -> PassRegistry:
-    reg = PassRegistry.from_entry_points()
-    if "quantize" not in reg:  # until pyproject.toml registers it
-        reg.register(QuantizePass)
-    return reg
+    return PassRegistry.from_entry_points()
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +58,7 @@ def run_pass(tmp_path, registry, data, module_or_path, **params):
     recipe = load_recipe(recipe_path, registry=registry)
     work = tmp_path / f"work{len(list(tmp_path.glob('work*')))}"
     work.mkdir()
-    ctx = PassContext(step=0, pass_name="quantize", work_dir=work, seed=0, device="cpu", recipe=recipe,
-                      ui=SilentUI(), baseline=None, load_data=lambda: data, build_module=small_cnn)
+    ctx = pass_context(recipe, data, pass_name="quantize", work_dir=work, build_module=small_cnn)
     if isinstance(module_or_path, Path):
         artifact = Artifact(kind="onnx", input_shape=(1, 1, 28, 28), id="in", path=module_or_path)
     else:

@@ -12,8 +12,6 @@ import torch
 
 from modelzip import load_recipe, run_recipe
 from modelzip.artifacts import Artifact
-from modelzip.console import SilentUI
-from modelzip.context import PassContext
 from modelzip.errors import PassError, RecipeError
 from modelzip.evaluation import onnx_accuracy, onnx_outputs
 from modelzip.finetuning.loop import TrainSettings, fit
@@ -31,7 +29,7 @@ from modelzip.recipe import DataSpec
 from modelzip.registry import PassRegistry
 from modelzip.sources.data import load_data
 from modelzip.zoo import tiny_cnn
-from tests.conftest import synthetic_recipe
+from tests.conftest import pass_context, synthetic_recipe
 
 torch.set_num_threads(1)  # tiny models; leave the other core alone
 
@@ -42,10 +40,7 @@ RECIPE = synthetic_recipe("  - quantize: {mode: qat}", name="qat",
 
 @pytest.fixture(scope="module")
 def registry() -> PassRegistry:
-    reg = PassRegistry.from_entry_points()
-    if "quantize" not in reg:
-        reg.register(QuantizePass)
-    return reg
+    return PassRegistry.from_entry_points()
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +65,8 @@ def run_pass(tmp_path, registry, data, artifact, **params):
     recipe = load_recipe(recipe_path, registry=registry)
     work = tmp_path / f"work{len(list(tmp_path.glob('work*')))}"
     work.mkdir()
-    ctx = PassContext(step=0, pass_name="quantize", work_dir=work, seed=0, device="cpu", recipe=recipe,
-                      ui=SilentUI(), baseline=artifact, load_data=lambda: data,
-                      build_module=lambda: tiny_cnn(num_classes=4))
+    ctx = pass_context(recipe, data, pass_name="quantize", work_dir=work, baseline=artifact,
+                       build_module=lambda: tiny_cnn(num_classes=4))
     produced = QuantizePass().run(artifact, QuantizeConfig(**params), ctx)
     return produced, ctx.details
 
