@@ -1,7 +1,9 @@
 """Atomic file writes: write beside the target, then ``os.replace``.
 
 A reader (or a resumed run) sees either the old file or the complete new one,
-never a half-written artifact.
+never a half-written artifact. Temporary names start with "." and end with
+TMP_SUFFIX, so what an interrupted write leaves behind is easy to find and
+remove (``StepCache.clean_interrupted``).
 """
 from __future__ import annotations
 
@@ -12,13 +14,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+TMP_SUFFIX = ".tmp"
+
 
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path in ``target``'s directory; move it into place on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -38,20 +42,40 @@ def copy_file(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
+def remove_tree(path: Path) -> None:
+    """Remove a file or directory tree if it exists.
+
+    A directory is first renamed aside (one atomic step), so an interruption
+    while deleting never leaves a half-deleted tree under the original name.
+    """
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=TMP_SUFFIX, dir=path.parent))
+        os.replace(path, aside / "x")
+        shutil.rmtree(aside, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``target``; rename it into place on success.
 
-    An existing ``target`` is replaced only after the new one is complete.
+    An existing ``target`` is first renamed aside and deleted only after the new
+    one is in place: an interruption leaves the old tree or the new one, whole.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent))
     try:
         yield tmp
+        old = None
         if target.exists():
-            shutil.rmtree(target)
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", suffix=TMP_SUFFIX, dir=target.parent))
+            os.replace(target, old / "x")
         os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -12,7 +12,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from modelzip.errors import EXIT_INTERRUPTED, EXIT_RUN_FAILED, GateFailure, ModelzipError
+from modelzip.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_RUN_FAILED,
+    EXIT_TERMINATED,
+    GateFailure,
+    ModelzipError,
+    Terminated,
+)
 
 app = typer.Typer(
     name="modelzip", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -64,8 +71,9 @@ def _fail(exc: BaseException) -> typer.Exit:
     if _state["debug"]:
         console.print(traceback.format_exc(), markup=False)
     if isinstance(exc, KeyboardInterrupt):
-        console.print("interrupted; finished steps are cached and the next run resumes from them")
-        return typer.Exit(EXIT_INTERRUPTED)
+        signal_name = "SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        console.print(f"{signal_name}: finished steps are cached and the next run resumes from them")
+        return typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
     if isinstance(exc, ModelzipError):
         console.print(f"[bold red]error:[/] {exc.format()}" if not isinstance(exc, GateFailure)
                       else f"[bold red]{exc.format()}[/]")
@@ -84,15 +92,18 @@ def run(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="rerun every step")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the final summary")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="if another run uses the output folder or cache, wait for it (default: exit 2)")] = False,
 ) -> None:
     """Run a recipe and write model.onnx, report.json and report.md."""
     try:
+        _terminate_like_interrupt()
         if device not in ("auto", "cpu", "cuda"):
             raise typer.BadParameter(f"expected auto, cpu or cuda, got {device!r}", param_hint="--device")
         from modelzip.recipe import load_recipe
 
         parsed = load_recipe(recipe, set_ or ())
-        result = _run(parsed, out, no_cache, device, quiet)
+        result = _run(parsed, out, no_cache, device, quiet, wait)
         if result is None:  # a non-zero torchrun rank: rank 0 reports
             return
         _print_run(result, quiet)
@@ -104,11 +115,23 @@ def run(
         raise _fail(exc) from None
 
 
-def _run(recipe, out, no_cache: bool, device: str, quiet: bool):
+def _terminate_like_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C (exit 143 instead of 130), instead of killing us mid-write."""
+    import signal
+    import threading
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        signal.signal(signal.SIGTERM, raise_terminated)
+
+
+def _run(recipe, out, no_cache: bool, device: str, quiet: bool, wait: bool):
     from modelzip.console import RichUI
     from modelzip.pipeline import RunOptions, run_recipe
 
-    options = RunOptions(out=out, use_cache=not no_cache, device=device, ui=RichUI(quiet=quiet))
+    options = RunOptions(out=out, use_cache=not no_cache, device=device, ui=RichUI(quiet=quiet), wait=wait)
     return run_recipe(recipe, options)
 
 

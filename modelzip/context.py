@@ -34,6 +34,9 @@ class PassContext:
     load_data: Callable[[], DataBundle]
     build_module: Callable[[], Any]  # a fresh, untrained architecture from model.source
     resume_dir: Path | None = None
+    # The step's cache key: a digest of everything the step reads (input artifact, params, data,
+    # named files, device). State kept across attempts (resume_dir) is tied to it.
+    key: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -13,7 +13,13 @@ EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_INVALID_INPUT = 2
 EXIT_RUN_FAILED = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2
+EXIT_TERMINATED = 143  # SIGTERM (what CI runners send on cancel): 128 + 15
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so it unwinds exactly like Ctrl-C does
+    (temporary files removed, locks released, finished steps kept)."""
 
 
 class ModelzipError(Exception):

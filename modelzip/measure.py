@@ -17,17 +17,18 @@ from modelzip.report import latency_verdict
 
 
 class Measurer:
-    def __init__(self, recipe: Recipe, cache: StepCache, data: Callable[[], Any], ui: UI) -> None:
+    def __init__(self, recipe: Recipe, cache: StepCache, data: Callable[[], Any], ui: UI, *,
+                 data_key: Callable[[], Any]) -> None:
         self.recipe = recipe
         self.cache = cache
         self._data = data
+        self._data_key = data_key  # the eval data's spec and file digests (modelzip.inputs)
         self.ui = ui
         self.threads = recipe.evaluation.threads or default_threads()
 
     def metrics(self, artifact) -> dict[str, Any]:
         """Accuracy on the eval split plus parameters, MACs and size (cached)."""
-        key = content_key(artifact=artifact.id, data=self.recipe.data.model_dump(mode="json"),
-                          seed=self.recipe.seed, what="metrics")
+        key = content_key(artifact=artifact.id, data=self._data_key(), seed=self.recipe.seed, what="metrics")
         found = self.cache.load_metrics(key)
         if found is not None:
             return found

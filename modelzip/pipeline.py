@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -16,8 +17,7 @@ from typing import Any
 import torch
 
 from modelzip import artifacts as art
-from modelzip import distributed
-from modelzip.atomic import copy_file
+from modelzip import distributed, inputs, locking
 from modelzip.cache import StepCache, content_key
 from modelzip.console import UI, SilentUI
 from modelzip.context import PassContext
@@ -27,6 +27,7 @@ from modelzip.measure import Measurer, ratios
 from modelzip.recipe import PassStep, Recipe
 from modelzip.registry import PassRegistry, default_registry
 from modelzip.report import build_report, write_report
+from modelzip.run_folder import MODEL, RESOLVED_RECIPE, RunFolder
 
 
 @dataclass
@@ -36,6 +37,7 @@ class RunOptions:
     device: str = "auto"  # auto | cpu | cuda
     ui: UI = field(default_factory=SilentUI)
     registry: PassRegistry | None = None
+    wait: bool = False  # another run holds the output folder or cache: wait for it (else InputError)
 
 
 @dataclass
@@ -56,12 +58,16 @@ def run_recipe(recipe: Recipe, options: RunOptions | None = None) -> RunResult |
     runner = _Runner(recipe, options, layout)
     if not layout.is_main:
         runner.follow()
+        distributed.shutdown()
         return None
     try:
-        return runner.run()
+        with runner.locked():
+            return runner.run()
     finally:
         if layout.active:
             distributed.broadcast({"op": "done"})  # releases the followers, on success or failure
+            # An orderly exit: a gloo process group torn down at interpreter exit can abort.
+            distributed.shutdown()
 
 
 def resolve_device(requested: str) -> str:
@@ -84,9 +90,11 @@ class _Runner:
         self.registry = options.registry or default_registry()
         self.out = Path(options.out) if options.out else recipe.output_dir
         cache_root = recipe.resolve(recipe.cache_dir) or self.out / ".cache"
-        self.cache = StepCache(cache_root, enabled=options.use_cache)
+        self.cache = StepCache(cache_root, enabled=options.use_cache, on_damage=self.ui.log)
+        self.folder = RunFolder(self.out)
         self.device = resolve_device(options.device)
         self.executed: set[str] = set()  # keys run in this process: not "cached" in the report
+        self._fingerprint_memo: dict[Any, Any] = {}
 
     @cached_property
     def data(self):
@@ -97,7 +105,39 @@ class _Runner:
 
     @cached_property
     def measurer(self) -> Measurer:
-        return Measurer(self.recipe, self.cache, lambda: self.data, self.ui)
+        return Measurer(self.recipe, self.cache, lambda: self.data, self.ui,
+                        data_key=lambda: self._data_key(for_eval=True))
+
+    def _data_key(self, *, for_eval: bool) -> dict[str, Any]:
+        return self._fingerprints(("data", for_eval),
+                                  lambda: inputs.data_fingerprint(self.recipe.data, self.recipe.base_dir,
+                                                                  for_eval=for_eval))
+
+    def _fingerprints(self, name, compute):
+        """Fingerprints are computed once per run (hashing the dataset files costs ~0.1 s)."""
+        if name not in self._fingerprint_memo:
+            self._fingerprint_memo[name] = compute()
+        return self._fingerprint_memo[name]
+
+    def step_inputs(self, pass_obj, config) -> dict[str, Any]:
+        """What a step reads besides its input artifact and params (see Pass.reads)."""
+        reads = pass_obj.reads
+        return {
+            "device": self.device,
+            "data": self._data_key(for_eval=False) if "data" in reads else None,
+            "timing": self._fingerprints("timing", lambda: inputs.timing_fingerprint(
+                self.recipe, self.measurer.threads)) if "timing" in reads else None,
+            "files": inputs.named_files(pass_obj.input_files(config), self.recipe),
+        }
+
+    @contextmanager
+    def locked(self):
+        """Hold the output folder and the step cache for this run; clean what a killed run left."""
+        with locking.hold_all([(self.out, "output folder"), (self.cache.root, "step cache")],
+                              wait=self.options.wait, log=self.ui.log):
+            for leftover in self.cache.clean_interrupted():
+                self.ui.log(f"removed {leftover.name}, left by an interrupted run")
+            yield
 
     def build_module(self):
         from modelzip.sources.models import build_model
@@ -106,8 +146,8 @@ class _Runner:
 
     def run(self) -> RunResult:
         started = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._write_resolved_recipe()
+        self.folder.prepare()
+        self._stage_resolved_recipe()
         source = self._load_input()
         baseline = self._baseline(source)
         artifact, steps = source, []
@@ -123,16 +163,15 @@ class _Runner:
         gates = check_gates(self.recipe.gates, baseline, final)
         report = build_report(self.recipe, baseline, steps, final, gates, self.measurer.environment(),
                               wall_time_s=time.perf_counter() - started)
-        write_report(self.out, report)
+        report["files"] = self.folder.digests(MODEL, RESOLVED_RECIPE)
+        write_report(self.folder.staging, report)
+        self.folder.commit()  # model, resolved recipe and reports appear together
         return RunResult(self.out, report, gates)
 
-    def _write_resolved_recipe(self) -> None:
+    def _stage_resolved_recipe(self) -> None:
         import yaml
 
-        from modelzip.atomic import write_text
-
-        text = yaml.safe_dump(self.recipe.to_data(), sort_keys=False)
-        write_text(self.out / "recipe.resolved.yaml", text)
+        self.folder.stage_text(RESOLVED_RECIPE, yaml.safe_dump(self.recipe.to_data(), sort_keys=False))
 
     def _load_input(self) -> art.Artifact:
         from modelzip.sources.models import load_input_model, model_fingerprint
@@ -155,32 +194,47 @@ class _Runner:
               label: str | None = None) -> tuple[art.Artifact, dict[str, Any]]:
         pass_obj = self.registry.get(step.name)()
         params = step.params()
-        key = content_key(parent=parent.id, pass_name=step.name, params=params,
-                          version=pass_obj.version, seed=self.recipe.seed)
-        entry = self.cache.lookup(key)
-        cached = entry is not None and key not in self.executed
-        if entry is None:
+        key = content_key(parent=parent.id, pass_name=step.name, params=params, version=pass_obj.version,
+                          seed=self.recipe.seed, inputs=self.step_inputs(pass_obj, step.config))
+        loaded = self._load_cached(key)
+        cached = loaded is not None and key not in self.executed
+        if loaded is None:
             self.ui.log(f"[{label or index}] {step.name}: running")
             entry = self._execute(index, step, pass_obj, parent, key, baseline_model)
             self.executed.add(key)
+            loaded = art.load_artifact(entry, self.build_module), _read_json(entry / "step.json")
         elif cached:
             self.ui.log(f"[{label or index}] {step.name}: cached")
-        artifact = art.load_artifact(entry, self.build_module)
-        meta = _read_json(entry / "step.json")
+        artifact, meta = loaded
         record = {"index": index, "pass": step.name, "params": params, "key": key, "cached": cached,
                   "kind": artifact.kind, "wall_time_s": meta["wall_time_s"], "details": meta["details"],
                   "metrics": self.measurer.metrics(artifact)}
         return artifact, record
 
-    def _context(self, index: int, step: PassStep, work_dir: Path, baseline_model, resume_dir: Path):
+    def _load_cached(self, key: str) -> tuple[art.Artifact, dict[str, Any]] | None:
+        """The artifact and step record of a verified cache entry; a damaged one is a miss."""
+        if key in self.executed:  # run earlier in this process (e.g. the baseline export again)
+            entry = self.cache.entry(key)
+        else:
+            entry = self.cache.lookup(key)
+            if entry is None:
+                return None
+        try:
+            return art.load_artifact(entry, self.build_module), _read_json(entry / "step.json")
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:  # intact files that do not load
+            self.cache.discard(key, f"{type(exc).__name__}: {exc}")
+            return None
+
+    def _context(self, index: int, step: PassStep, work_dir: Path, baseline_model, resume_dir: Path,
+                 key: str):
         return PassContext(step=index, pass_name=step.name, work_dir=work_dir, seed=self.recipe.seed,
                            device=self.device, recipe=self.recipe, ui=self.ui, baseline=baseline_model,
                            load_data=lambda: self.data, build_module=self.build_module,
-                           resume_dir=resume_dir)
+                           resume_dir=resume_dir, key=key)
 
     def _execute(self, index, step, pass_obj, parent, key, baseline_model) -> Path:
         with self.cache.store(key) as work_dir:
-            ctx = self._context(index, step, work_dir, baseline_model, self.cache.resume_dir(key))
+            ctx = self._context(index, step, work_dir, baseline_model, self.cache.resume_dir(key), key)
             if self.layout.active and pass_obj.distributed:
                 distributed.broadcast({"op": "run", "index": index, "name": step.name, "params": step.params(),
                                        "key": key, "parent": None if not parent.lineage else
@@ -208,15 +262,14 @@ class _Runner:
             step = PassStep(name=message["name"], config=pass_obj.Config.model_validate(message["params"]))
             with tempfile.TemporaryDirectory() as scratch:  # the follower's output is discarded
                 ctx = self._context(message["index"], step, Path(scratch), source,
-                                    self.cache.root / "partial" / message["key"])
+                                    self.cache.root / "partial" / message["key"], message["key"])
                 torch.manual_seed(self.recipe.seed + max(message["index"], 0))
                 _run_pass(pass_obj, parent, step, ctx)
 
     def _final(self, artifact: art.Artifact, baseline: dict[str, Any],
                metrics: dict[str, Any]) -> dict[str, Any]:
-        target = self.out / "model.onnx"
-        copy_file(artifact.path, target)
-        final = {"artifact": "model.onnx", "id": artifact.id, **metrics,
+        self.folder.stage_copy(MODEL, artifact.path)
+        final = {"artifact": MODEL, "id": artifact.id, **metrics,
                  "lineage": [e.to_json() for e in artifact.lineage]}
         final.update(self.measurer.final(artifact, baseline["onnx_artifact"], baseline["onnx"]))
         final["ratios"] = ratios(final, baseline, self.recipe.data.batch_size)

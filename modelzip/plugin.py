@@ -43,6 +43,16 @@ class Pass:
     # True: under torchrun every process runs this pass (data-parallel training); False:
     # rank 0 runs it alone while the other processes wait.
     distributed: ClassVar[bool] = False
+    # What the step reads besides its input artifact and params, so its cache key can cover it
+    # (a cached result is never silently stale): "data" = the train/validation/calibration splits
+    # (spec and file digests); "timing" = the CPU and evaluation settings (a pass that chooses by
+    # measured latency). Files named by parameters are declared by `input_files`.
+    reads: ClassVar[frozenset[str]] = frozenset({"data"})
+
+    def input_files(self, config: PassConfig) -> list[str]:
+        """Paths, as written in the recipe, of files this pass opens (e.g. a teacher checkpoint);
+        their content digests join the step's cache key."""
+        return []
 
     def output_kind(self, input_kind: ArtifactKind, config: PassConfig) -> ArtifactKind:
         """Kind of artifact this pass returns for ``input_kind`` (used by `validate`)."""

@@ -120,7 +120,9 @@ def _augment(config, data_spec) -> Augment:
 
 
 def _fingerprint(artifact, config, ctx) -> str:
-    blob = f"{artifact.id}|{config.model_dump_json()}|{ctx.seed}"
+    # The step key covers the data, teacher file and device too; the rest guards a resume
+    # directory reused by hand or a context built without a key.
+    blob = f"{ctx.key}|{artifact.id}|{config.model_dump_json()}|{ctx.seed}|{ctx.device}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -41,6 +41,13 @@ class DistillConfig(PassConfig):
                          + ' (expected "baseline", "input" or a path to a .pt state_dict)')
 
 
+def teacher_files(distill: DistillConfig | None) -> list[str]:
+    """The teacher checkpoint a distillation reads, if it is a file (for the cache key)."""
+    if distill is None or distill.teacher in TEACHERS:
+        return []
+    return [distill.teacher]
+
+
 class FinetuneConfig(PassConfig):
     epochs: int | None = Field(
         None, ge=1, description=f"passes over the training split (default {DEFAULT_EPOCHS} when "
@@ -107,6 +114,9 @@ class FinetunePass(Pass):
     consumes = ("torch",)
     version = "1"
     distributed = True  # under torchrun: DistributedDataParallel across the processes
+
+    def input_files(self, config: FinetuneConfig) -> list[str]:
+        return teacher_files(config.distill)
 
     def run(self, artifact, config: FinetuneConfig, ctx):
         from modelzip.finetuning.pass_run import run_finetune

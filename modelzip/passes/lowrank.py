@@ -35,6 +35,7 @@ class LowRankPass(Pass):
     summary = "Factorize Linear/Conv2d layers by truncated SVD where it cuts MACs and parameters"
     Config = LowRankConfig
     consumes = ("torch",)
+    reads = frozenset()  # the SVD of the weights alone: no data
 
     def run(self, artifact, config: LowRankConfig, ctx):
         from modelzip.lowrank.factorize import factorize_model

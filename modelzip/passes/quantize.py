@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from modelzip.passes.finetune import DistillConfig
+from modelzip.passes.finetune import DistillConfig, teacher_files
 from modelzip.plugin import Pass, PassConfig
 
 Mode = Literal["static", "dynamic", "weight_only", "qat"]
@@ -151,6 +151,11 @@ class QuantizePass(Pass):
     consumes = ("torch", "onnx")
     produces = "onnx"
     version = "1"
+    # `prefer: faster` keeps whichever of int8 and float runs faster here: the CPU decides.
+    reads = frozenset({"data", "timing"})
+
+    def input_files(self, config: QuantizeConfig) -> list[str]:
+        return teacher_files(config.distill)
 
     def run(self, artifact, config: QuantizeConfig, ctx):
         from modelzip.quantization.run import run_quantize

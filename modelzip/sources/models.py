@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip.cache import file_sha256
 from modelzip.errors import InputError
 from modelzip.recipe import ModelSpec
 from modelzip.registry import suggest
@@ -202,27 +203,24 @@ def model_fingerprint(spec: ModelSpec, base_dir: Path) -> str:
     digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode())
     checkpoint = _resolve(spec.checkpoint, base_dir)
     if checkpoint is not None:
-        digest.update(_file_digest(checkpoint).encode())
+        digest.update(file_sha256(checkpoint).encode())
     source_file = _factory_file(spec, base_dir)
     if source_file is not None:
-        digest.update(_file_digest(source_file).encode())
+        digest.update(file_sha256(source_file).encode())
     return digest.hexdigest()[:16]
 
 
 def _factory_file(spec: ModelSpec, base_dir: Path) -> Path | None:
     if spec.source.startswith("torchvision:"):
         return None
-    factory = import_callable(spec.source, base_dir, what="model", where="model.source")
+    return callable_source_file(spec.source, base_dir, what="model", where="model.source")
+
+
+def callable_source_file(ref: str, base_dir: Path, *, what: str, where: str) -> Path | None:
+    """The file defining the ``module:callable`` ``ref`` (None for builtins): part of cache keys."""
+    factory = import_callable(ref, base_dir, what=what, where=where)
     try:
         source = inspect.getsourcefile(factory)
     except TypeError:  # builtins and C extensions have no source file
         return None
     return Path(source) if source and Path(source).is_file() else None
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -1,0 +1,92 @@
+"""Fingerprints of what a step or a measurement reads besides its input artifact.
+
+A cache key must change whenever the result could: the data specification,
+the bytes of the dataset files, files a pass parameter names (a teacher
+checkpoint), the device, and for passes that time models, the CPU and the
+evaluation settings. Each fingerprint is plain JSON data for ``content_key``.
+
+Dataset digests hash file contents (Fashion-MNIST's four files take about
+0.1 s), except for image folders, whose thousands of files are fingerprinted
+by (path, size, modification time) instead.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from modelzip.cache import file_sha256
+from modelzip.recipe import DataSpec, Recipe
+
+# Data keys that only decide which images are evaluated: measurements read them, steps do not.
+EVAL_ONLY_KEYS = ("limit_eval", "download")
+
+
+def data_fingerprint(spec: DataSpec, base_dir: Path, *, for_eval: bool) -> dict[str, Any]:
+    """The data spec (eval-only keys dropped for steps) plus digests of the dataset's files."""
+    fields = spec.model_dump(mode="json")
+    if not for_eval:
+        for key in EVAL_ONLY_KEYS:
+            fields.pop(key, None)
+    return {"spec": fields, "files": dataset_digests(spec, base_dir)}
+
+
+def dataset_digests(spec: DataSpec, base_dir: Path) -> dict[str, str]:
+    """Digest per file the dataset is read from ({} when none are found: loading fails later)."""
+    from modelzip.sources import data as sources
+
+    searched = sources.dataset_search_paths(spec.dataset, spec.root, base_dir)
+    if spec.dataset in sources.TORCHVISION_FOLDERS:
+        directory = sources._find_idx_dir(spec.dataset, searched)
+        if directory is None:
+            return {}
+        files = [sources._find_idx_file(directory, stem) for pair in sources.IDX_FILES.values()
+                 for stem in pair]
+        return {path.name: file_sha256(path) for path in files if path is not None}
+    if spec.dataset == "cifar10":
+        folders = [p / "cifar-10-batches-py" for p in searched] + searched
+        folder = next((p for p in folders if p.name == "cifar-10-batches-py" and p.is_dir()), None)
+        return {} if folder is None else _content_digests(folder)
+    if spec.dataset == "imagefolder":
+        root = next((p for p in searched if (p / "train").is_dir()), None)
+        return {} if root is None else {"listing": _listing_digest(root)}
+    return _callable_digest(spec.dataset, base_dir)
+
+
+def _content_digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _listing_digest(root: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _callable_digest(ref: str, base_dir: Path) -> dict[str, str]:
+    """A ``module:callable`` dataset: the digest of the file defining it (its args are in the spec)."""
+    from modelzip.sources.models import callable_source_file
+
+    source = callable_source_file(ref, base_dir, what="dataset", where="data.dataset")
+    return {} if source is None else {source.name: file_sha256(source)}
+
+
+def named_files(paths: list[str], recipe: Recipe) -> dict[str, str]:
+    """Digest of each file a pass parameter names ("missing" if absent: the pass reports it)."""
+    digests = {}
+    for raw in paths:
+        path = recipe.resolve(raw)
+        digests[raw] = file_sha256(path) if path is not None and path.is_file() else "missing"
+    return digests
+
+
+def timing_fingerprint(recipe: Recipe, threads: int) -> dict[str, Any]:
+    """What a pass that times models (quantize's `prefer: faster`) depends on."""
+    from modelzip.envinfo import cpu_model
+
+    return {"cpu": cpu_model(), "threads": threads, "evaluation": recipe.evaluation.model_dump(mode="json"),
+            "batch_size": recipe.data.batch_size}
