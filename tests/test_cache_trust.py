@@ -159,3 +159,14 @@ def test_report_lists_the_digests_of_the_files_beside_it(tiny):
     assert check_consistent(out) == "model.onnx does not match report.json"
     saved = json.loads((out / "report.json").read_text())
     assert saved["files"] == report["files"]
+
+
+def test_replacing_an_entry_swaps_it_whole(tmp_path):
+    from modelzip.atomic import atomic_dir
+
+    target = tmp_path / "entry"
+    for content in ("old", "new"):
+        with atomic_dir(target) as scratch:
+            (scratch / "model.onnx").write_text(content)
+    assert (target / "model.onnx").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]  # no scratch or old tree left
