@@ -109,6 +109,9 @@ class _Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_resolved_recipe()
         source = self._load_input()
+        from modelzip.preflight import preflight
+
+        preflight(source.module, self.data, self.recipe.model)  # input mistakes: exit 2, before any pass
         baseline = self._baseline(source)
         artifact, steps = source, []
         for index, step in enumerate(self.recipe.passes):
