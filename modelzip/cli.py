@@ -74,11 +74,16 @@ def _fail(exc: BaseException) -> typer.Exit:
         signal_name = "SIGTERM" if isinstance(exc, Terminated) else "interrupted"
         console.print(f"{signal_name}: finished steps are cached and the next run resumes from them")
         return typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
+    from rich.markup import escape  # messages quote shapes and YAML lists: "[batch, 1, 28, 28]" is no markup
+
+    from modelzip.errors import input_error_from_os
+
+    exc = input_error_from_os(exc) or exc  # a full disk, an unwritable --out: the user's to fix, exit 2
     if isinstance(exc, ModelzipError):
-        console.print(f"[bold red]error:[/] {exc.format()}" if not isinstance(exc, GateFailure)
-                      else f"[bold red]{exc.format()}[/]")
+        console.print(f"[bold red]error:[/] {escape(exc.format())}" if not isinstance(exc, GateFailure)
+                      else f"[bold red]{escape(exc.format())}[/]")
         return typer.Exit(exc.exit_code)
-    console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+    console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
                   "  this is a bug in modelzip or a plugin; rerun with --debug and report the traceback",
                   markup=True)
     return typer.Exit(EXIT_RUN_FAILED)

@@ -6,6 +6,7 @@ traceback, for a mistake of the user's.
 """
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 # Documented in README.md ("Exit codes"); tests/test_cli_exit_codes.py pins them.
@@ -98,6 +99,42 @@ class InputError(ModelzipError):
     """A file, model, checkpoint or dataset the recipe names is missing or does not fit."""
 
     exit_code = EXIT_INVALID_INPUT
+
+
+_WRITABLE = "choose a directory you can write (`output` in the recipe, or --out)"
+# errno -> (what went wrong, how to fix it). These are the machine's or the user's
+# paths, never a bug in modelzip; anything else stays an internal error.
+_OS_ERRORS: dict[int, tuple[str, str]] = {
+    errno.EACCES: ("permission denied", f"{_WRITABLE}, or change the path's permissions"),
+    errno.EPERM: ("operation not permitted", f"{_WRITABLE}, or change the path's permissions"),
+    errno.EROFS: ("the file system is read-only", _WRITABLE),
+    errno.ENOSPC: ("no space left on the device",
+                   "free disk space, or choose --out (and `cache_dir`) on another disk"),
+    errno.EDQUOT: ("disk quota exceeded", "free space within your quota, or choose --out on another disk"),
+    errno.ENAMETOOLONG: ("the path is too long", "choose a shorter path"),
+    errno.ENOTDIR: ("a part of the path is a file, not a directory",
+                    "remove that file, or choose another path"),
+    errno.EEXIST: ("a file is in the way (a directory was expected)",
+                   "remove the file, or choose another path (`output` and --out name a directory)"),
+    errno.EISDIR: ("the path is a directory (a file was expected)",
+                   "remove the directory, or choose another path"),
+}
+
+
+def input_error_from_os(exc: BaseException, *, where: str | None = None) -> InputError | None:
+    """The InputError for a file-system error that is the user's to fix, else None.
+
+    Permissions, a read-only or full disk, a quota, a too-long path, or a file
+    where a directory belongs (and the reverse). ``where`` defaults to the path
+    the error names. Anything but such an OSError gives None.
+    """
+    known = _OS_ERRORS.get(exc.errno) if isinstance(exc, OSError) else None
+    if known is None:
+        return None
+    what, fix = known
+    path = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    return InputError(what, where=where or (None if path is None else str(path)),
+                      got=f"{type(exc).__name__}: [Errno {exc.errno}] {exc.strerror}", fix=fix)
 
 
 class PluginError(ModelzipError):

@@ -149,6 +149,7 @@ class _Runner:
         self.folder.prepare()
         self._stage_resolved_recipe()
         source = self._load_input()
+        self._preflight(source)
         baseline = self._baseline(source)
         artifact, steps = source, []
         for index, step in enumerate(self.recipe.passes):
@@ -167,6 +168,21 @@ class _Runner:
         write_report(self.folder.staging, report)
         self.folder.commit()  # model, resolved recipe and reports appear together
         return RunResult(self.out, report, gates)
+
+    def _preflight(self, source: art.Artifact) -> None:
+        """Input mistakes (shapes, classes, NaN weights) are exit 2 before any pass runs.
+
+        A passed check is cached like a measurement (same model, same data), so a fully
+        cached rerun does not load the data just for it.
+        """
+        from dataclasses import asdict
+
+        from modelzip.preflight import preflight
+
+        key = content_key(what="preflight", model=source.id, data=self._data_key(for_eval=True),
+                          seed=self.recipe.seed)
+        if self.cache.load_metrics(key) is None:
+            self.cache.save_metrics(key, asdict(preflight(source.module, self.data, self.recipe.model)))
 
     def _stage_resolved_recipe(self) -> None:
         import yaml

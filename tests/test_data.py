@@ -245,6 +245,19 @@ def not_splits():
 
 def float_labels():
     return TensorDataset(torch.zeros(4, 1, 2, 2), torch.zeros(4)), Pairs()
+
+def raises():
+    raise FileNotFoundError("/data/train.csv")
+
+def exits():
+    raise SystemExit("usage: prepare.py DIR")
+
+class Broken(Pairs):
+    def __getitem__(self, i):
+        raise ValueError("corrupt image 0")
+
+def broken_items():
+    return Pairs(), Broken()
 '''
 
 
@@ -278,12 +291,15 @@ def test_callable_generic_dataset_from_a_dict(factory_module, tmp_path):
     ("float_labels", {}, "data.dataset", "(Tensor, Tensor)"),
     ("tensors", {"size": 3}, "data.args", "size"),
     ("missing", {}, "data.dataset", None),
+    ("raises", {}, "data.dataset", "FileNotFoundError: /data/train.csv"),  # any exception, not a bug of ours
+    ("exits", {}, "data.dataset", "sys.exit('usage: prepare.py DIR')"),
+    ("broken_items", {}, "data.dataset", "ValueError: corrupt image 0"),
 ])
 def test_callable_mistakes_are_input_errors(factory_module, tmp_path, factory, args, where, fragment):
     spec = DataSpec(dataset=f"{factory_module}:{factory}", args=args)
     with pytest.raises(InputError) as excinfo:
         load_data(spec, base_dir=tmp_path, seed=0)
-    assert excinfo.value.where == where
+    assert excinfo.value.where == where and excinfo.value.exit_code == 2
     if fragment:
         assert fragment in str(excinfo.value)
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import pickle
 from typing import Any
-
-import torch
 
 from modelzip.errors import InputError, PassError
 from modelzip.finetuning.augment import Augment, auto_augment
@@ -17,6 +14,7 @@ from modelzip.finetuning.checkpoint import CheckpointStore
 from modelzip.finetuning.distill import CrossEntropy, Distillation, check_teacher_fits
 from modelzip.finetuning.loop import FitResult, Hooks, NonFiniteLoss, TrainSettings, fit
 from modelzip.finetuning.runtime import current_runtime
+from modelzip.sources.models import load_state, read_state_dict
 
 SEED_OFFSET = 7919  # fine-tuning's own random stream, apart from other passes seeded by ctx.seed
 
@@ -84,19 +82,7 @@ def _teacher(teacher: str, artifact, ctx, pass_name: str):
         return ctx.baseline.module
     where = f"passes[{ctx.step}].{pass_name}.distill.teacher"
     path = ctx.recipe.resolve(teacher)
-    if not path.is_file():
-        raise InputError("teacher checkpoint not found", where=where, got=str(path),
-                         expected="a state_dict saved with torch.save(model.state_dict(), path)",
-                         fix="check the path (relative paths start at the recipe's directory)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
-        raise InputError(f"cannot read the teacher checkpoint: {exc}", where=where, got=str(path),
-                         expected="a state_dict (loaded with weights_only=True)") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    from modelzip.sources.models import load_state
-
+    state = read_state_dict(path, where=where)  # a missing, unreadable or damaged file is an InputError
     module = ctx.build_module()
     try:
         load_state(module, state, path)

@@ -16,7 +16,6 @@ one behind a reported accuracy.
 """
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from modelzip.errors import InputError
 from modelzip.recipe import DataSpec
 from modelzip.sources.idx import corrupt_idx, read_idx
-from modelzip.sources.models import import_callable
+from modelzip.sources.models import check_arguments, import_callable, user_code
 
 DATA_ENV = "MODELZIP_DATA"
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
@@ -382,25 +381,17 @@ def _load_imagefolder(spec: DataSpec, base_dir: Path) -> tuple[Dataset, Dataset,
 
 def _load_from_callable(spec: DataSpec, base_dir: Path) -> tuple[Dataset, Dataset, int | None]:
     factory = import_callable(spec.dataset, base_dir, what="dataset", where="data.dataset")
-    _check_arguments(factory, spec.args)
-    train, eval_ = _unpack_splits(factory(**spec.args), spec.dataset)
+    check_arguments(factory, spec.args, what="dataset", where="data.args")
+    fix = "fix the dataset code; `modelzip --debug run ...` shows the traceback"
+    with user_code(f"the dataset factory {spec.dataset!r}", where="data.dataset", fix=fix):
+        returned = factory(**spec.args)
+    train, eval_ = _unpack_splits(returned, spec.dataset)
     for split, dataset in (("train", train), ("eval", eval_)):
-        _check_dataset(dataset, split, spec.dataset)
+        with user_code(f"reading the first item of the {split} split of {spec.dataset!r}",
+                       where="data.dataset", fix=fix):
+            _check_dataset(dataset, split, spec.dataset)
     train, eval_ = _in_memory_if_tensors(train), _in_memory_if_tensors(eval_)
     return train, eval_, _count_classes(train)
-
-
-def _check_arguments(factory: Any, args: dict[str, Any]) -> None:
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):  # some builtins have no signature; let the call decide
-        return
-    try:
-        signature.bind(**args)
-    except TypeError as exc:
-        raise InputError(f"the dataset factory does not take these arguments: {exc}", where="data.args",
-                         got=args, expected=f"arguments of {signature}",
-                         fix="match `data.args` to the factory's parameters") from exc
 
 
 def _unpack_splits(returned: Any, ref: str) -> tuple[Any, Any]:

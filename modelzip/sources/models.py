@@ -2,6 +2,11 @@
 
 Checkpoints are state_dicts loaded with ``weights_only=True``; a pickled module
 loads only when the recipe says ``trust_checkpoint: true``.
+
+User code (a factory, the module that defines it, a dataset callable) can fail
+in any way; ``user_code`` turns whatever it raises, ``sys.exit`` included, into
+an InputError that names the recipe key, so it is never reported as a bug in
+modelzip. Ctrl-C (KeyboardInterrupt) passes through.
 """
 from __future__ import annotations
 
@@ -10,8 +15,11 @@ import importlib
 import inspect
 import json
 import pickle
+import re
 import sys
-from collections.abc import Callable
+import traceback
+import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,11 +28,41 @@ import torch
 from torch import nn
 
 from modelzip.cache import file_sha256
-from modelzip.errors import InputError
+from modelzip.errors import InputError, ModelzipError
 from modelzip.recipe import ModelSpec
 from modelzip.registry import suggest
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+# torch.save's legacy (pre-1.6, non-zip) format starts with this pickled magic number.
+_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]  # without the STOP opcode
+
+
+@contextmanager
+def user_code(what: str, *, where: str, fix: str) -> Iterator[None]:
+    """Run user code; anything it raises (``sys.exit`` too) becomes an InputError at ``where``.
+
+    Our own errors and KeyboardInterrupt pass through unchanged.
+    """
+    try:
+        yield
+    except ModelzipError:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise InputError(f"{what} raised {type(exc).__name__}", where=where,
+                         got=describe_exception(exc), fix=fix) from exc
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message (file:line in function)``, located at the innermost frame."""
+    if isinstance(exc, SystemExit):
+        text = f"SystemExit: sys.exit({exc.code!r}) was called"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames and not isinstance(exc, SyntaxError):  # a SyntaxError's message already says where
+        last = frames[-1]
+        text += f" (at {Path(last.filename).name}:{last.lineno} in {last.name})"
+    return text
 
 
 @contextmanager
@@ -45,12 +83,16 @@ def import_callable(ref: str, base_dir: Path, *, what: str, where: str) -> Calla
     with _importable_from(base_dir):
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
+        except ModuleNotFoundError as exc:
+            if not _is_module_or_parent(exc.name, module_name):
+                raise _import_failed(exc, module_name, what, where) from exc
             raise InputError(
                 f"cannot import module {module_name!r} for the {what}", where=where,
                 got=f"{type(exc).__name__}: {exc}", expected="a module on sys.path or beside the recipe",
                 fix=f"check the spelling, or put {module_name.replace('.', '/')}.py beside the recipe",
             ) from exc
+        except (Exception, SystemExit) as exc:  # a SyntaxError, or any error in the module's own code
+            raise _import_failed(exc, module_name, what, where) from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
@@ -63,24 +105,54 @@ def import_callable(ref: str, base_dir: Path, *, what: str, where: str) -> Calla
     return factory
 
 
+def _is_module_or_parent(missing: str | None, module_name: str) -> bool:
+    return missing is not None and (module_name == missing or module_name.startswith(missing + "."))
+
+
+def _import_failed(exc: BaseException, module_name: str, what: str, where: str) -> InputError:
+    """The module exists, but importing it failed (its code raised, or it imports something absent)."""
+    if isinstance(exc, ModuleNotFoundError):
+        fix = f"install {exc.name!r} (module {module_name!r} imports it)"
+    else:
+        fix = f"fix the error in {module_name!r}; `python -c 'import {module_name}'` shows the traceback"
+    return InputError(f"importing module {module_name!r} for the {what} raised {type(exc).__name__}",
+                      where=where, got=describe_exception(exc), fix=fix)
+
+
 def build_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
     """Instantiate the architecture named by ``spec.source`` (weights untouched)."""
     prefix, _, name = spec.source.partition(":")
-    factory = _torchvision_factory(name) if prefix == "torchvision" else import_callable(
+    torchvision = prefix == "torchvision"
+    factory = _torchvision_factory(name) if torchvision else import_callable(
         spec.source, base_dir, what="model", where="model.source")
-    try:
+    check_arguments(factory, spec.args, what="model", where="model.args")
+    # torchvision's own code is not the user's: its failures come from `model.args` (e.g. weights).
+    where, fix = (("model.args", "match `model.args` to torchvision's parameters for this model")
+                  if torchvision else
+                  ("model.source", "fix the factory; `modelzip --debug run ...` shows the traceback"))
+    with user_code(f"the model factory {spec.source!r}", where=where, fix=fix):
         model = factory(**spec.args)
-    except TypeError as exc:
-        raise InputError(
-            f"the model factory rejected its arguments: {exc}", where="model.args",
-            got=spec.args, fix="match `model.args` to the factory's parameters",
-        ) from exc
     if not isinstance(model, nn.Module):
         raise InputError("the model factory did not return a torch.nn.Module", where="model.source",
                          got=type(model).__name__, expected="torch.nn.Module")
     if spec.in_channels is not None:
         adapt_input_channels(model, spec.in_channels)
     return model
+
+
+def check_arguments(factory: Callable[..., Any], args: dict[str, Any], *, what: str, where: str) -> None:
+    """Arguments the factory's signature cannot take are the recipe's mistake (``where``), found
+    before the call, so that a TypeError raised inside the factory is not blamed on them."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins have no signature; the call decides
+        return
+    try:
+        signature.bind(**args)
+    except TypeError as exc:
+        raise InputError(f"the {what} factory does not take these arguments: {exc}", where=where,
+                         got=args, expected=f"arguments of {signature}",
+                         fix=f"match `{where}` to the factory's parameters") from exc
 
 
 def _torchvision_factory(name: str) -> Callable[..., nn.Module]:
@@ -124,13 +196,13 @@ def load_input_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
     """Build the architecture and load its checkpoint, if any; eval mode."""
     checkpoint = _resolve(spec.checkpoint, base_dir)
     if checkpoint is not None and spec.trust_checkpoint:
-        loaded = _torch_load(checkpoint, weights_only=False)
+        loaded = read_checkpoint(checkpoint, trusted=True)
         if isinstance(loaded, nn.Module):
             return loaded.eval()
     model = build_model(spec, base_dir)
     if checkpoint is not None:
-        state = loaded if spec.trust_checkpoint else _torch_load(checkpoint, weights_only=True)
-        load_state(model, _unwrap(state, checkpoint), checkpoint)
+        state = loaded if spec.trust_checkpoint else read_checkpoint(checkpoint)
+        load_state(model, _unwrap(state, checkpoint, "model.checkpoint"), checkpoint)
     return model.eval()
 
 
@@ -138,31 +210,95 @@ def _resolve(path: str | None, base_dir: Path) -> Path | None:
     if path is None:
         return None
     p = Path(path).expanduser()
-    p = p if p.is_absolute() else base_dir / p
-    if not p.is_file():
-        raise InputError("checkpoint file not found", where="model.checkpoint", got=str(p),
+    return checkpoint_file(p if p.is_absolute() else base_dir / p, where="model.checkpoint")
+
+
+def checkpoint_file(path: Path, *, where: str) -> Path:
+    """``path`` when it is a file; an InputError at ``where`` when it is missing or a directory."""
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".ckpt"))[:5]
+        raise InputError("the checkpoint path is a directory, not a file", where=where, got=str(path),
+                         expected="a state_dict file saved with torch.save(model.state_dict(), path)",
+                         fix=f"name a file inside it ({', '.join(inside)})" if inside
+                         else "name the checkpoint file, not its folder")
+    if not path.is_file():
+        raise InputError("checkpoint file not found", where=where, got=str(path),
                          expected="a state_dict saved with torch.save(model.state_dict(), path)",
                          fix="check the path (relative paths start at the recipe's directory)")
-    return p
+    return path
 
 
-def _torch_load(path: Path, *, weights_only: bool) -> Any:
+def read_checkpoint(path: Path, *, where: str = "model.checkpoint", trusted: bool = False,
+                    trust_key: str | None = "model.trust_checkpoint") -> Any:
+    """``torch.load`` on the CPU, with ``weights_only`` unless ``trusted``.
+
+    A file torch.save did not write (random bytes, a truncated file, any other
+    zip), one that cannot be read, or one that pickles Python objects without
+    trust is an InputError at ``where`` naming the file. ``trust_key`` is the
+    recipe key that would allow unpickling; None where there is none.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        problem = _not_a_torch_file(path)
+        if problem is None:
+            return torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as exc:
+        unpickled = re.search(r"GLOBAL (\S+)", str(exc))
+        if trusted or unpickled is None:
+            raise _corrupt(exc, path, where) from exc
         raise InputError(
-            "the checkpoint is not a plain state_dict (it pickles Python objects)",
-            where="model.checkpoint", got=str(path),
-            expected="torch.save(model.state_dict(), path)",
-            fix="re-save the state_dict, or set `model.trust_checkpoint: true` if you trust the file "
-                "(unpickling runs code from it)",
+            "the checkpoint is not a plain state_dict (it pickles Python objects)", where=where,
+            got=f"{path} pickles {unpickled.group(1)}", expected="torch.save(model.state_dict(), path)",
+            fix="re-save the state_dict" + (f", or set `{trust_key}: true` if you trust the file "
+                                            "(unpickling runs code from it)" if trust_key else ""),
         ) from exc
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise InputError(f"cannot read the checkpoint: {exc}", where="model.checkpoint",
-                         got=str(path), expected="a file written by torch.save") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read the checkpoint: {exc.strerror or exc}", where=where, got=str(path),
+                         fix="check the file's permissions and the disk") from exc
+    except ModelzipError:
+        raise
+    except Exception as exc:  # torch reports damaged files as RuntimeError, EOFError, KeyError, IndexError...
+        raise _corrupt(exc, path, where) from exc
+    raise InputError("the file is not a torch checkpoint", where=where, got=f"{path}: {problem}",
+                     expected="a file written by torch.save(model.state_dict(), path)",
+                     fix="check the path, or save the checkpoint again (the file may be incomplete)")
 
 
-def _unwrap(state: Any, path: Path) -> dict[str, torch.Tensor]:
+def _not_a_torch_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a torch.save file, from its bytes; None when it may be one."""
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    if zipfile.is_zipfile(path):  # torch.save's format: <archive>/data.pkl plus one file per tensor
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile as exc:
+            return f"a damaged zip archive ({exc})"
+        return None if any(n.endswith("/data.pkl") for n in names) else (
+            f"a zip archive without data.pkl (holds {', '.join(names[:3]) or 'nothing'})")
+    if head == _LEGACY_MAGIC:  # torch.save(..., _use_new_zipfile_serialization=False)
+        return None
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK"):
+        return "a zip archive that ends early (truncated?)"
+    return f"unknown content (starts with {head[:8]!r})"
+
+
+def _corrupt(exc: BaseException, path: Path, where: str) -> InputError:
+    first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+    return InputError("the checkpoint is damaged or not written by torch.save", where=where,
+                      got=f"{path}: {type(exc).__name__}: {first_line}",
+                      expected="a complete file written by torch.save(model.state_dict(), path)",
+                      fix="save the checkpoint again (the file may be truncated or corrupted)")
+
+
+def read_state_dict(path: Path, *, where: str) -> dict[str, torch.Tensor]:
+    """The state_dict in a checkpoint file (common wrappers unwrapped), never unpickling objects."""
+    state = read_checkpoint(checkpoint_file(path, where=where), where=where, trust_key=None)
+    return _unwrap(state, path, where)
+
+
+def _unwrap(state: Any, path: Path, where: str) -> dict[str, torch.Tensor]:
     """Accept common wrappers ({'state_dict': ...}) and DDP's 'module.' prefix."""
     if isinstance(state, nn.Module):
         return state.state_dict()
@@ -170,7 +306,7 @@ def _unwrap(state: Any, path: Path) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError("the checkpoint does not hold a state_dict", where="model.checkpoint",
+        raise InputError("the checkpoint does not hold a state_dict", where=where,
                          got=f"{type(state).__name__} in {path}", expected="a dict of tensors")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
