@@ -151,6 +151,7 @@ class QuantizePass(Pass):
     consumes = ("torch", "onnx")
     produces = "onnx"
     version = "1"
+    quantizes = True
 
     def run(self, artifact, config: QuantizeConfig, ctx):
         from modelzip.quantization.run import run_quantize
