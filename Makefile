@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DATASET ?= fashion-mnist
 
-.PHONY: demo test install data bench clean
+.PHONY: demo test install data bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: install data
 # Figures in BENCHMARKS.md and bench.json; `make bench BENCH_ARGS=--quick` for a short run.
 bench: install data
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+# 3,000 mutated recipes through `modelzip validate`: prints accepted/rejected/crashed/hung
+# and fails on any crash or hang (tests/test_fuzz.py runs 1,000 of them in CI).
+fuzz: install
+	$(BIN)/python -m modelzip.testing.fuzz --count 3000 --seed 1
 
 clean:
 	rm -rf runs .pytest_cache

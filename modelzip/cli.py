@@ -19,6 +19,7 @@ from modelzip.errors import (
     GateFailure,
     ModelzipError,
     Terminated,
+    input_error_from_os,
 )
 
 app = typer.Typer(
@@ -66,27 +67,49 @@ def _err_console():
 
 
 def _fail(exc: BaseException) -> typer.Exit:
-    """Print one clear message (a traceback only with --debug) and pick the exit code."""
+    """Print one clear message (a traceback only with --debug) and pick the exit code.
+
+    Never raises: if printing fails (an odd character, a closed terminal), the message
+    goes to stderr as plain text and the exit code is still the error's own.
+    """
+    exc = input_error_from_os(exc) or exc  # a full disk, an unwritable --out: the user's to fix, exit 2
+    if isinstance(exc, KeyboardInterrupt):
+        code = EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    else:
+        code = exc.exit_code if isinstance(exc, ModelzipError) else EXIT_RUN_FAILED
+    try:
+        _print_failure(exc)
+    except BaseException:  # noqa: BLE001 - the error printer must not become the error
+        try:
+            text = exc.format() if isinstance(exc, ModelzipError) else f"{type(exc).__name__}: {exc}"
+        except BaseException:  # noqa: BLE001
+            text = type(exc).__name__
+        try:
+            encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+            sys.stderr.write(f"error: {text}\n".encode(encoding, "backslashreplace").decode(encoding))
+        except BaseException:  # noqa: BLE001 - nowhere left to write
+            pass
+    return typer.Exit(code)
+
+
+def _print_failure(exc: BaseException) -> None:
+    from rich.text import Text
+
+    # User text (recipe values, paths, names) is never read as rich markup: Text is literal.
     console = _err_console()
     if _state["debug"]:
         console.print(traceback.format_exc(), markup=False)
     if isinstance(exc, KeyboardInterrupt):
         signal_name = "SIGTERM" if isinstance(exc, Terminated) else "interrupted"
         console.print(f"{signal_name}: finished steps are cached and the next run resumes from them")
-        return typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
-    from rich.markup import escape  # messages quote shapes and YAML lists: "[batch, 1, 28, 28]" is no markup
-
-    from modelzip.errors import input_error_from_os
-
-    exc = input_error_from_os(exc) or exc  # a full disk, an unwritable --out: the user's to fix, exit 2
-    if isinstance(exc, ModelzipError):
-        console.print(f"[bold red]error:[/] {escape(exc.format())}" if not isinstance(exc, GateFailure)
-                      else f"[bold red]{escape(exc.format())}[/]")
-        return typer.Exit(exc.exit_code)
-    console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
-                  "  this is a bug in modelzip or a plugin; rerun with --debug and report the traceback",
-                  markup=True)
-    return typer.Exit(EXIT_RUN_FAILED)
+    elif isinstance(exc, GateFailure):
+        console.print(Text(exc.format(), style="bold red"))
+    elif isinstance(exc, ModelzipError):
+        console.print(Text.assemble(("error: ", "bold red"), exc.format()))
+    else:
+        console.print(Text.assemble(
+            ("internal error: ", "bold red"), f"{type(exc).__name__}: {exc}\n"
+            "  this is a bug in modelzip or a plugin; rerun with --debug and report the traceback"))
 
 
 @app.command()
@@ -153,13 +176,20 @@ def _print_run(result, quiet: bool) -> None:
             if rows:
                 table = Table(*header, title=title, title_justify="left")
                 for row in rows:
-                    table.add_row(*row)
+                    table.add_row(*_plain(row))
                 console.print(table)
     final, ratios = data["final"], data["final"]["ratios"]
     speed = f", {ratios['speedup']:.2f}x speedup" if "speedup" in ratios else ""
     console.print(f"{data['status']}: accuracy {100 * final['accuracy']:.2f}% "
                   f"({100 * ratios['accuracy_delta']:+.2f} pp), {ratios['size']:.2f}x smaller{speed} -> "
-                  f"{result.output_dir / 'model.onnx'}, report.json, report.md")
+                  f"{result.output_dir / 'model.onnx'}, report.json, report.md", markup=False)
+
+
+def _plain(cells):
+    """Table cells as literal text: a layer or file name like `a[/]` is not rich markup."""
+    from rich.text import Text
+
+    return [Text(str(cell)) for cell in cells]
 
 
 @app.command()
@@ -188,9 +218,9 @@ def passes() -> None:
     for name in registry.names():
         try:
             cls = registry.get(name)
-            table.add_row(name, "/".join(cls.consumes), cls.summary)
+            table.add_row(*_plain([name, "/".join(cls.consumes), cls.summary]))
         except PluginError as exc:
-            table.add_row(name, "?", f"[red]broken plugin: {exc.what}[/]")
+            table.add_row(*_plain([name, "?", f"broken plugin: {exc.what}"]), style="red")
     _out_console().print(table)
 
 
@@ -198,6 +228,7 @@ def passes() -> None:
 def explain(name: Annotated[str, typer.Argument(help="pass name, e.g. export")]) -> None:
     """Show a pass's parameters: type, default, allowed values and help."""
     from rich.table import Table
+    from rich.text import Text
 
     from modelzip.errors import InputError
     from modelzip.registry import default_registry
@@ -212,10 +243,10 @@ def explain(name: Annotated[str, typer.Argument(help="pass name, e.g. export")])
     except BaseException as exc:  # noqa: BLE001
         raise _fail(exc) from None
     console = _out_console()
-    console.print(f"[bold]{name}[/] (takes {'/'.join(cls.consumes)}): {cls.summary}")
+    console.print(Text.assemble((name, "bold"), f" (takes {'/'.join(cls.consumes)}): {cls.summary}"))
     table = Table("parameter", "type", "default", "allowed", "help")
     for param, spec in _parameters(cls.Config):
-        table.add_row(param, *spec)
+        table.add_row(*_plain([param, *spec]))
     console.print(table)
 
 

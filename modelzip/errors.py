@@ -9,6 +9,19 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
+SHOW_CHARS = 80  # longest echo of a user's value in a message
+SHOW_PROBLEMS = 50  # problems listed in a RecipeError's message (all are in .problems)
+
+
+def clip_repr(value: object, limit: int = SHOW_CHARS) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a 5,000-character value must not flood
+    the terminal. Quoted and escaped, so control characters in it are shown, not acted on."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a message must not fail on an odd value
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 # Documented in README.md ("Exit codes"); tests/test_cli_exit_codes.py pins them.
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
@@ -87,7 +100,10 @@ class RecipeError(ModelzipError):
         self.file = file
         count = len(self.problems)
         head = f"{count} problem{'s' if count != 1 else ''} in recipe"
-        body = "\n".join(f"  - {p.format()}" for p in self.problems)
+        shown = [f"  - {p.format()}" for p in self.problems[:SHOW_PROBLEMS]]
+        if count > SHOW_PROBLEMS:
+            shown.append(f"  - ... and {count - SHOW_PROBLEMS} more (fix these first)")
+        body = "\n".join(shown)
         super().__init__(
             f"{head}:\n{body}",
             where=file,

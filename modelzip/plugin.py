@@ -6,9 +6,9 @@ onnx or onnxruntime inside ``run``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from modelzip.artifacts import Artifact
@@ -18,10 +18,33 @@ ArtifactKind = Literal["torch", "onnx"]
 ARTIFACT_KINDS: tuple[ArtifactKind, ...] = ("torch", "onnx")
 
 
-class PassConfig(BaseModel):
-    """Base of every pass's parameters: frozen, and unknown keys are errors."""
+MAX_PATH_CHARS = 4096  # Linux PATH_MAX
+MAX_NAME_BYTES = 255  # NAME_MAX: one component of a path, in bytes
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+def _path_text(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("a path cannot contain a NUL character")
+    if len(value) > MAX_PATH_CHARS:
+        raise ValueError(f"a path is at most {MAX_PATH_CHARS} characters, this one has {len(value):,}")
+    for part in value.replace("\\", "/").split("/"):
+        size = len(part.encode("utf-8", "surrogatepass"))
+        if size > MAX_NAME_BYTES:
+            raise ValueError(f"each file or directory name in a path is at most {MAX_NAME_BYTES} "
+                             f"bytes, one here has {size:,}")
+    return value
+
+
+# A file or directory named in a recipe: bounded as the OS bounds it, so a mistake is
+# reported by `validate` instead of failing with ENAMETOOLONG in the middle of a run.
+PathText = Annotated[str, AfterValidator(_path_text)]
+
+
+class PassConfig(BaseModel):
+    """Base of every pass's parameters: frozen, unknown keys are errors, floats are finite
+    (`.inf` or `.nan` would switch a check off or poison training)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Pass:
@@ -43,6 +66,8 @@ class Pass:
     # True: under torchrun every process runs this pass (data-parallel training); False:
     # rank 0 runs it alone while the other processes wait.
     distributed: ClassVar[bool] = False
+    # True: the pass quantizes the model; `validate` refuses a second quantizing pass after it.
+    quantizes: ClassVar[bool] = False
     # What the step reads besides its input artifact and params, so its cache key can cover it
     # (a cached result is never silently stale): "data" = the train/validation/calibration splits
     # (spec and file digests); "timing" = the CPU and evaluation settings (a pass that chooses by

@@ -6,6 +6,7 @@ pass's own ``Config`` model, found through the plugin registry.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -14,28 +15,38 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from modelzip.errors import InputError, RecipeError, RecipeProblem
-from modelzip.plugin import ArtifactKind, PassConfig
+from modelzip.errors import InputError, RecipeError, RecipeProblem, clip_repr
+from modelzip.plugin import ArtifactKind, PassConfig, PathText
 from modelzip.registry import PassRegistry, default_registry, suggest
-from modelzip.yamlsource import YamlDocument, format_path, parse_yaml
+from modelzip.yamlsource import MAX_BYTES, MAX_DEPTH, YamlDocument, YamlInputError, format_path, parse_yaml
 
 RECIPE_VERSION = 1
 BUILTIN_DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder")
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
+# Upper bounds below are far past any real use; they stop values that would only hang
+# or exhaust memory (`batch_size: 1e30` is an int to pydantic) and say so at validation.
+MAX_BATCH = 65536
+MAX_SAMPLES = 1_000_000_000  # image counts: more than any dataset this runs on
+MAX_DIM = 65536  # one axis of input_shape
+MAX_INPUT_ELEMENTS = 1 << 30  # one example input: 4 GiB of float32
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Floats are finite everywhere: `.inf` or `.nan` would switch a check off or poison a run.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(Section):
     source: str = Field(description='"torchvision:<name>", "<module>:<callable>" or "modelzip.zoo:<name>"')
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
-    checkpoint: str | None = Field(None, description="state_dict file (.pt/.pth), loaded with weights_only=True")
+    checkpoint: PathText | None = Field(
+        None, description="state_dict file (.pt/.pth), loaded with weights_only=True")
     trust_checkpoint: bool = Field(False, description="allow a fully pickled module (runs code from the file)")
     input_shape: tuple[int, ...] = Field(description="example input, batch first, e.g. [1, 1, 28, 28]")
     in_channels: int | None = Field(
-        None, ge=1, description="adapt the first convolution to this many input channels"
+        None, ge=1, le=MAX_DIM, description="adapt the first convolution to this many input channels"
     )
 
     @field_validator("source")
@@ -48,8 +59,13 @@ class ModelSpec(Section):
     @field_validator("input_shape")
     @classmethod
     def _shape(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if len(value) < 2 or any(d < 1 for d in value):
-            raise ValueError("expected at least 2 positive dimensions, batch first")
+        if not 2 <= len(value) <= 8 or any(d < 1 for d in value):
+            raise ValueError("expected 2 to 8 positive dimensions, batch first")
+        if any(d > MAX_DIM for d in value):
+            raise ValueError(f"each dimension is at most {MAX_DIM}")
+        if math.prod(value) > MAX_INPUT_ELEMENTS:
+            raise ValueError(f"one example input may hold at most {MAX_INPUT_ELEMENTS:,} elements "
+                             f"(this one: {math.prod(value):,})")
         return value
 
 
@@ -67,14 +83,17 @@ class Normalize(Section):
 
 class DataSpec(Section):
     dataset: str = Field(description=f"one of {', '.join(BUILTIN_DATASETS)} or <module>:<callable>")
-    root: str | None = Field(None, description="dataset directory; default search order in README")
+    root: PathText | None = Field(None, description="dataset directory; default search order in README")
     download: bool = Field(False, description="allow torchvision to download when absent")
-    batch_size: int = Field(256, ge=1, description="evaluation and default training batch size")
-    limit_train: int | None = Field(None, ge=1, description="use only the first N training images")
-    limit_eval: int | None = Field(None, ge=1, description="use only the first N evaluation images")
-    val_samples: int = Field(5000, ge=0, description="validation subset carved from train")
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH, description="evaluation and default training batch size")
+    limit_train: int | None = Field(
+        None, ge=1, le=MAX_SAMPLES, description="use only the first N training images")
+    limit_eval: int | None = Field(
+        None, ge=1, le=MAX_SAMPLES, description="use only the first N evaluation images")
+    val_samples: int = Field(5000, ge=0, le=MAX_SAMPLES, description="validation subset carved from train")
     normalize: Normalize | None = Field(None, description="override the dataset's mean/std")
-    image_size: int | None = Field(None, ge=1, description="imagefolder: resize to this square size")
+    image_size: int | None = Field(
+        None, ge=1, le=MAX_DIM, description="imagefolder: resize to this square size")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for <module>:<callable>")
 
     @field_validator("dataset")
@@ -84,7 +103,7 @@ class DataSpec(Section):
             return value
         hint = suggest(value, list(BUILTIN_DATASETS))
         raise ValueError(
-            f"unknown dataset {value!r}" + (f"; {hint}" if hint else "")
+            f"unknown dataset {clip_repr(value)}" + (f"; {hint}" if hint else "")
             + f" (built-in: {', '.join(BUILTIN_DATASETS)}, or <module>:<callable>)"
         )
 
@@ -97,10 +116,12 @@ class Gates(Section):
 
 
 class Evaluation(Section):
-    threads: int | None = Field(None, ge=1, description="ORT intra-op threads for latency (default: all cores)")
+    threads: int | None = Field(
+        None, ge=1, le=256, description="ORT intra-op threads for latency (default: all cores)")
     latency: bool = Field(True, description="measure ORT latency of the baseline and final ONNX")
-    warmup: int = Field(10, ge=0, description="runs discarded before timing")
-    repeats: int = Field(200, ge=3, description="timed runs at batch 1 (fewer at large batches: ~3 s cap)")
+    warmup: int = Field(10, ge=0, le=10_000, description="runs discarded before timing")
+    repeats: int = Field(
+        200, ge=3, le=100_000, description="timed runs at batch 1 (fewer at large batches: ~3 s cap)")
 
 
 class PassStep(Section):
@@ -115,15 +136,17 @@ class PassStep(Section):
 
 class Recipe(Section):
     version: Literal[1] = Field(description="recipe format version")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name")
-    seed: int = Field(0, description="seeds data subsets, training and calibration")
+    # The name is a directory name (runs/<name>), hence the length bound.
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128, description="run name")
+    # numpy's generators take seeds in 0 .. 2**32 - 1.
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds data subsets, training and calibration")
     model: ModelSpec
     data: DataSpec
     passes: list[PassStep] = Field(default_factory=list, description="ordered passes, each {name: {params}}")
     gates: Gates = Field(default_factory=Gates)
     evaluation: Evaluation = Field(default_factory=Evaluation)
-    output: str | None = Field(None, description="output directory (default runs/<name>)")
-    cache_dir: str | None = Field(None, description="step cache (default <output>/.cache)")
+    output: PathText | None = Field(None, description="output directory (default runs/<name>)")
+    cache_dir: PathText | None = Field(None, description="step cache (default <output>/.cache)")
     base_dir: Path = Field(Path("."), exclude=True)  # the recipe file's directory
 
     def resolve(self, path: str | None) -> Path | None:
@@ -158,25 +181,30 @@ def load_recipe(
         raise InputError(
             "recipe file not found", got=str(path), expected="a YAML file", fix="check the path"
         )
-    return parse_recipe(path.read_text(), base_dir=path.parent, overrides=overrides,
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_BYTES + 1)  # enough to see that a file is too large
+    except OSError as exc:
+        raise InputError("cannot read the recipe file", got=f"{path}: {exc.strerror or exc}",
+                         fix="check the file's permissions") from exc
+    return parse_recipe(raw, base_dir=path.parent, overrides=overrides,
                         registry=registry, filename=str(path))
 
 
 def parse_recipe(
-    text: str,
+    text: str | bytes,
     *,
     base_dir: Path = Path("."),
     overrides: list[str] | tuple[str, ...] = (),
     registry: PassRegistry | None = None,
     filename: str = "<recipe>",
 ) -> Recipe:
+    """Validate recipe text (bytes must be UTF-8); raise RecipeError listing every problem."""
     try:
         doc = parse_yaml(text, filename=filename)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError([RecipeProblem("", line, f"invalid YAML: {problem}")], file=filename) from exc
+    except YamlInputError as exc:
+        problems = [RecipeProblem(format_path(i.path), i.line, i.message) for i in exc.issues]
+        raise RecipeError(problems, file=filename) from None
     problems = [RecipeProblem(format_path(p), line, "duplicate key (YAML keeps only the last)")
                 for p, line in doc.duplicates]
     overridden = _apply_overrides(doc, overrides, problems)
@@ -192,33 +220,48 @@ def _apply_overrides(doc: YamlDocument, overrides, problems: list[RecipeProblem]
     """Apply ``a.b.0.c=value`` overrides in place; values parse as YAML scalars/lists."""
     touched: set[tuple] = set()
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            problems.append(RecipeProblem(item, None, "expected KEY=VALUE, e.g. passes.0.export.opset=18",
-                                          source="--set"))
-            continue
-        parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        error = _set_path(doc, parts, value)
+        parts, value, error = _parse_override(item)
+        if error is None:
+            error = _set_path(doc, parts, value)
         if error:
-            problems.append(RecipeProblem(format_path(tuple(parts)), None, error, source="--set"))
+            where = format_path(tuple(parts) if parts else (item,))
+            problems.append(RecipeProblem(where, None, error, source="--set"))
         else:
             touched.add(tuple(parts))
     return touched
 
 
+def _parse_override(item: str) -> tuple[list[str | int], Any, str | None]:
+    """``KEY=VALUE`` -> (key parts, value, None), or ([...], None, why it is refused)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        return [], None, "expected KEY=VALUE, e.g. passes.0.export.opset=18"
+    # ASCII digits only: "²".isdigit() is True but int("²") fails; 18 digits fit any list.
+    parts: list[str | int] = [int(p) if p.isascii() and p.isdigit() and len(p) <= 18 else p
+                              for p in key.split(".")]
+    if any(p == "" for p in parts):
+        return [], None, f"empty key segment in {clip_repr(key)}; write keys like passes.0.export.opset"
+    try:
+        value_doc = parse_yaml(raw)
+    except YamlInputError as exc:
+        if not exc.syntax:  # too deep, too large, ...: refused as in a file
+            return parts, None, f"value refused: {exc.issues[0].message}"
+        return parts, raw, None  # not YAML (say `[draft`): the text itself
+    if len(parts) + value_doc.height > MAX_DEPTH:
+        return parts, None, f"nested deeper than {MAX_DEPTH} levels"
+    return parts, value_doc.data, None
+
+
 def _set_path(doc: YamlDocument, parts: list[str | int], value: Any) -> str | None:
-    if not isinstance(doc.data, dict):
+    if doc.data is None:
         doc.data = {}
     node: Any = doc.data
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, list):
             if not isinstance(part, int) or not 0 <= part < len(node):
-                return f"no list index {part!r} here (the list has {len(node)} entries)"
+                shown = part if isinstance(part, int) else clip_repr(part)
+                return f"no list index {shown} here (the list has {len(node)} entries)"
         elif isinstance(node, dict):
             if isinstance(part, int):
                 part = str(part)
@@ -231,6 +274,10 @@ def _set_path(doc: YamlDocument, parts: list[str | int], value: Any) -> str | No
         else:
             if isinstance(node, dict) and node[part] is None:
                 node[part] = {}
+            # Copy on the way down: an alias shares its data with the anchor, and setting
+            # `a.x` must not change `b` because the file says `b: *a`.
+            if isinstance(node[part], (dict, list)):
+                node[part] = type(node[part])(node[part])
             node = node[part]
     return None
 
@@ -250,12 +297,18 @@ class _Validator:
     def validate(self, base_dir: Path) -> Recipe | None:
         data = self.doc.data
         if not isinstance(data, dict):
-            self.problem((), f"a recipe is a YAML mapping, got {type(data).__name__}")
+            got = "an empty file" if data is None else f"a {type(data).__name__}"
+            self.problem((), f"a recipe is a YAML mapping (version, name, model, data, passes, ...), "
+                             f"got {got}")
             return None
         if "version" in data and data["version"] != RECIPE_VERSION:
-            self.problem(("version",), f"unsupported recipe version {data['version']!r}",
+            self.problem(("version",), f"unsupported recipe version {clip_repr(data['version'])}",
                          f"this modelzip reads version {RECIPE_VERSION}")
             return None
+        if "base_dir" in data:  # a field the loader sets, not a recipe key
+            self.problem(("base_dir",), "unknown key 'base_dir'",
+                         "paths in a recipe are relative to the recipe file's directory")
+            data = {k: v for k, v in data.items() if k != "base_dir"}
         steps = self.validate_passes(data.get("passes"))
         top = {k: v for k, v in data.items() if k != "passes"}
         try:
@@ -275,6 +328,7 @@ class _Validator:
             return None
         steps: list[PassStep] = []
         kind: ArtifactKind = "torch"
+        quantized_by: str | None = None  # e.g. "passes[2].quantize", once the model is quantized
         ok = True
         for index, entry in enumerate(raw):
             step = self.validate_step(index, entry)
@@ -288,8 +342,16 @@ class _Validator:
                              f"model is {kind} at this point",
                              "reorder the passes (export turns torch into onnx)")
                 ok = False
+            elif pass_obj.quantizes and quantized_by is not None:
+                self.problem(("passes", index, step.name),
+                             f"the model is already quantized by {quantized_by}; quantizing quantized "
+                             "weights again only loses accuracy",
+                             f"keep one quantizing pass: remove this one or {quantized_by}")
+                ok = False
             else:
                 kind = pass_obj.output_kind(kind, step.config)
+                if pass_obj.quantizes:
+                    quantized_by = f"passes[{index}].{step.name}"
             steps.append(step)
         return steps if ok else None
 
@@ -303,14 +365,14 @@ class _Validator:
         (name, params), = entry.items()
         if not isinstance(name, str) or name not in self.registry:
             hint = self.registry.suggest(str(name))
-            self.problem(path + (str(name),), f"unknown pass {name!r}",
+            self.problem(path + (str(name),), f"unknown pass {clip_repr(name)}",
                          (hint + " " if hint else "") + f"(available: {', '.join(self.registry.names())})")
             return None
         config_cls = self.registry.get(name).Config
         if params is None:
             params = {}
         if not isinstance(params, dict):
-            self.problem(path + (name,), f"pass parameters must be a mapping, got {params!r}")
+            self.problem(path + (name,), f"pass parameters must be a mapping, got {clip_repr(params)}")
             return None
         try:
             config = config_cls.model_validate(params)
@@ -328,7 +390,7 @@ class _Validator:
             if err["type"] == "extra_forbidden":
                 valid = _fields_at(model, loc[:-1])
                 hint = suggest(str(loc[-1]), valid)
-                self.problem(path, f"unknown key {loc[-1]!r}",
+                self.problem(path, f"unknown key {clip_repr(loc[-1])}",
                              (hint + " " if hint else "") + f"(valid keys: {', '.join(valid)})")
             elif err["type"] == "missing":
                 self.problem(path, "missing required key")
@@ -337,7 +399,7 @@ class _Validator:
                 message = message[0].lower() + message[1:]
                 if message.startswith("value error, "):
                     message = message[len("value error, "):]
-                self.problem(path, f"{message}, got {err['input']!r}")
+                self.problem(path, f"{message}, got {clip_repr(err['input'])}")
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:

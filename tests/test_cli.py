@@ -60,6 +60,48 @@ def test_schema_is_json():
     assert json.loads(result.stdout)["title"] == "modelzip recipe"
 
 
+def test_user_text_is_never_rich_markup(recipe_file):
+    """A name like `[/]` crashed the error printer (rich MarkupError, exit 1: "gate failed")."""
+    for name in ("'[/]'", "'[bold red]x'", "'[link=file:///etc]x[/link]'"):
+        path = recipe_file(VALID.replace("name: tiny", f"name: {name}"))
+        result = runner.invoke(app, ["validate", str(path)])
+        assert result.exit_code == 2, result.output
+        assert name.strip("'") in result.output and "Traceback" not in result.output
+
+
+def test_error_printer_cannot_raise(recipe_file, monkeypatch):
+    from modelzip import cli
+
+    def broken(exc):
+        raise RuntimeError("terminal went away")
+
+    monkeypatch.setattr(cli, "_print_failure", broken)
+    result = runner.invoke(app, ["validate", str(recipe_file(BROKEN, "broken.yaml"))])
+    assert result.exit_code == 2
+    assert "error: " in result.output and "did you mean 'export'" in result.output
+
+
+def test_hostile_files_exit_2_with_a_line(recipe_file):
+    from tests.test_recipe import BILLION_LAUGHS
+
+    cases = {"bomb.yaml": BILLION_LAUGHS.encode(), "deep.yaml": b"a: " + b"[" * 5000 + b"]" * 5000,
+             "latin1.yaml": VALID.encode() + b"output: caf\xe9\n", "key.yaml": b"? [a]\n: 1\n"}
+    for name, data in cases.items():
+        path = recipe_file("", name)
+        path.write_bytes(data)
+        result = runner.invoke(app, ["validate", str(path)])
+        assert result.exit_code == 2, (name, result.output)
+        assert "(line " in result.output and "Traceback" not in result.output, name
+
+
+def test_set_with_odd_keys_exits_2(recipe_file):
+    path = str(recipe_file(VALID))
+    for item in ("passes.².opset=1", "a..b=1", "=", "passes." + "9" * 5000 + ".x=1"):
+        result = runner.invoke(app, ["validate", path, "--set", item])
+        assert result.exit_code == 2 and "(from --set)" in result.output, item
+        assert len(result.output) < 1000, item  # a 5,000-digit key is clipped
+
+
 LEAN = """
 import sys
 from typer.testing import CliRunner

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from modelzip.plugin import Pass, PassConfig
+from modelzip.plugin import Pass, PassConfig, PathText
 from modelzip.registry import suggest
 
 DEFAULT_EPOCHS = 2  # when neither epochs nor steps is given
@@ -18,7 +18,7 @@ TEACHERS = ("baseline", "input")
 
 
 class DistillConfig(PassConfig):
-    teacher: str = Field(
+    teacher: PathText = Field(
         "baseline", min_length=1,
         description='"baseline": the model as it entered the pipeline; "input": the model as it '
                     "entered this pass; or a state_dict file of the recipe's model architecture "
@@ -50,9 +50,10 @@ def teacher_files(distill: DistillConfig | None) -> list[str]:
 
 class FinetuneConfig(PassConfig):
     epochs: int | None = Field(
-        None, ge=1, description=f"passes over the training split (default {DEFAULT_EPOCHS} when "
-                                "`steps` is not given); give epochs or steps, not both")
-    steps: int | None = Field(None, ge=1, description="optimizer steps instead of epochs")
+        None, ge=1, le=10_000,
+        description=f"passes over the training split (default {DEFAULT_EPOCHS} when "
+                    "`steps` is not given); give epochs or steps, not both")
+    steps: int | None = Field(None, ge=1, le=100_000_000, description="optimizer steps instead of epochs")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (Nesterov momentum) or adamw")
     lr: float = Field(DEFAULT_LR["sgd"], gt=0,
                       description="peak learning rate (default 0.01 for sgd, 0.001 for adamw)")
@@ -70,9 +71,10 @@ class FinetuneConfig(PassConfig):
     augment: Literal["auto", "none"] = Field(
         "auto", description="auto: random crop (2-px padding) + flip on fashion-mnist, 4-px on cifar10, "
                             "nothing on mnist or other datasets; none: no augmentation")
-    batch_size: int | None = Field(None, ge=1, description="training batch (default data.batch_size)")
+    batch_size: int | None = Field(
+        None, ge=1, le=65536, description="training batch (default data.batch_size)")
     patience: int | None = Field(
-        None, ge=1, description="stop after this many epochs without a better validation accuracy "
+        None, ge=1, le=10_000, description="stop after this many epochs without a better validation accuracy "
                                 "(null: run every epoch); the best validation epoch is kept either way")
     distill: DistillConfig | None = Field(
         None, description="knowledge distillation, e.g. {teacher: baseline, alpha: 0.5, temperature: 4}; "

@@ -16,9 +16,9 @@ class LowRankConfig(PassConfig):
     conv: Literal["channel", "spatial", "none"] = Field(
         "channel", description="channel: kxk conv to r channels then 1x1; spatial: kx1 then 1xk; none: skip convs")
     linear: bool = Field(True, description="factorize Linear layers (in -> r -> out)")
-    min_rank: int = Field(1, ge=1, description="never go below this rank")
+    min_rank: int = Field(1, ge=1, le=65536, description="never go below this rank")
     round_to: int = Field(
-        16, ge=1,
+        16, ge=1, le=65536,
         description="round each rank up to a multiple of this (capped at the full rank); onnxruntime's x86 "
                     "convolutions work on blocks of 8/16 channels and run odd widths slower; 1: no rounding")
     ignore: tuple[str, ...] = Field((), description="glob patterns on module names to leave as they are")

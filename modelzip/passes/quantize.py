@@ -151,6 +151,7 @@ class QuantizePass(Pass):
     consumes = ("torch", "onnx")
     produces = "onnx"
     version = "1"
+    quantizes = True
     # `prefer: faster` keeps whichever of int8 and float runs faster here: the CPU decides.
     reads = frozenset({"data", "timing"})
 
