@@ -71,7 +71,13 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group together: every rank waits at a barrier, then tears it down.
+
+    Without the barrier a rank could close its connections while another is still
+    receiving the last message, and gloo aborts that process (SIGABRT at exit).
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
