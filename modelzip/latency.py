@@ -6,7 +6,7 @@ import math
 import statistics
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +20,23 @@ if TYPE_CHECKING:
 LATENCY_BUDGET_S = 3.0
 MIN_TIMED_RUNS = 5
 WARMUP_BUDGET_S = 1.0
-
-
+# Comparisons (compare_latency) also time each model for at least MIN_TIMED_S: 200 runs of a
+# 0.012 ms model last 2.4 ms, less than one scheduler time slice, so one slice that favoured
+# one copy decided an A/A "verdict". 0.1 s spans ~25 slices (about +0.15 s for the quickstart
+# CNN at batch 1; nothing at batch 256). Capped at MAX_SPAN_RUNS runs to bound the bootstrap.
+MIN_TIMED_S = 0.1
+MAX_SPAN_RUNS = 2000
+# Fast models take turns of several runs (about TURN_S each) instead of alternating run by
+# run. onnxruntime's worker threads spin for a while after a run; alternating 0.1 ms runs on
+# 2 cores, one session's spinning worker kept the free core and the other session never got
+# it: in A/A runs at batch 64 one copy ran at 0.069 ms, the other at 0.124 ms, for all 800
+# rounds ("1.78x faster", 1.76-1.79). Within a turn the running session has the core.
+TURN_S = 0.005
+# ...and each model gets SESSIONS sessions, rounds rotating through them. Sessions of one file
+# differ: A/A copies of a 0.012 ms MLP came out up to 7% apart, tight intervals, in both
+# directions from one comparison to the next. With three slots of sessions the bootstrap
+# (compare_times) can draw slots and the interval covers that spread.
+SESSIONS = 3
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,10 @@ class Latency:
     mean_ms: float
     runs: int
     threads: int
+    # Every timed run in round order: times_ns[i] of two models measured together
+    # ran in the same round, back to back, so they pair up (see compare_times).
+    times_ns: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    slots: tuple[int, ...] = field(default=(), repr=False, compare=False)  # session slot of each run
 
 
 def measure_latency(
@@ -45,6 +64,8 @@ def measure_latency(
     warmup: int = 10,
     repeats: int = 50,
     seed: int = 0,
+    min_timed_s: float = 0.0,
+    sessions: int = 1,
 ) -> dict[str, Latency]:
     """Latency of each ONNX model in ``paths`` at ``batch``, measured interleaved.
 
@@ -52,23 +73,33 @@ def measure_latency(
     (batch, *input_shape[1:]) from a seeded generator. After ``warmup`` untimed
     runs of each model (at least one, since the first run allocates; fewer, but
     at least two, if they pass about WARMUP_BUDGET_S per model), models are timed
-    round-robin -- one run of each per round, the starting model rotating each
+    round-robin -- one turn of each per round, the starting model rotating each
     round -- so that drift of the machine (frequency scaling, a noisy neighbour)
-    hits all models alike instead of whichever was measured last. Each model
+    hits all models alike instead of whichever was measured last. A turn is one
+    run, or for models faster than TURN_S (5 ms) an untimed run and then as many
+    timed runs as fill about TURN_S. Each model
     gets the same number of timed runs: ``repeats``, capped so that one model's
     runs take about LATENCY_BUDGET_S (3 s) judged from its slowest warm-up
-    estimate, but never below MIN_TIMED_RUNS (5) unless ``repeats`` is smaller.
+    estimate, but never below MIN_TIMED_RUNS (5) unless ``repeats`` is smaller,
+    and raised (up to MAX_SPAN_RUNS) so that they take at least ``min_timed_s``.
+    Models that take turns get ``sessions`` sessions each, used by rounds in
+    rotation (``Latency.slots`` says which run came from which).
     """
     from modelzip.evaluation import default_threads, ort_session
 
     _check_latency_args(batch, warmup, repeats)
     threads = threads or default_threads()
-    sessions = {name: ort_session(path, threads=threads) for name, path in paths.items()}
-    feeds = {name: _random_feed(session, input_shape, batch, seed) for name, session in sessions.items()}
-    estimate_ns = _warm_up(sessions, feeds, max(warmup, 1))
-    runs = _timed_runs(repeats, max(estimate_ns.values(), default=0))
-    times_ns = _time_round_robin(sessions, feeds, runs)
-    return {name: _summarise(times, batch, threads) for name, times in times_ns.items()}
+    first = {name: ort_session(path, threads=threads) for name, path in paths.items()}
+    feeds = {name: _random_feed(session, input_shape, batch, seed) for name, session in first.items()}
+    estimate_ns = _warm_up(first, feeds, max(warmup, 1))
+    runs = _timed_runs(repeats, max(estimate_ns.values(), default=0), min_timed_s)
+    per_turn = _runs_per_turn(runs, min(estimate_ns.values(), default=0), len(first))
+    slots = [first]
+    for _ in range(sessions - 1 if per_turn > 1 else 0):
+        slots.append({name: ort_session(path, threads=threads) for name, path in paths.items()})
+        _warm_up(slots[-1], feeds, max(warmup, 1))
+    times_ns, slot_of_run = _time_round_robin(slots, feeds, runs, per_turn)
+    return {name: _summarise(times, batch, threads, slot_of_run) for name, times in times_ns.items()}
 
 
 def _check_latency_args(batch: int, warmup: int, repeats: int) -> None:
@@ -91,44 +122,65 @@ def _random_feed(
 
 
 def _warm_up(sessions: Mapping[str, Any], feeds: Mapping[str, dict], warmup: int) -> dict[str, int]:
-    """Untimed rounds; return each model's last (warm) run time as the estimate.
+    """Untimed rounds; return each model's median warm run time (all but the first) as the estimate.
 
     Stops early, after at least two rounds, once about WARMUP_BUDGET_S per model
     is spent: ten warm-ups of a 1-second batch-256 run would teach nothing.
     """
-    last_ns: dict[str, int] = {}
+    warm_ns: dict[str, list[int]] = {name: [] for name in sessions}
     deadline_ns = time.perf_counter_ns() + int(WARMUP_BUDGET_S * 1e9) * len(sessions)
     for round_index in range(warmup):
         for name, session in sessions.items():
             start = time.perf_counter_ns()
             session.run(None, feeds[name])
-            last_ns[name] = time.perf_counter_ns() - start
+            if round_index >= 1 or warmup == 1:  # the first run allocates
+                warm_ns[name].append(time.perf_counter_ns() - start)
         if round_index >= 1 and time.perf_counter_ns() > deadline_ns:
             break
-    return last_ns
+    # The median, not the last run: one preempted run would otherwise set the plan.
+    return {name: int(statistics.median(times)) for name, times in warm_ns.items()}
 
 
-def _timed_runs(repeats: int, slowest_run_ns: int) -> int:
+def _timed_runs(repeats: int, slowest_run_ns: int, min_timed_s: float = 0.0) -> int:
     affordable = math.floor(LATENCY_BUDGET_S * 1e9 / max(slowest_run_ns, 1))
-    return min(repeats, max(MIN_TIMED_RUNS, affordable))
+    spanning = min(MAX_SPAN_RUNS, math.ceil(min_timed_s * 1e9 / max(slowest_run_ns, 1)))
+    return max(min(repeats, max(MIN_TIMED_RUNS, affordable)), spanning)
+
+
+def _runs_per_turn(runs: int, fastest_run_ns: int, models: int) -> int:
+    """Consecutive timed runs of one model per round: enough to fill about TURN_S."""
+    if models < 2:
+        return 1
+    return max(1, min(runs, math.ceil(TURN_S * 1e9 / max(fastest_run_ns, 1))))
 
 
 def _time_round_robin(
-    sessions: Mapping[str, Any], feeds: Mapping[str, dict], runs: int
-) -> dict[str, list[int]]:
-    names = list(sessions)
+    slots: list[Mapping[str, Any]], feeds: Mapping[str, dict], runs: int, per_turn: int = 1
+) -> tuple[dict[str, list[int]], list[int]]:
+    """``runs`` timed runs of each model: every round gives each model one turn of up to
+    ``per_turn`` runs, the first model rotating, on the round's slot of sessions. A turn of
+    several runs starts with one untimed run, which wakes the session's threads again after
+    the other model's turn. Returns the times and each run's slot."""
+    names = list(slots[0])
     times: dict[str, list[int]] = {name: [] for name in names}
-    for round_index in range(runs):
+    slot_of_run: list[int] = []
+    for round_index in range(math.ceil(runs / per_turn)):
         # Rotate who goes first so no model always runs right after the same other one.
         shift = round_index % len(names) if names else 0
+        count = min(per_turn, runs - round_index * per_turn)
+        sessions = slots[round_index % len(slots)]
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter_ns()
-            sessions[name].run(None, feeds[name])
-            times[name].append(time.perf_counter_ns() - start)
-    return times
+            if per_turn > 1:
+                sessions[name].run(None, feeds[name])
+            for _ in range(count):
+                start = time.perf_counter_ns()
+                sessions[name].run(None, feeds[name])
+                times[name].append(time.perf_counter_ns() - start)
+        slot_of_run += [round_index % len(slots)] * count
+    return times, slot_of_run
 
 
-def _summarise(times_ns: list[int], batch: int, threads: int) -> Latency:
+def _summarise(times_ns: list[int], batch: int, threads: int, slots: list[int]) -> Latency:
     ordered = sorted(times_ns)
     return Latency(
         batch=batch,
@@ -137,6 +189,8 @@ def _summarise(times_ns: list[int], batch: int, threads: int) -> Latency:
         mean_ms=statistics.fmean(ordered) / 1e6,
         runs=len(ordered),
         threads=threads,
+        times_ns=tuple(times_ns),
+        slots=tuple(slots),
     )
 
 
@@ -147,3 +201,134 @@ def _percentile(ordered: list[int], fraction: float) -> float:
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
+
+# --------------------------------------------------------------------------- verdicts
+
+SAME_MODEL, FASTER, SLOWER, WITHIN_NOISE = "same model", "faster", "SLOWER", "within noise"
+VERDICTS = (SAME_MODEL, FASTER, SLOWER, WITHIN_NOISE)
+# Practical equivalence: faster/SLOWER only when the whole interval lies beyond 3%. Two byte-
+# different files of one model are not timed alike. With one session per model, 40 A/A
+# comparisons of the Fashion-MNIST CNN (scripts/aa_latency.py, this shared 2-core machine) gave
+# intervals that excluded 1 in 7 of 40 at batch 1, up to 1.9% away (none at batch 256), and a
+# 0.012 ms MLP up to 7%. Three sessions per model (SESSIONS) brought that to 1 of 80, 0.09%
+# away; the margin keeps headroom for the session offsets the three slots do not average out,
+# and a CNN 3.5% slower at batch 1 is still called SLOWER (0.961-0.969 with one extra Sigmoid).
+EQUIVALENCE_MARGIN = 1.03
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+# Bootstrap blocks span ~10 ms of rounds: twice the ~5 ms scheduler stretches seen at batch 1.
+BLOCK_S = 0.010
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Baseline vs final latency: the speedup, its confidence interval, and what that allows saying."""
+
+    ratio: float  # baseline median / final median: > 1 means the final model is faster
+    ci_low: float
+    ci_high: float
+    pairs: int  # rounds the interval is resampled from (0: the same file, measured once)
+    verdict: str
+
+
+def latency_verdict(ci_low: float, ci_high: float, margin: float = EQUIVALENCE_MARGIN) -> str:
+    """'faster'/'SLOWER' only when the whole interval of baseline/final lies beyond ``margin``."""
+    if ci_low > margin:
+        return FASTER
+    if ci_high < 1 / margin:
+        return SLOWER
+    return WITHIN_NOISE
+
+
+def compare_times(baseline_ns, final_ns, slots=None, *, margin: float = EQUIVALENCE_MARGIN,
+                  confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0) -> Comparison:
+    """Speedup (ratio of medians) with a paired block-bootstrap interval over the interleaved rounds.
+
+    Round i timed both models back to back, so resampling whole rounds (not each
+    model's runs apart) keeps that pairing. Consecutive rounds are not independent
+    though: the scheduler lends the second core to one process for a few ms at a
+    time, and A/A runs at batch 1 here showed stretches of ~20 rounds (~5 ms) in
+    which one copy ran at two-thread speed (0.075 ms) and the other at one-thread
+    speed (0.12 ms). Resampling single rounds then gave tight, wrong intervals
+    (1.62x, 1.60-1.63); resampling blocks of rounds spanning BLOCK_S keeps such
+    stretches together, so the interval shows them. Runs longer than BLOCK_S make
+    blocks of one round: the plain paired bootstrap.
+
+    ``slots`` (Latency.slots): which pair of sessions timed each run. Sessions of
+    one model differ by a few percent (memory layout), so with several slots the
+    bootstrap first draws slots, then blocks within each: the interval then
+    includes that session-to-session spread.
+    """
+    import numpy as np
+
+    baseline, final = np.asarray(baseline_ns, dtype=np.float64), np.asarray(final_ns, dtype=np.float64)
+    if baseline.shape != final.shape or baseline.ndim != 1 or len(baseline) < 2:
+        raise ValueError(f"need two equally long series of >= 2 paired runs; "
+                         f"got {baseline.shape} and {final.shape}")
+    slot_of_run = np.asarray(slots) if slots is not None and len(slots) else np.zeros(len(baseline), dtype=int)
+    groups = [np.flatnonzero(slot_of_run == slot) for slot in np.unique(slot_of_run)]
+    generator = np.random.default_rng(seed)
+    drawn = [_block_resamples(baseline[g] + final[g], resamples, generator) for g in groups]
+    if len(groups) == 1:
+        rows = groups[0][drawn[0]]
+        resampled = np.median(baseline[rows], axis=1) / np.median(final[rows], axis=1)
+    else:  # one resample: as many slots, drawn with replacement, each resampled in blocks
+        chosen = generator.integers(0, len(groups), size=(resamples, len(groups)))
+        rows = [np.concatenate([groups[c][drawn[c][k]] for c in chosen[k]]) for k in range(resamples)]
+        resampled = np.array([np.median(baseline[r]) / np.median(final[r]) for r in rows])
+    tail = (1 - confidence) / 2
+    low, high = (float(x) for x in np.quantile(resampled, [tail, 1 - tail]))
+    return Comparison(float(np.median(baseline) / np.median(final)), low, high, len(baseline),
+                      latency_verdict(low, high, margin))
+
+
+def _block_resamples(round_ns, resamples: int, generator):
+    """Indices into one series: ``resamples`` rows of blocks of consecutive rounds."""
+    import numpy as np
+
+    rounds = len(round_ns)
+    block = _block_rounds(round_ns, rounds)
+    starts = generator.integers(0, rounds - block + 1, size=(resamples, -(-rounds // block)))
+    return (starts[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :rounds]
+
+
+def _block_rounds(round_ns, rounds: int) -> int:
+    """Consecutive rounds that span about BLOCK_S (at least 1, at most half of them)."""
+    per_round_ns = max(float(round_ns.sum()) / rounds, 1.0)
+    return int(min(max(1, math.ceil(BLOCK_S * 1e9 / per_round_ns)), max(1, rounds // 2)))
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Byte-identical files: the sizes first (cheap), then sha256 of the contents."""
+    a, b = Path(a), Path(b)
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    return a.samefile(b) or _sha256(a) == _sha256(b)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def compare_latency(baseline: Path, final: Path, input_shape: tuple[int, ...], batch: int, *,
+                    threads: int | None = None, warmup: int = 10, repeats: int = 50, seed: int = 0,
+                    min_timed_s: float = MIN_TIMED_S) -> tuple[Latency, Latency, Comparison]:
+    """Measure both models interleaved (arguments as measure_latency) and compare them.
+
+    A final file byte-identical to the baseline is measured once and called the
+    same model: timing one file twice would only measure the machine's noise.
+    """
+    settings = {"threads": threads, "warmup": warmup, "repeats": repeats, "seed": seed}
+    if same_file(baseline, final):
+        measured = measure_latency({"final": final}, input_shape, batch, **settings)["final"]
+        return measured, measured, Comparison(1.0, 1.0, 1.0, 0, SAME_MODEL)
+    measured = measure_latency({"baseline": baseline, "final": final}, input_shape, batch,
+                               min_timed_s=min_timed_s, sessions=SESSIONS, **settings)
+    base, fin = measured["baseline"], measured["final"]
+    return base, fin, compare_times(base.times_ns, fin.times_ns, base.slots, seed=seed)

@@ -13,7 +13,6 @@ from modelzip.cache import StepCache, content_key
 from modelzip.console import UI
 from modelzip.evaluation import default_threads
 from modelzip.recipe import Recipe
-from modelzip.report import latency_verdict
 
 
 class Measurer:
@@ -79,7 +78,8 @@ class Measurer:
         from modelzip.envinfo import cpu_model
 
         settings = self.recipe.evaluation
-        key = content_key(what="latency", final=final.id, baseline=baseline.id, threads=self.threads,
+        # "latency/2": entries carry the interval and verdict fields; older ones lack them.
+        key = content_key(what="latency/2", final=final.id, baseline=baseline.id, threads=self.threads,
                           batch=self.recipe.data.batch_size, settings=settings.model_dump(mode="json"),
                           cpu=cpu_model(), seed=self.recipe.seed)
         found = self.cache.load_metrics(key)
@@ -92,16 +92,19 @@ class Measurer:
         return {**results, "cached": False}
 
     def _latency_pair(self, final_path: Path, baseline_path: Path, batch: int) -> dict[str, Any]:
-        from modelzip.latency import measure_latency
+        """Both models interleaved at ``batch``, the speedup's 95% interval and the verdict
+        (modelzip.latency.compare_latency; a byte-identical final is measured once)."""
+        from modelzip.latency import compare_latency
 
         settings = self.recipe.evaluation
         with self.ui.track(2, f"latency at batch {batch}"):
-            measured = measure_latency({"baseline": baseline_path, "final": final_path},
-                                       tuple(self.recipe.model.input_shape), batch, threads=self.threads,
-                                       warmup=settings.warmup, repeats=settings.repeats, seed=self.recipe.seed)
-        pair: dict[str, Any] = {name: _latency_json(lat) for name, lat in measured.items()}
-        pair["verdict"] = latency_verdict(pair["baseline"], pair["final"])
-        return pair
+            baseline, final, comparison = compare_latency(
+                baseline_path, final_path, tuple(self.recipe.model.input_shape), batch, threads=self.threads,
+                warmup=settings.warmup, repeats=settings.repeats, seed=self.recipe.seed)
+        return {"baseline": _latency_json(baseline), "final": _latency_json(final),
+                "ratio": round(comparison.ratio, 4), "ci_low": round(comparison.ci_low, 4),
+                "ci_high": round(comparison.ci_high, 4), "pairs": comparison.pairs,
+                "verdict": comparison.verdict}
 
     def environment(self) -> dict[str, Any]:
         from modelzip.envinfo import environment
@@ -131,6 +134,6 @@ def ratios(final: dict[str, Any], baseline: dict[str, Any], batch_size: int) -> 
     latency = final.get("latency")
     if latency:
         for batch_key, pair in _batches(latency):
-            out[f"speedup_{batch_key}"] = pair["baseline"]["median_ms"] / pair["final"]["median_ms"]
+            out[f"speedup_{batch_key}"] = pair["ratio"]  # baseline / final median, from the raw times
         out["speedup"] = out[f"speedup_batch_{batch_size}"]
     return out

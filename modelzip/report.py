@@ -10,6 +10,7 @@ from typing import Any
 
 from modelzip.atomic import write_text
 from modelzip.errors import GateResult
+from modelzip.latency import EQUIVALENCE_MARGIN, SAME_MODEL
 from modelzip.recipe import Recipe
 
 REPORT_SCHEMA = "modelzip.report/1"
@@ -76,31 +77,28 @@ SUMMARY_HEADER = ["artifact", "backend", "accuracy", "params non-zero / total", 
 
 
 def latency_rows(report: dict[str, Any]) -> list[list[str]]:
-    latency = report["final"].get("latency") or {}
+    """One row per batch size: both medians / p90s, the speedup with its interval, the verdict."""
     rows = []
-    for batch_key, pair in latency.items():
+    for batch_key, pair in (report["final"].get("latency") or {}).items():
         if not batch_key.startswith("batch_"):
             continue
         b, f = pair["baseline"], pair["final"]
-        speedup = b["median_ms"] / f["median_ms"]
-        rows.append([batch_key.replace("_", " "), f"{b['median_ms']:.3f} / {b['p90_ms']:.3f}",
-                     f"{f['median_ms']:.3f} / {f['p90_ms']:.3f}", f"{speedup:.2f}x {latency_verdict(b, f)}"])
+        final_ms = f"{f['median_ms']:.3f} / {f['p90_ms']:.3f}"
+        if pair["verdict"] == SAME_MODEL:
+            rows.append([batch_key.replace("_", " "), "same file as the final model", final_ms,
+                         "1.00x same model (byte-identical, measured once)", "-"])
+            continue
+        rows.append([batch_key.replace("_", " "), f"{b['median_ms']:.3f} / {b['p90_ms']:.3f}", final_ms,
+                     f"{pair['ratio']:.2f}x ({pair['ci_low']:.2f}-{pair['ci_high']:.2f}) {pair['verdict']}",
+                     str(pair["pairs"])])
     return rows
 
 
-def latency_verdict(baseline: dict[str, Any], final: dict[str, Any]) -> str:
-    """'faster'/'SLOWER' only when the difference exceeds the run-to-run spread.
-
-    A median that moves less than the other model's p90 is noise, not a speedup.
-    """
-    if final["p90_ms"] < baseline["median_ms"]:
-        return "faster"
-    if final["median_ms"] > baseline["p90_ms"]:
-        return "SLOWER"
-    return "within noise"
-
-
-LATENCY_HEADER = ["batch", "baseline ms (median / p90)", "final ms (median / p90)", "speedup"]
+LATENCY_HEADER = ["batch", "baseline ms (median / p90)", "final ms (median / p90)",
+                  "speedup (95% interval), verdict", "paired runs"]
+LATENCY_NOTE = (f"Speedup = baseline median / final median. The verdict says faster or SLOWER only when the "
+                f"whole 95% interval (bootstrap over the interleaved rounds) lies beyond "
+                f"{EQUIVALENCE_MARGIN:.2f}x or 1/{EQUIVALENCE_MARGIN:.2f}x; else within noise.")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -125,7 +123,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         cached = " (cached from an earlier run; --no-cache measures again)" if final["latency"].get("cached") else ""
         parts += ["## Latency (onnxruntime CPU, "
                   f"{final['threads']} threads, baseline = fp32 ONNX of the input model){cached}",
-                  _table(LATENCY_HEADER, latency_rows(report))]
+                  _table(LATENCY_HEADER, latency_rows(report)), LATENCY_NOTE]
     if report["gates"]:
         gate_rows = [[g["name"], "pass" if g["passed"] else "**FAIL**",
                       "n/a" if g["got"] is None else f"{g['got']:.4g}", g["expected"]] for g in report["gates"]]

@@ -317,13 +317,37 @@ class RecordingSession:
 
 def test_measure_latency_interleaves_models(monkeypatch: pytest.MonkeyPatch) -> None:
     log: list[str] = []
-    monkeypatch.setattr(evaluation, "ort_session", lambda path, threads: RecordingSession(str(path), log))
+    # Runs longer than a turn (latency.TURN_S): one run of each model per round.
+    seconds = 1.2 * latency.TURN_S
+    monkeypatch.setattr(evaluation, "ort_session",
+                        lambda path, threads: RecordingSession(str(path), log, seconds))
     result = evaluation.measure_latency({"a": Path("a"), "b": Path("b")}, INPUT_SHAPE, 3, warmup=1, repeats=6)
     timed = log[2:]  # after one warm-up run of each
     assert len(timed) == 12 and result["a"].runs == result["b"].runs == 6
     # Every round runs each model once, and the first model alternates.
     assert all(set(timed[i : i + 2]) == {"a", "b"} for i in range(0, 12, 2))
     assert timed[0::2][:2] == ["a", "b"]
+
+
+def test_fast_models_take_turns_of_several_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    log: list[str] = []
+    # Runs a quarter of a turn long: about four timed runs per turn, after one untimed run.
+    seconds = latency.TURN_S / 4
+    monkeypatch.setattr(evaluation, "ort_session",
+                        lambda path, threads: RecordingSession(str(path), log, seconds))
+    result = evaluation.measure_latency({"a": Path("a"), "b": Path("b")}, INPUT_SHAPE, 3, warmup=1, repeats=6)
+    assert result["a"].runs == result["b"].runs == 6 and len(result["a"].times_ns) == 6
+    timed = "".join(log[2:])
+    turn = len(timed) - len(timed.lstrip("a")) - 1  # timed runs per turn (4, or 3 if sleep overshoots)
+    assert 2 <= turn < 6
+    # Each turn: one untimed run, then `turn` timed ones; the first model alternates by round.
+    expected, left = "", 6
+    for round_index in range(-(-6 // turn)):
+        count = min(turn, left)
+        order = "ab" if round_index % 2 == 0 else "ba"
+        expected += "".join(name * (1 + count) for name in order)
+        left -= count
+    assert timed == expected
 
 
 def test_measure_latency_caps_repeats_of_slow_models(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,16 +3,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelzip.latency import FASTER, SLOWER, latency_verdict
 
 _LAYER_KEYS = ("layers_quantized", "layers_float", "float_nodes")  # reported under "layers" instead
 
 
 def float_is_faster(latency: dict[str, Any] | None, batch_size: int) -> bool:
-    """True when the quantized model was measured slower than float at the data batch size."""
+    """True when the quantized model was measured SLOWER than float at the data batch size."""
     if not latency:
         return False
     pair = latency.get(f"batch_{batch_size}")
-    return pair is not None and pair["quantized_ms"] > pair["float_ms"]
+    return pair is not None and _verdict(pair) == SLOWER
+
+
+def _verdict(pair: dict[str, Any]) -> str:
+    """The report's verdict on int8 vs float (speedup = float / int8), by the same rule.
+
+    With the pair's 95% interval when it has one; a pair of medians only is judged
+    on its point speedup, so a difference inside the equivalence margin is noise here too.
+    """
+    speedup = pair["float_ms"] / pair["quantized_ms"]
+    return latency_verdict(pair.get("ci_low", speedup), pair.get("ci_high", speedup))
 
 
 def record(*, config, quantizer, preprocess: str, nodes: dict[str, Any], layers, labels: dict[str, str],
@@ -68,7 +79,7 @@ def _summary(config, label: str, details: dict[str, Any], search, returned_float
              batch_size: int) -> str:
     parts = []
     latency = details["latency"] or {}
-    slower = [pair for pair in latency.values() if pair["quantized_ms"] > pair["float_ms"]]
+    slower = [pair for pair in latency.values() if _verdict(pair) == SLOWER]
     for pair in slower:
         parts.append(f"{label} SLOWER than fp32 at batch {pair['batch']} "
                      f"({_ms(pair['quantized_ms'])} vs {_ms(pair['float_ms'])})")
@@ -79,10 +90,14 @@ def _summary(config, label: str, details: dict[str, Any], search, returned_float
     parts.append(f"{config.mode} {label}: {len(layers['quantized'])}/{layers['total']} layers quantized, "
                  f"{_mb(size['float_bytes'])} -> {_mb(size['quantized_bytes'])} "
                  f"({size['ratio']:.1f}x smaller)")
-    faster = [pair for pair in latency.values() if pair not in slower]
+    faster = [pair for pair in latency.values() if _verdict(pair) == FASTER]
     if faster:
         parts.append("faster: " + ", ".join(
             f"batch {p['batch']} {_ms(p['float_ms'])} -> {_ms(p['quantized_ms'])}" for p in faster))
+    same = [pair for pair in latency.values() if pair not in slower and pair not in faster]
+    if same:
+        parts.append("latency within noise: " + ", ".join(
+            f"batch {p['batch']} {_ms(p['float_ms'])} -> {_ms(p['quantized_ms'])}" for p in same))
     if search is not None:
         accuracy = details["accuracy"]
         points = 100 * accuracy["drop"]
