@@ -121,7 +121,8 @@ class Evaluation(Section):
     latency: bool = Field(True, description="measure ORT latency of the baseline and final ONNX")
     warmup: int = Field(10, ge=0, le=10_000, description="runs discarded before timing")
     repeats: int = Field(
-        200, ge=3, le=100_000, description="timed runs at batch 1 (fewer at large batches: ~3 s cap)")
+        200, ge=3, le=100_000, description="timed runs per model at batch 1 (fewer at large batches: ~3 s cap; "
+                                   "more, up to 2,000, for models so fast that 200 runs last under 0.1 s)")
 
 
 class PassStep(Section):
