@@ -7,7 +7,8 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from modelzip.errors import GateFailure, InputError, ModelzipError, PassError, PluginError, RecipeError
+from modelzip.errors import (GateFailure, InputError, ModelzipError, PassError, PluginError, RecipeError,
+                             UnknownPassError)
 from modelzip.plugin import Pass, PassConfig
 
 try:
@@ -47,5 +48,5 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Artifact", "GateFailure", "InputError", "ModelzipError", "Pass", "PassConfig", "PassContext",
     "PassError", "PluginError", "RecipeError", "RunOptions", "RunResult", "__version__",
-    "load_recipe", "run_recipe",
+    "UnknownPassError", "load_recipe", "run_recipe",
 ]

@@ -230,16 +230,10 @@ def explain(name: Annotated[str, typer.Argument(help="pass name, e.g. export")])
     from rich.table import Table
     from rich.text import Text
 
-    from modelzip.errors import InputError
     from modelzip.registry import default_registry
 
     try:
-        registry = default_registry()
-        if name not in registry:
-            hint = registry.suggest(name)
-            raise InputError(f"unknown pass {name!r}", got=name, expected=", ".join(registry.names()),
-                             fix=hint or "run `modelzip passes`")
-        cls = registry.get(name)
+        cls = default_registry().get(name)  # an unknown name: UnknownPassError with a did-you-mean
     except BaseException as exc:  # noqa: BLE001
         raise _fail(exc) from None
     console = _out_console()

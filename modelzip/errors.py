@@ -117,6 +117,22 @@ class InputError(ModelzipError):
     exit_code = EXIT_INVALID_INPUT
 
 
+class UnknownPassError(InputError):
+    """No pass of this name is registered (``PassRegistry.get``). ``suggestion`` is the closest
+    registered name or None; ``available`` lists them all."""
+
+    def __init__(self, name: str, *, available: list[str], suggestion: str | None = None) -> None:
+        self.name = name
+        self.available = list(available)
+        self.suggestion = suggestion
+        hint = f"did you mean {suggestion!r}? " if suggestion else ""
+        super().__init__(
+            f"unknown pass {clip_repr(name)}", expected=", ".join(self.available) or "(no passes installed)",
+            fix=f"{hint}`modelzip passes` lists the installed passes; a third-party pass needs its "
+                "package installed (or `PassRegistry.register` in-process)",
+        )
+
+
 _WRITABLE = "choose a directory you can write (`output` in the recipe, or --out)"
 # errno -> (what went wrong, how to fix it). These are the machine's or the user's
 # paths, never a bug in modelzip; anything else stays an internal error.

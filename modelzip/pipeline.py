@@ -87,7 +87,8 @@ class _Runner:
         self.options = options
         self.layout = layout
         self.ui = options.ui if layout.is_main else SilentUI()
-        self.registry = options.registry or default_registry()
+        # The registry the recipe was validated with, so a custom one is passed once (load_recipe).
+        self.registry = options.registry or recipe.registry or default_registry()
         self.out = Path(options.out) if options.out else recipe.output_dir
         cache_root = recipe.resolve(recipe.cache_dir) or self.out / ".cache"
         self.cache = StepCache(cache_root, enabled=options.use_cache, on_damage=self.ui.log)

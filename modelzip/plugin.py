@@ -6,9 +6,12 @@ onnx or onnxruntime inside ``run``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import (AfterValidator, BaseModel, ConfigDict, SerializerFunctionWrapHandler, TypeAdapter,
+                      ValidationError, model_serializer, model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from modelzip.artifacts import Artifact
@@ -40,11 +43,116 @@ def _path_text(value: str) -> str:
 PathText = Annotated[str, AfterValidator(_path_text)]
 
 
+# The pydantic error type of a cross-field mistake (a parameter that does not apply, two
+# settings that contradict each other): its message is complete, no "got <value>" is added.
+CROSS_FIELD = "cross_field"
+
+
+def cross_field_error(title: str, problems: list[tuple[tuple[str | int, ...], str, Any]]) -> ValidationError:
+    """A ValidationError with one entry per (location, message, input): how a model validator
+    reports cross-field mistakes at the key they concern (so `validate` prints its line)."""
+    return ValidationError.from_exception_data(title, [_cross_field(*p) for p in problems])
+
+
+def _cross_field(loc: tuple[str | int, ...], message: str, value: Any) -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError(CROSS_FIELD, message), loc=loc, input=value)
+
+
 class PassConfig(BaseModel):
     """Base of every pass's parameters: frozen, unknown keys are errors, floats are finite
-    (`.inf` or `.nan` would switch a check off or poison training)."""
+    (`.inf` or `.nan` would switch a check off or poison training).
+
+    ``applies_to`` says which parameters belong to which choice, e.g.
+    ``{"sparsity": {"method": ("magnitude",)}}``: `sparsity` means something only when
+    `method` is magnitude. One rule: a parameter written in the recipe (pydantic's
+    ``model_fields_set``) under a choice it does not apply to is an error, whatever its value.
+    Dumps leave such parameters out, so a dumped config (recipe.resolved.yaml) loads back.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    applies_to: ClassVar[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {}
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        for param, conditions in cls.applies_to.items():
+            unknown = [n for n in (param, *conditions) if n not in cls.model_fields]
+            if unknown:
+                raise TypeError(f"{cls.__name__}.applies_to names {unknown}, which are not fields")
+
+    def not_applicable(self) -> dict[str, dict[str, Any]]:
+        """{parameter: {selector: chosen value}} for each parameter the choices made exclude."""
+        return _not_applicable(type(self), lambda key: getattr(self, key))
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check_applies_to(cls, data: Any, handler: Any) -> Any:
+        if not cls.applies_to or not isinstance(data, Mapping):
+            return handler(data)
+        try:
+            config, failure, errors = handler(data), None, []
+        except ValidationError as exc:
+            config, failure, errors = None, exc, exc.errors()
+        failed = {e["loc"][0] for e in errors if e["loc"]}
+
+        def chosen(key: str) -> Any:
+            if config is not None:
+                return getattr(config, key)
+            if key in failed:  # reported already; say nothing that depends on it
+                raise LookupError(key)
+            if key not in data:
+                return cls.model_fields[key].get_default(call_default_factory=True)
+            return TypeAdapter(cls.model_fields[key].annotation).validate_python(data[key])
+
+        written = config.model_fields_set if config is not None else set(data)
+        wrong = {k: v for k, v in _not_applicable(cls, chosen).items() if k in written}
+        if not wrong:
+            if failure is not None:
+                raise failure
+            return config
+        kept = [e for e in errors if not (e["loc"] and e["loc"][0] in wrong)]  # "remove it" covers them
+        raise ValidationError.from_exception_data(cls.__name__, _again(kept) + [
+            _cross_field((name,), _not_applicable_message(cls, name, got), data.get(name))
+            for name, got in wrong.items()])
+
+    @model_serializer(mode="wrap")
+    def _dump_applicable(self, handler: SerializerFunctionWrapHandler) -> Any:
+        dumped = handler(self)
+        if isinstance(dumped, dict):
+            for name in self.not_applicable():
+                dumped.pop(name, None)
+        return dumped
+
+
+def _not_applicable(cls: type[PassConfig], chosen: Any) -> dict[str, dict[str, Any]]:
+    wrong: dict[str, dict[str, Any]] = {}
+    for param, conditions in cls.applies_to.items():
+        try:
+            values = {key: chosen(key) for key in conditions}
+        except (LookupError, ValidationError):
+            continue
+        off = {key: value for key, value in values.items() if value not in conditions[key]}
+        if off:
+            wrong[param] = off
+    return wrong
+
+
+def _choice(key: str, values: tuple[Any, ...]) -> str:
+    return f"{key}: {' or '.join(map(str, values))}"
+
+
+def _not_applicable_message(cls: type[PassConfig], param: str, got: dict[str, Any]) -> str:
+    conditions = cls.applies_to[param]
+    needed = " and ".join(_choice(k, v) for k, v in conditions.items())
+    chosen = ", ".join(f"{k}: {v}" for k, v in got.items())
+    fix = " and ".join(_choice(k, conditions[k]) for k in got)
+    return f"`{param}` applies only to {needed}, not {chosen}; remove it or choose {fix}"
+
+
+def _again(errors: list[Any]) -> list[InitErrorDetails]:
+    """Errors from ``ValidationError.errors()`` in the form that raises them again."""
+    return [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]), loc=e["loc"], input=e["input"])
+            for e in errors]
 
 
 class Pass:

@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from modelzip.errors import InputError, RecipeError, RecipeProblem, clip_repr
-from modelzip.plugin import ArtifactKind, PassConfig, PathText
+from modelzip.plugin import CROSS_FIELD, ArtifactKind, PassConfig, PathText, cross_field_error
 from modelzip.registry import PassRegistry, default_registry, suggest
 from modelzip.yamlsource import MAX_BYTES, MAX_DEPTH, YamlDocument, YamlInputError, format_path, parse_yaml
 
 RECIPE_VERSION = 1
 BUILTIN_DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder")
+# Image channels of each built-in dataset (imagefolder images are converted to RGB).
+DATASET_CHANNELS = {"fashion-mnist": 1, "mnist": 1, "cifar10": 3, "imagefolder": 3}
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -107,6 +109,33 @@ class DataSpec(Section):
             + f" (built-in: {', '.join(BUILTIN_DATASETS)}, or <module>:<callable>)"
         )
 
+    @model_validator(mode="after")
+    def _options_apply(self) -> DataSpec:
+        """Options the chosen dataset would ignore or reject, found before any data loads."""
+        builtin = self.dataset in BUILTIN_DATASETS
+        problems: list[tuple[tuple[str, ...], str, Any]] = []
+        if self.normalize is not None and not builtin:
+            problems.append((("normalize",), "`normalize` applies only to built-in datasets (a "
+                             "<module>:<callable> dataset normalizes its own images); remove it", None))
+        elif self.normalize is not None:
+            channels = DATASET_CHANNELS[self.dataset]
+            for key in ("mean", "std"):
+                values = getattr(self.normalize, key)
+                if len(values) != channels:
+                    problems.append((("normalize", key), f"{self.dataset} images have {channels} channel"
+                                     f"{'s' if channels > 1 else ''}, so `normalize.{key}` needs {channels} "
+                                     f"value{'s' if channels > 1 else ''}, not {len(values)}; give one per "
+                                     "channel or remove `normalize` for the defaults", list(values)))
+        if self.image_size is not None and self.dataset != "imagefolder":
+            problems.append((("image_size",), "`image_size` applies only to dataset: imagefolder (only "
+                             "imagefolder resizes images); remove it", self.image_size))
+        if self.args and builtin:
+            problems.append((("args",), "`args` applies only to a <module>:<callable> dataset; remove it",
+                             None))
+        if problems:
+            raise cross_field_error(type(self).__name__, problems)
+        return self
+
 
 class Gates(Section):
     max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="absolute, final vs input model")
@@ -149,6 +178,22 @@ class Recipe(Section):
     output: PathText | None = Field(None, description="output directory (default runs/<name>)")
     cache_dir: PathText | None = Field(None, description="step cache (default <output>/.cache)")
     base_dir: Path = Field(Path("."), exclude=True)  # the recipe file's directory
+    # The registry the passes were validated with; run_recipe uses it unless told otherwise.
+    _registry: PassRegistry | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _gates_measurable(self) -> Recipe:
+        if self.gates.min_speedup is not None and not self.evaluation.latency:
+            raise cross_field_error(type(self).__name__, [(
+                ("gates", "min_speedup"), "`gates.min_speedup` needs latency, but `evaluation.latency` is "
+                "false, so the gate could never pass; remove the gate or set `evaluation.latency: true`",
+                self.gates.min_speedup)])
+        return self
+
+    @property
+    def registry(self) -> PassRegistry | None:
+        """The pass registry this recipe was validated with (None: built directly)."""
+        return self._registry
 
     def resolve(self, path: str | None) -> Path | None:
         """Resolve a path from the recipe against the recipe file's directory."""
@@ -319,7 +364,9 @@ class _Validator:
             return None
         if steps is None:
             return None
-        return recipe.model_copy(update={"passes": steps})
+        recipe = recipe.model_copy(update={"passes": steps})
+        recipe._registry = self.registry
+        return recipe
 
     def validate_passes(self, raw: Any) -> list[PassStep] | None:
         if raw is None:
@@ -395,6 +442,8 @@ class _Validator:
                              (hint + " " if hint else "") + f"(valid keys: {', '.join(valid)})")
             elif err["type"] == "missing":
                 self.problem(path, "missing required key")
+            elif err["type"] == CROSS_FIELD:  # the message is complete: says what and how to fix
+                self.problem(path, err["msg"])
             else:
                 message = err["msg"]
                 message = message[0].lower() + message[1:]

@@ -13,17 +13,23 @@ from importlib.metadata import EntryPoint, entry_points
 
 from pydantic import BaseModel
 
-from modelzip.errors import PluginError
+from modelzip.errors import PluginError, UnknownPassError
 from modelzip.plugin import ARTIFACT_KINDS, Pass, PassConfig
 
 ENTRY_POINT_GROUP = "modelzip.passes"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+def closest(name: str, choices: list[str]) -> str | None:
+    """The choice most like ``name`` (None when nothing is close)."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def suggest(name: str, choices: list[str]) -> str | None:
     """A did-you-mean phrase for ``name`` among ``choices`` (None when nothing is close)."""
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else None
+    close = closest(name, choices)
+    return f"did you mean {close!r}?" if close else None
 
 
 @dataclass
@@ -58,12 +64,14 @@ class PassRegistry:
         self._loaded[pass_cls.name] = pass_cls
 
     def get(self, name: str) -> type[Pass]:
-        """The pass class called ``name``; ``KeyError`` if there is none."""
+        """The pass class called ``name``; :class:`UnknownPassError` (with a did-you-mean) if
+        there is none."""
         if name in self._loaded:
             return self._loaded[name]
         eps = self._entry_points.get(name)
         if not eps:
-            raise KeyError(name)
+            names = self.names()
+            raise UnknownPassError(name, available=names, suggestion=closest(name, names))
         distinct = {ep.value for ep in eps}
         if len(distinct) > 1:
             raise PluginError(

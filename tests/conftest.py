@@ -38,14 +38,11 @@ def tiny_checkpoint(tmp_path) -> Path:
 
 def pass_context(recipe, data, *, pass_name: str, work_dir: Path, build_module, baseline=None,
                  resume_dir: Path | None = None):
-    """The context the pipeline would give step 0, for calling a pass's ``run`` directly
-    (no cache, no measurement): fast, and ``ctx.details`` is inspectable."""
-    from modelzip.console import SilentUI
-    from modelzip.context import PassContext
+    """The context the pipeline would give step 0 (modelzip.testing.make_context, the public helper)."""
+    from modelzip.testing import make_context
 
-    return PassContext(step=0, pass_name=pass_name, work_dir=work_dir, seed=0, device="cpu", recipe=recipe,
-                       ui=SilentUI(), baseline=baseline, load_data=lambda: data, build_module=build_module,
-                       resume_dir=resume_dir)
+    return make_context(pass_name, work_dir=work_dir, recipe=recipe, data=data, baseline=baseline,
+                        build_module=build_module, resume_dir=resume_dir)
 
 
 needs_fashion = pytest.mark.skipif(

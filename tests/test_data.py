@@ -304,13 +304,6 @@ def test_callable_mistakes_are_input_errors(factory_module, tmp_path, factory, a
         assert fragment in str(excinfo.value)
 
 
-def test_options_that_do_not_apply_are_refused(factory_module, tmp_path):
-    spec = DataSpec(dataset=f"{factory_module}:tensors", normalize=Normalize(mean=(0.0,), std=(1.0,)))
-    with pytest.raises(InputError) as excinfo:
-        load_data(spec, base_dir=tmp_path, seed=0)
-    assert excinfo.value.where == "data.normalize"
-
-
 # --------------------------------------------------------------------------- imagefolder
 
 

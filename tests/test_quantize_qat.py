@@ -227,10 +227,10 @@ def test_qat_fields_are_checked_per_mode(tmp_path, registry):
     with pytest.raises(RecipeError) as info:
         load_recipe(path, registry=registry)
     problems = {p.path: p for p in info.value.problems}
-    assert "applies to mode qat only" in problems["passes[0].quantize.epochs"].message
+    assert "`epochs` applies only to mode: qat, not mode: static" in problems["passes[0].quantize.epochs"].message
     assert problems["passes[0].quantize.epochs"].line == text.splitlines().index("      epochs: 2") + 1
     assert "'input'" in problems["passes[1].quantize.distill.teacher"].message
-    assert "not mode qat" in problems["passes[1].quantize.per_channel"].message
+    assert "not mode: qat" in problems["passes[1].quantize.per_channel"].message
     assert "passes[1].quantize.lr" in problems
     ok = RECIPE.replace("{mode: qat}", "{mode: qat, epochs: 2, lr: 0.01, batch_size: 32, "
                                        "distill: {teacher: baseline}}")

@@ -160,7 +160,7 @@ def test_overrides_apply_and_validate(recipe_file):
 
 def test_override_of_an_aliased_node_changes_only_its_path():
     body = (VALID.replace("  input_shape:", "  args: &shared {width: 8}\n  input_shape:")
-            .replace("  dataset: fashion-mnist", "  dataset: fashion-mnist\n  args: *shared"))
+            .replace("  dataset: fashion-mnist", "  dataset: modelzip.testing:synthetic_dataset\n  args: *shared"))
     recipe = parse_recipe(body, overrides=["model.args.width=16"])
     assert recipe.model.args == {"width": 16} and recipe.data.args == {"width": 8}
 
@@ -388,3 +388,63 @@ def test_many_problems_are_listed_up_to_a_cap():
         parse_recipe(body)
     assert len(info.value.problems) == 80
     assert "... and 30 more" in info.value.format()
+
+
+# --------------------------------------------------------------------------- cross-field checks
+
+
+def _cross_problems(recipe_file, body: str) -> dict:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe_file(body))
+    return {p.path: p for p in info.value.problems}
+
+
+@pytest.mark.parametrize("data, path, fragment", [
+    ("  dataset: fashion-mnist\n  normalize: {mean: [0.5, 0.5, 0.5], std: [0.5]}",
+     "data.normalize.mean", "fashion-mnist images have 1 channel, so `normalize.mean` needs 1 value, not 3"),
+    ("  dataset: cifar10\n  normalize: {mean: [0.5], std: [0.5]}",
+     "data.normalize.std", "cifar10 images have 3 channels"),
+    ("  dataset: modelzip.testing:synthetic_dataset\n  normalize: {mean: [0.5], std: [0.5]}",
+     "data.normalize", "`normalize` applies only to built-in datasets"),
+    ("  dataset: mnist\n  image_size: 32", "data.image_size",
+     "`image_size` applies only to dataset: imagefolder"),
+    ("  dataset: cifar10\n  args: {train: 10}", "data.args",
+     "`args` applies only to a <module>:<callable> dataset"),
+])
+def test_data_options_are_checked_against_the_dataset(recipe_file, data, path, fragment):
+    problems = _cross_problems(recipe_file, VALID.replace("  dataset: fashion-mnist", data))
+    assert fragment in problems[path].message
+    assert problems[path].line == 8  # the key's own line (normalize's, for mean/std in flow style)
+
+
+def test_data_options_that_apply_are_accepted(recipe_file):
+    body = VALID.replace("  dataset: fashion-mnist",
+                         "  dataset: imagefolder\n  image_size: 32\n  normalize: {mean: [0, 0, 0], std: [1, 1, 1]}")
+    assert load_recipe(recipe_file(body)).data.image_size == 32
+
+
+def test_speedup_gate_needs_latency(recipe_file):
+    body = VALID + "gates: {min_speedup: 1.5}\nevaluation:\n  latency: false\n"
+    problem = _cross_problems(recipe_file, body)["gates.min_speedup"]
+    assert problem.line == 10
+    assert "could never pass" in problem.message and "evaluation.latency: true" in problem.message
+    assert load_recipe(recipe_file(VALID + "gates: {min_speedup: 1.5}\n")).gates.min_speedup == 1.5
+
+
+def test_cross_field_checks_hold_outside_recipes_too():
+    from pydantic import ValidationError
+
+    from modelzip.recipe import DataSpec, Normalize
+
+    with pytest.raises(ValidationError):
+        DataSpec(dataset="modelzip.testing:synthetic_dataset", normalize=Normalize(mean=(0.0,), std=(1.0,)))
+
+
+def test_recipe_remembers_its_registry(recipe_file):
+    from modelzip.registry import PassRegistry, default_registry
+
+    registry = PassRegistry()
+    registry.register(default_registry().get("export"))
+    recipe = load_recipe(recipe_file(VALID), registry=registry)
+    assert recipe.registry is registry
+    assert "registry" not in recipe.to_data() and recipe.model_copy().registry is registry

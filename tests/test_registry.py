@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from modelzip import Pass, PassConfig, PluginError
+from modelzip.errors import InputError, UnknownPassError
 from modelzip.passes.export import ExportPass
 from modelzip.registry import PassRegistry, default_registry, verify_pass
 
@@ -36,8 +37,19 @@ def test_register_and_suggest():
     registry.register(GoodPass)
     assert registry.get("good") is GoodPass
     assert registry.suggest("godo") == "did you mean 'good'?"
-    with pytest.raises(KeyError):
-        registry.get("missing")
+
+
+def test_unknown_name_is_a_typed_error_with_did_you_mean():
+    registry = PassRegistry()
+    registry.register(GoodPass)
+    with pytest.raises(UnknownPassError) as info:
+        registry.get("godo")
+    assert isinstance(info.value, InputError) and info.value.exit_code == 2
+    assert (info.value.name, info.value.suggestion, info.value.available) == ("godo", "good", ["good"])
+    assert "did you mean 'good'?" in info.value.fix
+    with pytest.raises(UnknownPassError) as info:
+        registry.get("zzzzzz")
+    assert info.value.suggestion is None and info.value.available == ["good"]
 
 
 def _variant(**attrs):

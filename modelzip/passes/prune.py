@@ -10,7 +10,7 @@ Light module: the work lives in ``modelzip.pruning`` and is imported in ``run``.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -19,17 +19,18 @@ from modelzip.plugin import Pass, PassConfig
 Glob = Annotated[str, Field(min_length=1)]
 Sparsity = Annotated[float, Field(ge=0, lt=1)]
 
-# Which parameters belong to which choice: setting one (to a non-default value) under
-# another choice is an error, not a silently ignored key. (field: ((field, value), ...))
-_APPLIES_TO: dict[str, tuple[tuple[str, str], ...]] = {
-    **{name: (("method", "magnitude"),) for name in ("sparsity", "scope", "layers")},
-    **{name: (("method", "channel"),)
+# Which parameters belong to which choice: one written under another choice is an error
+# (PassConfig.applies_to), not a silently ignored key.
+_APPLIES_TO = {
+    **{name: {"method": ("magnitude",)} for name in ("sparsity", "scope", "layers")},
+    **{name: {"method": ("channel",)}
        for name in ("importance", "ratio", "target_macs", "allocation", "round_to", "steps")},
-    "taylor_batches": (("method", "channel"), ("importance", "taylor")),
+    "taylor_batches": {"method": ("channel",), "importance": ("taylor",)},
 }
 
 
 class PruneConfig(PassConfig):
+    applies_to = _APPLIES_TO
     # Validators read fields declared earlier (info.data): `method` comes first, `importance`
     # before `taylor_batches`, `ratio` before `target_macs`.
     method: Literal["magnitude", "channel"] = Field(
@@ -63,17 +64,6 @@ class PruneConfig(PassConfig):
                                     "re-ranking channels after each")
     taylor_batches: int = Field(
         4, ge=1, le=1000, description="channel, importance taylor: training batches for the gradients")
-
-    @field_validator(*_APPLIES_TO)
-    @classmethod
-    def _applies(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None or value == cls.model_fields[info.field_name].default:
-            return value
-        for key, wanted in _APPLIES_TO[info.field_name]:
-            chosen = info.data.get(key)
-            if chosen is not None and chosen != wanted:
-                raise ValueError(f"`{info.field_name}` applies to {key}: {wanted}, not {chosen}; remove it")
-        return value
 
     @field_validator("sparsity")
     @classmethod

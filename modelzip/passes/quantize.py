@@ -20,8 +20,8 @@ from modelzip.plugin import Pass, PassConfig
 
 Mode = Literal["static", "dynamic", "weight_only", "qat"]
 
-# Which parameters mean something in which mode; setting one in another mode is a mistake
-# (it would be silently ignored), so validation says so.
+# Which parameters mean something in which mode (and method); one written under another
+# choice would be silently ignored, so validation refuses it (PassConfig.applies_to).
 _MODES_OF = {
     "calibration_samples": ("static", "qat"),
     "calibration_batch_size": ("static", "qat"),
@@ -38,9 +38,12 @@ _MODES_OF = {
     "batch_size": ("qat",),
     "distill": ("qat",),
 }
+_APPLIES_TO = {name: {"mode": modes} for name, modes in _MODES_OF.items()}
+_APPLIES_TO["percentile"] = {"mode": ("static",), "method": ("percentile",)}
 
 
 class QuantizeConfig(PassConfig):
+    applies_to = _APPLIES_TO
     mode: Mode = Field(
         "static",
         description="static: int8 weights and activations, calibrated (CNNs); dynamic: int8 weights, "
@@ -102,24 +105,6 @@ class QuantizeConfig(PassConfig):
         "smaller",
         description="faster: if the quantized model is slower than the float one at the data batch "
                     "size, return the float model instead (the report says so)")
-
-    @field_validator(*_MODES_OF)
-    @classmethod
-    def _applies_to_mode(cls, value, info: ValidationInfo):
-        mode = info.data.get("mode")
-        modes = _MODES_OF[info.field_name]
-        if mode is not None and mode not in modes:
-            raise ValueError(f"{info.field_name} applies to mode {' or '.join(modes)} only, "
-                             f"not mode {mode}; remove it or change mode")
-        return value
-
-    @field_validator("percentile")
-    @classmethod
-    def _percentile_needs_method(cls, value: float, info: ValidationInfo) -> float:
-        if info.data.get("method") != "percentile":
-            raise ValueError("percentile applies to method: percentile only; "
-                             "set `method: percentile` or remove it")
-        return value
 
     @field_validator("block_size")
     @classmethod

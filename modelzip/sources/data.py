@@ -158,7 +158,6 @@ class DataBundle:
 
 def load_data(spec: DataSpec, *, base_dir: Path, seed: int) -> DataBundle:
     """Load, cap and split the dataset ``spec`` names."""
-    _check_options_apply(spec)
     if spec.dataset in TORCHVISION_FOLDERS:
         train, eval_, num_classes = _load_idx_dataset(spec, base_dir)
     elif spec.dataset == "cifar10":
@@ -177,22 +176,6 @@ def load_data(spec: DataSpec, *, base_dir: Path, seed: int) -> DataBundle:
         sample_shape=tuple(eval_[0][0].shape), num_classes=num_classes,
         batch_size=spec.batch_size, seed=seed, calibration_pool=train,
     )
-
-
-def _check_options_apply(spec: DataSpec) -> None:
-    """Refuse options the chosen dataset would silently ignore."""
-    builtin = spec.dataset in DEFAULT_NORMALIZE
-    misplaced = [
-        ("data.normalize", spec.normalize is not None and not builtin,
-         "a <module>:<callable> dataset normalizes its own images"),
-        ("data.image_size", spec.image_size is not None and spec.dataset != "imagefolder",
-         "only imagefolder resizes images"),
-        ("data.args", bool(spec.args) and builtin, "only a <module>:<callable> dataset takes arguments"),
-    ]
-    for key, wrong, why in misplaced:
-        if wrong:
-            raise InputError(f"{key} does not apply to dataset {spec.dataset!r}: {why}", where=key,
-                             fix=f"remove {key}")
 
 
 def _cap(dataset: Dataset, limit: int | None, *, spread: bool) -> Dataset:
