@@ -64,7 +64,7 @@ class PassConfig(BaseModel):
 
     ``applies_to`` says which parameters belong to which choice, e.g.
     ``{"sparsity": {"method": ("magnitude",)}}``: `sparsity` means something only when
-    `method` is magnitude. One rule: a parameter written in the recipe (pydantic's
+    `method` is magnitude (``GIVEN`` instead of a tuple: only when that key is not null). One rule: a parameter written in the recipe (pydantic's
     ``model_fields_set``) under a choice it does not apply to is an error, whatever its value.
     Dumps leave such parameters out, so a dumped config (recipe.resolved.yaml) loads back.
     """
@@ -137,16 +137,29 @@ def _not_applicable(cls: type[PassConfig], chosen: Any) -> dict[str, dict[str, A
     return wrong
 
 
+class _Given(tuple):
+    """An ``applies_to`` condition met by any value but null: "only when `key` is given"."""
+
+    def __contains__(self, value: object) -> bool:
+        return value is not None
+
+
+GIVEN = _Given()
+
+
 def _choice(key: str, values: tuple[Any, ...]) -> str:
+    if isinstance(values, _Given):
+        return f"{key} set"
     return f"{key}: {' or '.join(map(str, values))}"
 
 
 def _not_applicable_message(cls: type[PassConfig], param: str, got: dict[str, Any]) -> str:
     conditions = cls.applies_to[param]
     needed = " and ".join(_choice(k, v) for k, v in conditions.items())
-    chosen = ", ".join(f"{k}: {v}" for k, v in got.items())
-    fix = " and ".join(_choice(k, conditions[k]) for k in got)
-    return f"`{param}` applies only to {needed}, not {chosen}; remove it or choose {fix}"
+    chosen = ", ".join(f"{k}: {'null' if v is None else v}" for k, v in got.items())
+    fix = " and ".join(f"set {k}" if isinstance(conditions[k], _Given) else f"choose {_choice(k, conditions[k])}"
+                       for k in got)
+    return f"`{param}` applies only to {needed}, not {chosen}; remove it or {fix}"
 
 
 def _again(errors: list[Any]) -> list[InitErrorDetails]:

@@ -356,3 +356,22 @@ def test_static_int8_keeps_fashion_accuracy(tmp_path, registry):
     assert abs(int8_accuracy - float_accuracy) <= 0.01, (float_accuracy, int8_accuracy)
     assert details["size"]["ratio"] > 3.8
     json.dumps(details)  # the report can hold it
+
+
+def test_a_resolved_quantize_config_loads_back():
+    """recipe.resolved.yaml of a quantize step validates again (max_float_layers needs a budget)."""
+    import yaml
+
+    from modelzip.errors import RecipeError
+    from modelzip.recipe import parse_recipe
+
+    base = ("version: 1\nname: t\nmodel: {source: 'modelzip.zoo:tiny_cnn', input_shape: [1, 1, 28, 28]}\n"
+            "data: {dataset: fashion-mnist}\npasses:\n  - quantize: %s\n")
+    for params in ("{}", "{max_accuracy_drop: 0.01, max_float_layers: 2}"):
+        recipe = parse_recipe(base % params)
+        again = parse_recipe(yaml.safe_dump(recipe.to_data()))
+        assert again.passes[0].params() == recipe.passes[0].params()
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(base % "{max_float_layers: 2}")
+    assert info.value.problems[0].path == "passes[0].quantize.max_float_layers"
+    assert "remove it or set max_accuracy_drop" in info.value.problems[0].message

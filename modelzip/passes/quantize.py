@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, field_validator
 
 from modelzip.passes.finetune import DistillConfig, teacher_files
-from modelzip.plugin import Pass, PassConfig
+from modelzip.plugin import GIVEN, Pass, PassConfig
 
 Mode = Literal["static", "dynamic", "weight_only", "qat"]
 
@@ -40,6 +40,7 @@ _MODES_OF = {
 }
 _APPLIES_TO = {name: {"mode": modes} for name, modes in _MODES_OF.items()}
 _APPLIES_TO["percentile"] = {"mode": ("static",), "method": ("percentile",)}
+_APPLIES_TO["max_float_layers"] = {"max_accuracy_drop": GIVEN}  # it bounds the accuracy search
 
 
 class QuantizeConfig(PassConfig):
@@ -118,14 +119,6 @@ class QuantizeConfig(PassConfig):
     def _non_empty_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if any(not pattern.strip() for pattern in value):
             raise ValueError("exclude patterns must be non-empty, e.g. 'classifier.4' or 'features.*'")
-        return value
-
-    @field_validator("max_float_layers")
-    @classmethod
-    def _needs_budget(cls, value: int, info: ValidationInfo) -> int:
-        # Declared after max_accuracy_drop, so info.data holds it (unless it was invalid).
-        if "max_accuracy_drop" in info.data and info.data["max_accuracy_drop"] is None:
-            raise ValueError("max_float_layers bounds the accuracy search; set max_accuracy_drop too")
         return value
 
 
