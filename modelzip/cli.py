@@ -214,13 +214,14 @@ def passes() -> None:
     from modelzip.registry import default_registry
 
     registry = default_registry()
-    table = Table("pass", "takes", "summary")
+    table = Table("pass", "takes", "gives", "summary")
     for name in registry.names():
         try:
             cls = registry.get(name)
-            table.add_row(*_plain([name, "/".join(cls.consumes), cls.summary]))
+            gives = cls.produces or "same"  # None: the kind it was given
+            table.add_row(*_plain([name, "/".join(cls.consumes), gives, cls.summary]))
         except PluginError as exc:
-            table.add_row(*_plain([name, "?", f"broken plugin: {exc.what}"]), style="red")
+            table.add_row(*_plain([name, "?", "?", f"broken plugin: {exc.what}"]), style="red")
     _out_console().print(table)
 
 

@@ -386,7 +386,7 @@ class _Validator:
             pass_obj = self.registry.get(step.name)()
             if kind not in pass_obj.consumes:
                 self.problem(("passes", index, step.name),
-                             f"{step.name!r} takes a {' or '.join(pass_obj.consumes)} model, but the "
+                             f"{step.name!r} takes {_kinds(pass_obj.consumes)} model, but the "
                              f"model is {kind} at this point",
                              "reorder the passes (export turns torch into onnx)")
                 ok = False
@@ -496,3 +496,8 @@ def recipe_json_schema(registry: PassRegistry | None = None) -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "modelzip recipe"
     return schema
+
+
+def _kinds(kinds: tuple[str, ...]) -> str:
+    """("onnx",) -> "an onnx"; ("torch", "onnx") -> "a torch or onnx"."""
+    return ("an " if kinds[0][0] in "aeiou" else "a ") + " or ".join(kinds)

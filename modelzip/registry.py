@@ -52,14 +52,20 @@ class PassRegistry:
     def __contains__(self, name: str) -> bool:
         return name in self._entry_points or name in self._loaded
 
-    def register(self, pass_cls: type[Pass], *, origin: str = "<direct>") -> None:
-        """Register a class directly (tests, notebooks). Same checks as entry points."""
+    def register(self, pass_cls: type[Pass], *, origin: str = "<direct>", replace: bool = False) -> None:
+        """Register a class directly (tests, notebooks). Same checks as entry points.
+
+        ``replace=True`` lets it stand in for an installed pass of the same name (a plugin's
+        own tests, run where the plugin is also installed).
+        """
         verify_pass(pass_cls, getattr(pass_cls, "name", "?"), origin)
-        if pass_cls.name in self and self._loaded.get(pass_cls.name) is not pass_cls:
+        if replace:
+            self._entry_points.pop(pass_cls.name, None)
+        elif pass_cls.name in self and self._loaded.get(pass_cls.name) is not pass_cls:
             raise PluginError(
                 "a pass with this name is already registered",
                 plugin=pass_cls.name,
-                fix="choose another `name` for the pass",
+                fix="choose another `name` for the pass, or register(..., replace=True) to stand in for it",
             )
         self._loaded[pass_cls.name] = pass_cls
 

@@ -14,9 +14,17 @@ def describe_fields(config_cls: type[BaseModel]) -> list[tuple[str, tuple[str, s
     for name, prop in schema.get("properties", {}).items():
         prop = _deref(prop, defs)
         required = name in schema.get("required", [])
-        default = "(required)" if required else _show(prop.get("default"))
+        default = "(required)" if required else _show(prop.get("default", _factory_default(config_cls, name)))
         rows.append((name, (_type(prop, defs), default, _allowed(prop), prop.get("description", ""))))
     return rows
+
+
+def _factory_default(config_cls: type[BaseModel], name: str) -> Any:
+    """The value a ``default_factory`` makes (the JSON schema omits it; `null` would mislead)."""
+    field = config_cls.model_fields.get(name)
+    if field is None or field.default_factory is None:
+        return None
+    return field.get_default(call_default_factory=True)
 
 
 def _deref(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:

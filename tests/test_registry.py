@@ -133,3 +133,29 @@ def test_broken_third_party_plugin_is_reported_not_fatal(tmp_path):
                             text=True)
     assert result.returncode == 0
     assert "broken plugin" in result.stdout and "export" in result.stdout
+
+
+def test_register_replace_stands_in_for_an_installed_pass():
+    from modelzip.errors import PluginError
+    from modelzip.plugin import Pass, PassConfig
+
+    class Export(Pass):
+        name = "export"
+        summary = "a stand-in"
+        Config = PassConfig
+
+        def run(self, artifact, config, ctx):
+            return artifact
+
+    registry = PassRegistry.from_entry_points()
+    with pytest.raises(PluginError):
+        registry.register(Export)
+    registry.register(Export, replace=True)
+    assert registry.get("export") is Export
+
+
+def test_explain_shows_a_default_factory_value():
+    from modelzip.passes.prune import PruneConfig
+    from modelzip.schema_text import describe_fields
+
+    assert dict(describe_fields(PruneConfig))["ignore"][1] == "[]"
