@@ -66,6 +66,7 @@ def assert_matches(got, expected, path: str = "report") -> None:
         assert type(got) is type(expected), f"{path}: {type(got).__name__} != {type(expected).__name__}"
         rel = SIZE_TOLERANCE if path.endswith(("_bytes", ".size")) else 1e-6
         assert math.isclose(got, expected, rel_tol=rel, abs_tol=1e-9), f"{path}: {got} != {expected}"
+        assert math.copysign(1, got) == math.copysign(1, expected), f"{path}: {got} != {expected}"  # -0.0
 
 
 _MD_RULES = [
