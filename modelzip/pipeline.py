@@ -44,9 +44,9 @@ class RunOptions:
 @dataclass
 class RunResult:
     output_dir: Path
-    report: dict[str, Any]  # report.json as written (record.to_json())
+    report: dict[str, Any]  # report.json as written: record.to_json()
     gates: list[GateResult]
-    record: Report | None = None
+    record: Report
 
     @property
     def failed_gates(self) -> list[GateResult]:
