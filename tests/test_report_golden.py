@@ -122,3 +122,12 @@ def test_normalizers_keep_keys_and_drop_values() -> None:
     with pytest.raises(AssertionError, match="size"):
         assert_matches({"size_bytes": 200}, {"size_bytes": 100})
     assert_matches({"size_bytes": 101}, {"size_bytes": 100})
+
+
+def test_terminal_summary_reads_the_typed_final(tiny_run, capsys) -> None:
+    from modelzip.cli import _print_run
+
+    _print_run(tiny_run, quiet=True)
+    line = capsys.readouterr().out.strip().replace("\n", "")
+    assert line.startswith("passed: accuracy 32.03% (+0.00 pp), 1.00x smaller, 1.00x speedup -> "), line
+    assert line.endswith("model.onnx, report.json, report.md"), line
