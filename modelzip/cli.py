@@ -178,11 +178,12 @@ def _print_run(result, quiet: bool) -> None:
                 for row in rows:
                     table.add_row(*_plain(row))
                 console.print(table)
-    final, ratios = data["final"], data["final"]["ratios"]
-    speed = f", {ratios['speedup']:.2f}x speedup" if "speedup" in ratios else ""
-    console.print(f"{data['status']}: accuracy {100 * final['accuracy']:.2f}% "
-                  f"({100 * ratios['accuracy_delta']:+.2f} pp), {ratios['size']:.2f}x smaller{speed} -> "
-                  f"{result.output_dir / 'model.onnx'}, report.json, report.md", markup=False)
+    final = result.record.final
+    ratios = final.ratios
+    speed = f", {ratios.speedup:.2f}x speedup" if ratios.speedup is not None else ""
+    console.print(f"{data['status']}: accuracy {100 * final.metrics.accuracy:.2f}% "
+                  f"({100 * ratios.accuracy_delta:+.2f} pp), {ratios.size:.2f}x smaller{speed} -> "
+                  f"{result.output_dir / final.artifact}, report.json, report.md", markup=False)
 
 
 def _plain(cells):

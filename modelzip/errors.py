@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from modelzip.evaluation.records import GateResult
 
 SHOW_CHARS = 80  # longest echo of a user's value in a message
 SHOW_PROBLEMS = 50  # problems listed in a RecipeError's message (all are in .problems)
@@ -191,24 +195,12 @@ class PassError(ModelzipError):
         super().__init__(what, where=where, **kwargs)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
-class GateResult:
-    name: str
-    passed: bool
-    got: float | None
-    expected: str
-
-    def format(self) -> str:
-        got = "n/a" if self.got is None else f"{self.got:.4g}"
-        return f"{self.name}: got {got}, expected {self.expected}"
-
-
 class GateFailure(ModelzipError):
     """The run finished and wrote its report, but one or more gates failed."""
 
     exit_code = EXIT_GATE_FAILED
 
-    def __init__(self, failures: list[GateResult]) -> None:
+    def __init__(self, failures: list[GateResult]) -> None:  # GateResult: modelzip.evaluation.records
         self.failures = list(failures)
         lines = "\n".join(f"  - {g.format()}" for g in self.failures)
         super().__init__(

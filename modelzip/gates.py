@@ -1,28 +1,31 @@
-"""CI gates: compare the final artifact with the baseline; failures exit 1."""
+"""CI gates: compare the final record with the baseline; failures exit 1."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from modelzip.errors import GateResult
-from modelzip.recipe import Gates
+from modelzip.evaluation.records import Final, GateResult
+
+if TYPE_CHECKING:
+    from modelzip.recipe import Gates
 
 
-def check_gates(gates: Gates, baseline: dict[str, Any], final: dict[str, Any]) -> list[GateResult]:
-    ratios = final["ratios"]
+def check_gates(gates: Gates, final: Final) -> list[GateResult]:
+    """One result per gate the recipe sets, in a fixed order; reads the final record's ratios."""
+    ratios = final.ratios
+    accuracy = final.metrics.accuracy
     results = []
     if gates.max_accuracy_drop is not None:
-        drop = baseline["torch"]["accuracy"] - final["accuracy"]
+        drop = ratios.accuracy_drop  # input model (torch) - final
         results.append(GateResult("max_accuracy_drop", drop <= gates.max_accuracy_drop + 1e-12, drop,
                                   f"<= {gates.max_accuracy_drop}"))
     if gates.min_accuracy is not None:
-        results.append(GateResult("min_accuracy", final["accuracy"] >= gates.min_accuracy,
-                                  final["accuracy"], f">= {gates.min_accuracy}"))
+        results.append(GateResult("min_accuracy", accuracy >= gates.min_accuracy, accuracy,
+                                  f">= {gates.min_accuracy}"))
     if gates.min_size_ratio is not None:
-        got = ratios["size"]
-        results.append(GateResult("min_size_ratio", got >= gates.min_size_ratio, got,
+        results.append(GateResult("min_size_ratio", ratios.size >= gates.min_size_ratio, ratios.size,
                                   f">= {gates.min_size_ratio}"))
     if gates.min_speedup is not None:
-        got = ratios.get("speedup")
+        got = ratios.speedup  # None when latency was not measured: the gate fails, got "n/a"
         results.append(GateResult("min_speedup", got is not None and got >= gates.min_speedup, got,
                                   f">= {gates.min_speedup} (latency at data.batch_size)"))
     return results

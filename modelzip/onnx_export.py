@@ -112,7 +112,7 @@ def _first_lines(exc: BaseException, n: int = 3) -> str:
 def check_parity(module: torch.nn.Module, path: Path, images: torch.Tensor, *, atol: float,
                  rtol: float, pass_name: str, step: int | None) -> dict[str, Any]:
     """Compare torch and onnxruntime outputs on the same inputs; raise if out of tolerance."""
-    from modelzip.evaluation import onnx_outputs
+    from modelzip.evaluation.accuracy import onnx_outputs
 
     module = module.eval()
     with torch.no_grad():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,13 @@ from modelzip import distributed, inputs, locking
 from modelzip.cache import StepCache, content_key
 from modelzip.console import UI, SilentUI
 from modelzip.context import PassContext
-from modelzip.errors import GateResult, ModelzipError, PassError
+from modelzip.errors import ModelzipError, PassError
+from modelzip.evaluation.measure import Measurer
+from modelzip.evaluation.records import Baseline, Final, GateResult, Metrics, Report, StepRecord
 from modelzip.gates import check_gates
-from modelzip.measure import Measurer, ratios
 from modelzip.recipe import PassStep, Recipe
 from modelzip.registry import PassRegistry, default_registry
-from modelzip.report import build_report, write_report
+from modelzip.report import write_report
 from modelzip.run_folder import MODEL, RESOLVED_RECIPE, RunFolder
 
 
@@ -43,8 +44,9 @@ class RunOptions:
 @dataclass
 class RunResult:
     output_dir: Path
-    report: dict[str, Any]
+    report: dict[str, Any]  # report.json as written: record.to_json()
     gates: list[GateResult]
+    record: Report
 
     @property
     def failed_gates(self) -> list[GateResult]:
@@ -160,15 +162,16 @@ class _Runner:
             self.ui.log("the last pass left a torch model: exporting it with default settings")
             implicit = PassStep(name="export", config=self.registry.get("export").Config())
             artifact, record = self._step(len(steps), implicit, artifact, baseline_model=source)
-            steps.append({**record, "implicit": True})
-        final = self._final(artifact, baseline, steps[-1]["metrics"])
-        gates = check_gates(self.recipe.gates, baseline, final)
-        report = build_report(self.recipe, baseline, steps, final, gates, self.measurer.environment(),
-                              wall_time_s=time.perf_counter() - started)
-        report["files"] = self.folder.digests(MODEL, RESOLVED_RECIPE)
+            steps.append(replace(record, implicit=True))
+        final = self._final(artifact, baseline, steps[-1].metrics)
+        gates = check_gates(self.recipe.gates, final)
+        record = Report(self.recipe.name, self.recipe.seed, time.perf_counter() - started, baseline, tuple(steps),
+                        final, tuple(gates), self.measurer.environment(),
+                        files=self.folder.digests(MODEL, RESOLVED_RECIPE))
+        report = record.to_json()
         write_report(self.folder.staging, report)
         self.folder.commit()  # model, resolved recipe and reports appear together
-        return RunResult(self.out, report, gates)
+        return RunResult(self.out, report, gates, record)
 
     def _preflight(self, source: art.Artifact) -> None:
         """Input mistakes (shapes, classes, NaN weights) are exit 2 before any pass runs.
@@ -199,16 +202,16 @@ class _Runner:
         return art.Artifact(kind="torch", input_shape=tuple(spec.input_shape), module=module,
                             id=model_fingerprint(spec, self.recipe.base_dir))
 
-    def _baseline(self, source: art.Artifact) -> dict[str, Any]:
+    def _baseline(self, source: art.Artifact) -> Baseline:
         """The input model in torch, and as an fp32 ONNX in onnxruntime (the reference for ratios)."""
         self.ui.log("measuring the baseline")
         export = PassStep(name="export", config=self.registry.get("export").Config())
         onnx_artifact, record = self._step(-1, export, source, baseline_model=source, label="baseline")
-        return {"torch": self.measurer.metrics(source), "onnx": record["metrics"],
-                "onnx_artifact": onnx_artifact, "export": record["details"]}
+        return Baseline(torch=self.measurer.metrics(source), onnx=record.metrics, export=record.details,
+                        onnx_artifact=onnx_artifact)
 
     def _step(self, index: int, step: PassStep, parent: art.Artifact, *, baseline_model: art.Artifact,
-              label: str | None = None) -> tuple[art.Artifact, dict[str, Any]]:
+              label: str | None = None) -> tuple[art.Artifact, StepRecord]:
         pass_obj = self.registry.get(step.name)()
         params = step.params()
         key = content_key(parent=parent.id, pass_name=step.name, params=params, version=pass_obj.version,
@@ -223,9 +226,8 @@ class _Runner:
         elif cached:
             self.ui.log(f"[{label or index}] {step.name}: cached")
         artifact, meta = loaded
-        record = {"index": index, "pass": step.name, "params": params, "key": key, "cached": cached,
-                  "kind": artifact.kind, "wall_time_s": meta["wall_time_s"], "details": meta["details"],
-                  "metrics": self.measurer.metrics(artifact)}
+        record = StepRecord(index, step.name, params, key, cached, artifact.kind, meta["wall_time_s"],
+                            meta["details"], self.measurer.metrics(artifact))
         return artifact, record
 
     def _load_cached(self, key: str) -> tuple[art.Artifact, dict[str, Any]] | None:
@@ -283,14 +285,10 @@ class _Runner:
                 torch.manual_seed(self.recipe.seed + max(message["index"], 0))
                 _run_pass(pass_obj, parent, step, ctx)
 
-    def _final(self, artifact: art.Artifact, baseline: dict[str, Any],
-               metrics: dict[str, Any]) -> dict[str, Any]:
+    def _final(self, artifact: art.Artifact, baseline: Baseline, metrics: Metrics) -> Final:
         self.folder.stage_copy(MODEL, artifact.path)
-        final = {"artifact": MODEL, "id": artifact.id, **metrics,
-                 "lineage": [e.to_json() for e in artifact.lineage]}
-        final.update(self.measurer.final(artifact, baseline["onnx_artifact"], baseline["onnx"]))
-        final["ratios"] = ratios(final, baseline, self.recipe.data.batch_size)
-        return final
+        return self.measurer.final(artifact, metrics, baseline, name=MODEL,
+                                   lineage=tuple(e.to_json() for e in artifact.lineage))
 
 
 def _run_pass(pass_obj, parent: art.Artifact, step: PassStep, ctx: PassContext) -> art.Artifact:

@@ -1,6 +1,8 @@
 """report.json (stable schema for CI) and report.md (for pull requests).
 
-The schema is documented in docs/report.md; bump REPORT_SCHEMA on breaking changes.
+report.json is ``modelzip.evaluation.records.Report.to_json()``; the schema is documented in
+docs/report.md; bump ``records.REPORT_SCHEMA`` on breaking changes. report.md and the terminal
+tables are rendered from report.json, so a report on disk can be checked against its markdown.
 """
 from __future__ import annotations
 
@@ -9,31 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from modelzip.atomic import write_text
-from modelzip.errors import GateResult
-from modelzip.latency import EQUIVALENCE_MARGIN, SAME_MODEL
-from modelzip.recipe import Recipe
-
-REPORT_SCHEMA = "modelzip.report/1"
-
-
-def build_report(recipe: Recipe, baseline: dict[str, Any], steps: list[dict[str, Any]],
-                 final: dict[str, Any], gates: list[GateResult], environment: dict[str, Any],
-                 *, wall_time_s: float) -> dict[str, Any]:
-    failed = [g for g in gates if not g.passed]
-    return {
-        "schema": REPORT_SCHEMA,
-        "status": "gates_failed" if failed else "passed",
-        "recipe": {"name": recipe.name, "resolved": "recipe.resolved.yaml", "seed": recipe.seed},
-        "wall_time_s": round(wall_time_s, 3),
-        "baseline": {"torch": baseline["torch"], "onnx": baseline["onnx"], "export": baseline["export"]},
-        "steps": steps,
-        "final": final,
-        "gates": [{"name": g.name, "passed": g.passed, "got": g.got, "expected": g.expected} for g in gates],
-        "environment": environment,
-    }
+from modelzip.evaluation.latency import EQUIVALENCE_MARGIN
+from modelzip.evaluation.records import LatencyResult
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
+    """report.json (``Report.to_json()``) and report.md rendered from it."""
     write_text(out / "report.json", json.dumps(report, indent=2, sort_keys=False) + "\n")
     write_text(out / "report.md", render_markdown(report))
 
@@ -79,19 +62,21 @@ SUMMARY_HEADER = ["artifact", "backend", "accuracy", "params non-zero / total", 
 def latency_rows(report: dict[str, Any]) -> list[list[str]]:
     """One row per batch size: both medians / p90s, the speedup with its interval, the verdict."""
     rows = []
-    for batch_key, pair in (report["final"].get("latency") or {}).items():
-        if not batch_key.startswith("batch_"):
-            continue
-        b, f = pair["baseline"], pair["final"]
-        final_ms = f"{f['median_ms']:.3f} / {f['p90_ms']:.3f}"
-        if pair["verdict"] == SAME_MODEL:
-            rows.append([batch_key.replace("_", " "), "same file as the final model", final_ms,
+    for pair in _latency(report).pairs:
+        b, f = pair.baseline, pair.final
+        final_ms = f"{f.median_ms:.3f} / {f.p90_ms:.3f}"
+        if pair.same_model:
+            rows.append([f"batch {pair.batch}", "same file as the final model", final_ms,
                          "1.00x same model (byte-identical, measured once)", "-"])
             continue
-        rows.append([batch_key.replace("_", " "), f"{b['median_ms']:.3f} / {b['p90_ms']:.3f}", final_ms,
-                     f"{pair['ratio']:.2f}x ({pair['ci_low']:.2f}-{pair['ci_high']:.2f}) {pair['verdict']}",
-                     str(pair["pairs"])])
+        rows.append([f"batch {pair.batch}", f"{b.median_ms:.3f} / {b.p90_ms:.3f}", final_ms,
+                     f"{pair.ratio:.2f}x ({pair.ci_low:.2f}-{pair.ci_high:.2f}) {pair.verdict}", str(pair.pairs)])
     return rows
+
+
+def _latency(report: dict[str, Any]) -> LatencyResult:
+    """The final latency record of a report.json (no pairs when latency was not measured)."""
+    return LatencyResult.from_json(report["final"].get("latency") or {})
 
 
 LATENCY_HEADER = ["batch", "baseline ms (median / p90)", "final ms (median / p90)",
@@ -147,8 +132,9 @@ def _step_tables(report: dict[str, Any]) -> list[str]:
 
 
 def _batch(report: dict[str, Any]) -> str:
-    keys = [k for k in (report["final"].get("latency") or {}) if k.startswith("batch_") and k != "batch_1"]
-    return keys[-1].removeprefix("batch_") if keys else "1"
+    """The batch size the headline speedup is at: data.batch_size, the largest measured."""
+    batches = [p.batch for p in _latency(report).pairs]
+    return str(max(batches, default=1))
 
 
 def _environment_line(env: dict[str, Any]) -> str:

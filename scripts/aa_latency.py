@@ -4,8 +4,8 @@ called faster or SLOWER.
 Exports the zoo's Fashion-MNIST CNN (random weights: latency does not care) to ONNX, saves a
 second copy that differs only in its doc_string, then runs N comparisons (default 20) of the
 two at batch 1 and 256 exactly as `modelzip run` measures baseline vs final: interleaved
-rounds (modelzip.latency.measure_latency), then the bootstrap interval and verdict
-(modelzip.latency.compare_latency). First, a control: a byte-identical copy must be "same
+rounds (modelzip.evaluation.latency.measure_latency), then the bootstrap interval and verdict
+(modelzip.evaluation.latency.compare_latency). First, a control: a byte-identical copy must be "same
 model" (measured once). Issue #11 asks for at least 19 of 20 honest verdicts per
 batch on a shared 2-core machine. Exits 1 when fewer than 95% are.
 
@@ -54,8 +54,8 @@ def make_copies(directory: Path) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from modelzip.evaluation import default_threads
-    from modelzip.latency import SAME_MODEL, WITHIN_NOISE, compare_latency, same_file
+    from modelzip.evaluation.runtime import default_threads
+    from modelzip.evaluation.latency import SAME_MODEL, WITHIN_NOISE, compare_latency, same_file
 
     args = parse_args(argv)
     threads = args.threads or default_threads()

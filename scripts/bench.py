@@ -144,15 +144,15 @@ def references(fp32_onnx: Path, calibration_images: int = 512) -> dict[str, Path
 
 def measure(artifacts: dict[str, Path], threads: int) -> dict[str, dict]:
     """Accuracy on the full test set, sizes, MACs; latency at batch 1 and 256, all interleaved."""
-    from modelzip import evaluation as ev
-    from modelzip.latency import measure_latency
+    from modelzip.evaluation import accuracy, onnx_stats
+    from modelzip.evaluation.latency import measure_latency
     from modelzip.recipe import DataSpec
     from modelzip.sources.data import load_data
 
     bundle = load_data(DataSpec(dataset="fashion-mnist"), base_dir=REPO, seed=0)
-    rows = {name: {"accuracy": ev.onnx_accuracy(path, bundle.batches("eval"), threads=threads),
-                   "size_bytes": path.stat().st_size, "zip_bytes": ev.zip_bytes(path),
-                   "macs": ev.onnx_macs(path)} for name, path in artifacts.items()}
+    rows = {name: {"accuracy": accuracy.onnx_accuracy(path, bundle.batches("eval"), threads=threads),
+                   "size_bytes": path.stat().st_size, "zip_bytes": onnx_stats.zip_bytes(path),
+                   "macs": onnx_stats.onnx_macs(path)} for name, path in artifacts.items()}
     for batch in (1, 256):
         latency = measure_latency(artifacts, (1, 1, 28, 28), batch, threads=threads, warmup=20, repeats=200)
         for name, lat in latency.items():
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     from modelzip.envinfo import environment
-    from modelzip.evaluation import default_threads
+    from modelzip.evaluation.runtime import default_threads
 
     threads = default_threads()
     mode = "quick" if args.quick else "full"

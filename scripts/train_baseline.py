@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from modelzip.atomic import atomic_path
 from modelzip.errors import ModelzipError
-from modelzip.evaluation import torch_accuracy
+from modelzip.evaluation.accuracy import torch_accuracy
 from modelzip.recipe import DataSpec
 from modelzip.sources.data import load_data
 from modelzip.training import train_classifier

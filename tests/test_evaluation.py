@@ -1,4 +1,4 @@
-"""Tests for modelzip.evaluation (and envinfo): tiny models, hand-computed numbers."""
+"""Tests for the modelzip.evaluation package (and envinfo): tiny models, hand-computed numbers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from modelzip import envinfo, evaluation, latency
+from modelzip import envinfo
+from modelzip.evaluation import accuracy, latency, onnx_stats, runtime, torch_stats
 
 INPUT_SHAPE = (1, 1, 8, 8)
 # Hand-computed MACs of tiny_cnn() for one 1x8x8 sample (MACs = output elements x
@@ -119,27 +120,27 @@ def random_batches(
 
 def test_torch_macs_match_hand_count_for_any_batch_and_keep_mode() -> None:
     module = tiny_cnn().train()
-    assert evaluation.torch_macs(module, (32, 1, 8, 8)) == TINY_CNN_MACS
+    assert torch_stats.torch_macs(module, (32, 1, 8, 8)) == TINY_CNN_MACS
     assert module.training
 
 
 def test_onnx_macs_of_legacy_export_match_torch(models: dict[str, Path]) -> None:
-    assert evaluation.onnx_macs(models["float"]) == TINY_CNN_MACS
-    assert evaluation.onnx_macs(onnx.load(str(models["float"]))) == TINY_CNN_MACS
+    assert onnx_stats.onnx_macs(models["float"]) == TINY_CNN_MACS
+    assert onnx_stats.onnx_macs(onnx.load(str(models["float"]))) == TINY_CNN_MACS
 
 
 def test_onnx_macs_of_qdq_int8_model_equal_float(models: dict[str, Path]) -> None:
     ops = {node.op_type for node in onnx.load(str(models["qdq"])).graph.node}
     assert "DequantizeLinear" in ops  # really the QDQ form the brief is about
-    assert evaluation.onnx_macs(models["qdq"]) == TINY_CNN_MACS
+    assert onnx_stats.onnx_macs(models["qdq"]) == TINY_CNN_MACS
 
 
 def test_onnx_macs_of_qoperator_and_dynamic_int8_equal_float(other_int8_models: dict[str, Path]) -> None:
     # onnx shape inference stops at com.microsoft QGemm; the ORT-run fallback fills in.
     ops = {node.op_type for node in onnx.load(str(other_int8_models["qoperator"])).graph.node}
     assert {"QLinearConv", "QGemm"} <= ops
-    assert evaluation.onnx_macs(other_int8_models["qoperator"]) == TINY_CNN_MACS
-    assert evaluation.onnx_macs(other_int8_models["dynamic"]) == TINY_CNN_MACS
+    assert onnx_stats.onnx_macs(other_int8_models["qoperator"]) == TINY_CNN_MACS
+    assert onnx_stats.onnx_macs(other_int8_models["dynamic"]) == TINY_CNN_MACS
 
 
 def test_onnx_macs_of_dynamo_export_match_torch(tmp_path: Path) -> None:
@@ -156,15 +157,15 @@ def test_onnx_macs_of_dynamo_export_match_torch(tmp_path: Path) -> None:
     assert (
         onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0].dim_param
     )  # batch stayed symbolic
-    assert evaluation.onnx_macs(path) == TINY_CNN_MACS
-    assert evaluation.onnx_param_counts(path) == (TINY_CNN_PARAMS, TINY_CNN_PARAMS)
+    assert onnx_stats.onnx_macs(path) == TINY_CNN_MACS
+    assert onnx_stats.onnx_param_counts(path) == (TINY_CNN_PARAMS, TINY_CNN_PARAMS)
 
 
 def test_conv1d_macs_torch_and_onnx(tmp_path: Path) -> None:
     # conv 2->3, k5 on length 16: out 3x12 = 36 x (2 x 5) = 360; fc 36->4: 144
     module = nn.Sequential(nn.Conv1d(2, 3, 5), nn.Flatten(), nn.Linear(36, 4))
-    assert evaluation.torch_macs(module, (1, 2, 16)) == 504
-    assert evaluation.onnx_macs(export_legacy(module, tmp_path / "c1d.onnx", (1, 2, 16))) == 504
+    assert torch_stats.torch_macs(module, (1, 2, 16)) == 504
+    assert onnx_stats.onnx_macs(export_legacy(module, tmp_path / "c1d.onnx", (1, 2, 16))) == 504
 
 
 def test_onnx_macs_divide_a_fixed_batch(tmp_path: Path) -> None:
@@ -172,7 +173,7 @@ def test_onnx_macs_divide_a_fixed_batch(tmp_path: Path) -> None:
     torch.onnx.export(
         tiny_cnn().eval(), (torch.randn(4, 1, 8, 8),), str(path), dynamo=False, opset_version=17
     )
-    assert evaluation.onnx_macs(path) == TINY_CNN_MACS
+    assert onnx_stats.onnx_macs(path) == TINY_CNN_MACS
 
 
 def matmul_nbits_model(tmp_path: Path) -> tuple[Path, np.ndarray]:
@@ -199,12 +200,12 @@ def matmul_nbits_model(tmp_path: Path) -> tuple[Path, np.ndarray]:
 def test_matmul_nbits_macs_and_params(tmp_path: Path) -> None:
     path, weight = matmul_nbits_model(tmp_path)
     assert "MatMulNBits" in {node.op_type for node in onnx.load(str(path)).graph.node}
-    assert evaluation.onnx_macs(path) == 64 * 32
-    total, nonzero = evaluation.onnx_param_counts(path)
+    assert onnx_stats.onnx_macs(path) == 64 * 32
+    total, nonzero = onnx_stats.onnx_param_counts(path)
     assert total == weight.size
     # Small weights also round to the zero point; what ORT computes is the truth:
     # identity @ W gives back the dequantized W.
-    dequantized = evaluation.onnx_outputs(path, np.eye(64, dtype=np.float32))
+    dequantized = accuracy.onnx_outputs(path, np.eye(64, dtype=np.float32))
     assert nonzero == np.count_nonzero(dequantized) <= np.count_nonzero(weight)
 
 
@@ -216,11 +217,11 @@ def test_torch_and_onnx_accuracy_agree(models: dict[str, Path]) -> None:
     batches = random_batches(module)
     module.train()
     seen: list[int] = []
-    assert evaluation.torch_accuracy(module, batches, progress=seen.append) == 1.0
+    assert accuracy.torch_accuracy(module, batches, progress=seen.append) == 1.0
     assert module.training  # mode restored
     assert seen == [16, 16, 16]
-    assert evaluation.onnx_accuracy(models["float"], batches, threads=1) == 1.0
-    assert evaluation.onnx_accuracy(models["qdq"], batches, threads=1) > 0.5  # int8 runs and is close
+    assert accuracy.onnx_accuracy(models["float"], batches, threads=1) == 1.0
+    assert accuracy.onnx_accuracy(models["qdq"], batches, threads=1) > 0.5  # int8 runs and is close
 
 
 def test_onnx_outputs_match_torch(models: dict[str, Path]) -> None:
@@ -228,13 +229,13 @@ def test_onnx_outputs_match_torch(models: dict[str, Path]) -> None:
     with torch.no_grad():
         expected = tiny_cnn().eval()(x).numpy()
     np.testing.assert_allclose(
-        evaluation.onnx_outputs(models["float"], x.numpy()), expected, rtol=1e-4, atol=1e-5
+        accuracy.onnx_outputs(models["float"], x.numpy()), expected, rtol=1e-4, atol=1e-5
     )
 
 
 def test_accuracy_of_no_data_is_an_error() -> None:
     with pytest.raises(ValueError, match="no samples"):
-        evaluation.torch_accuracy(tiny_cnn(), [])
+        accuracy.torch_accuracy(tiny_cnn(), [])
 
 
 # ---------------------------------------------------------------- size
@@ -242,18 +243,18 @@ def test_accuracy_of_no_data_is_an_error() -> None:
 
 def test_count_params_sees_zeroed_weights() -> None:
     module = tiny_cnn()
-    assert evaluation.count_params(module) == (TINY_CNN_PARAMS, TINY_CNN_PARAMS)
+    assert torch_stats.count_params(module) == (TINY_CNN_PARAMS, TINY_CNN_PARAMS)
     with torch.no_grad():
         module[5].weight[:5] = 0.0  # half of fc's 720 weights
-    assert evaluation.count_params(module) == (TINY_CNN_PARAMS, TINY_CNN_PARAMS - 360)
+    assert torch_stats.count_params(module) == (TINY_CNN_PARAMS, TINY_CNN_PARAMS - 360)
 
 
 def test_onnx_param_counts_same_total_float_and_int8(
     models: dict[str, Path], other_int8_models: dict[str, Path]
 ) -> None:
-    assert evaluation.onnx_param_counts(models["float"]) == (TINY_CNN_PARAMS, TINY_CNN_PARAMS)
+    assert onnx_stats.onnx_param_counts(models["float"]) == (TINY_CNN_PARAMS, TINY_CNN_PARAMS)
     for path in [models["qdq"], *other_int8_models.values()]:
-        total, nonzero = evaluation.onnx_param_counts(path)
+        total, nonzero = onnx_stats.onnx_param_counts(path)
         assert total == TINY_CNN_PARAMS, path.name  # scales and zero points are not counted
         assert TINY_CNN_PARAMS - 10 <= nonzero <= total  # a few tiny weights may round to zero
 
@@ -263,14 +264,14 @@ def test_pruned_zeros_stay_visible_after_int8(tmp_path: Path) -> None:
     with torch.no_grad():
         module[5].weight[:5] = 0.0  # 360 of fc's 720 weights
     float_path = export_legacy(module, tmp_path / "pruned.onnx")
-    assert evaluation.onnx_param_counts(float_path) == (TINY_CNN_PARAMS, TINY_CNN_PARAMS - 360)
-    total, nonzero = evaluation.onnx_param_counts(quantize_int8(float_path, tmp_path / "pruned_qdq.onnx"))
+    assert onnx_stats.onnx_param_counts(float_path) == (TINY_CNN_PARAMS, TINY_CNN_PARAMS - 360)
+    total, nonzero = onnx_stats.onnx_param_counts(quantize_int8(float_path, tmp_path / "pruned_qdq.onnx"))
     assert total == TINY_CNN_PARAMS
     assert TINY_CNN_PARAMS - 370 <= nonzero <= TINY_CNN_PARAMS - 360
 
 
 def test_state_dict_bytes_cover_the_weights() -> None:
-    assert evaluation.state_dict_bytes(tiny_cnn()) > TINY_CNN_PARAMS * 4
+    assert torch_stats.state_dict_bytes(tiny_cnn()) > TINY_CNN_PARAMS * 4
 
 
 def test_zip_bytes_smaller_for_mostly_zero_file(tmp_path: Path) -> None:
@@ -280,8 +281,8 @@ def test_zip_bytes_smaller_for_mostly_zero_file(tmp_path: Path) -> None:
     sparse[generator.random(50_000) < 0.9] = 0.0
     (tmp_path / "dense.bin").write_bytes(dense.tobytes())
     (tmp_path / "sparse.bin").write_bytes(sparse.tobytes())
-    dense_zip = evaluation.zip_bytes(tmp_path / "dense.bin")
-    assert evaluation.zip_bytes(tmp_path / "sparse.bin") < 0.3 * dense_zip
+    dense_zip = onnx_stats.zip_bytes(tmp_path / "dense.bin")
+    assert onnx_stats.zip_bytes(tmp_path / "sparse.bin") < 0.3 * dense_zip
     assert dense_zip <= dense.nbytes * 1.01
 
 
@@ -289,7 +290,7 @@ def test_zip_bytes_smaller_for_mostly_zero_file(tmp_path: Path) -> None:
 
 
 def test_measure_latency_two_models(models: dict[str, Path]) -> None:
-    result = evaluation.measure_latency(models, INPUT_SHAPE, batch=4, threads=1, warmup=2, repeats=7)
+    result = latency.measure_latency(models, INPUT_SHAPE, batch=4, threads=1, warmup=2, repeats=7)
     assert set(result) == {"float", "qdq"}
     for measured in result.values():
         assert measured.runs == 7 and measured.batch == 4 and measured.threads == 1
@@ -319,9 +320,9 @@ def test_measure_latency_interleaves_models(monkeypatch: pytest.MonkeyPatch) -> 
     log: list[str] = []
     # Runs longer than a turn (latency.TURN_S): one run of each model per round.
     seconds = 1.2 * latency.TURN_S
-    monkeypatch.setattr(evaluation, "ort_session",
+    monkeypatch.setattr(runtime, "ort_session",
                         lambda path, threads: RecordingSession(str(path), log, seconds))
-    result = evaluation.measure_latency({"a": Path("a"), "b": Path("b")}, INPUT_SHAPE, 3, warmup=1, repeats=6)
+    result = latency.measure_latency({"a": Path("a"), "b": Path("b")}, INPUT_SHAPE, 3, warmup=1, repeats=6)
     timed = log[2:]  # after one warm-up run of each
     assert len(timed) == 12 and result["a"].runs == result["b"].runs == 6
     # Every round runs each model once, and the first model alternates.
@@ -333,9 +334,9 @@ def test_fast_models_take_turns_of_several_runs(monkeypatch: pytest.MonkeyPatch)
     log: list[str] = []
     # Runs a quarter of a turn long: about four timed runs per turn, after one untimed run.
     seconds = latency.TURN_S / 4
-    monkeypatch.setattr(evaluation, "ort_session",
+    monkeypatch.setattr(runtime, "ort_session",
                         lambda path, threads: RecordingSession(str(path), log, seconds))
-    result = evaluation.measure_latency({"a": Path("a"), "b": Path("b")}, INPUT_SHAPE, 3, warmup=1, repeats=6)
+    result = latency.measure_latency({"a": Path("a"), "b": Path("b")}, INPUT_SHAPE, 3, warmup=1, repeats=6)
     assert result["a"].runs == result["b"].runs == 6 and len(result["a"].times_ns) == 6
     timed = "".join(log[2:])
     turn = len(timed) - len(timed.lstrip("a")) - 1  # timed runs per turn (4, or 3 if sleep overshoots)
@@ -353,8 +354,8 @@ def test_fast_models_take_turns_of_several_runs(monkeypatch: pytest.MonkeyPatch)
 def test_measure_latency_caps_repeats_of_slow_models(monkeypatch: pytest.MonkeyPatch) -> None:
     log: list[str] = []
     monkeypatch.setattr(latency, "LATENCY_BUDGET_S", 0.02)
-    monkeypatch.setattr(evaluation, "ort_session", lambda path, threads: RecordingSession("slow", log, 0.01))
-    result = evaluation.measure_latency({"slow": Path("slow")}, INPUT_SHAPE, 3, warmup=1, repeats=50)
+    monkeypatch.setattr(runtime, "ort_session", lambda path, threads: RecordingSession("slow", log, 0.01))
+    result = latency.measure_latency({"slow": Path("slow")}, INPUT_SHAPE, 3, warmup=1, repeats=50)
     assert result["slow"].runs == latency.MIN_TIMED_RUNS  # 0.02 s budget / 0.01 s run = 2, raised to 5
     assert result["slow"].median_ms >= 10
 
@@ -366,7 +367,7 @@ def test_p90_interpolates_like_numpy() -> None:
 
 def test_measure_latency_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="repeats"):
-        evaluation.measure_latency({}, INPUT_SHAPE, 1, repeats=0)
+        latency.measure_latency({}, INPUT_SHAPE, 1, repeats=0)
 
 
 # ---------------------------------------------------------------- environment

@@ -14,7 +14,7 @@ from torch import nn
 from modelzip import load_recipe, run_recipe
 from modelzip.artifacts import Artifact
 from modelzip.errors import InputError, PassError, RecipeError
-from modelzip.evaluation import torch_accuracy
+from modelzip.evaluation.accuracy import torch_accuracy
 from modelzip.finetuning import Augment, NonFiniteLoss, TrainSettings, distillation_loss, fit, pass_run
 from modelzip.finetuning import loop as loop_module
 from modelzip.finetuning.augment import auto_augment

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from modelzip import evaluation, latency
-from modelzip.latency import (EQUIVALENCE_MARGIN, FASTER, SAME_MODEL, SLOWER, WITHIN_NOISE, compare_latency,
+from modelzip.evaluation import latency, runtime
+from modelzip.evaluation.latency import (EQUIVALENCE_MARGIN, FASTER, SAME_MODEL, SLOWER, WITHIN_NOISE, compare_latency,
                               compare_times, latency_verdict, same_file)
 
 MS = 1_000_000  # ns
@@ -129,13 +130,13 @@ def test_a_byte_identical_final_is_the_same_model_measured_once(tmp_path: Path, 
     final = tmp_path / "final.onnx"
     final.write_bytes(baseline.read_bytes())
     opened: list[Path] = []
-    real_session = evaluation.ort_session
+    real_session = runtime.ort_session
 
     def counting_session(path, threads):
         opened.append(Path(path))
         return real_session(path, threads=threads)
 
-    monkeypatch.setattr(evaluation, "ort_session", counting_session)
+    monkeypatch.setattr(runtime, "ort_session", counting_session)
     base, fin, comparison = compare_latency(baseline, final, (1, 784), 4, threads=1, warmup=1, repeats=5)
     assert opened == [final]  # one session, one series of timed runs
     assert base is fin and fin.runs == 5
@@ -176,15 +177,23 @@ def test_latency_rows_show_the_interval_and_the_same_model() -> None:
 
 
 def test_speedup_ratios_and_gate_read_the_point_estimate() -> None:
-    from modelzip.measure import ratios
+    from modelzip.evaluation.records import Baseline, LatencyResult, Metrics, Ratios
+    from modelzip.gates import check_gates
+    from modelzip.recipe import Gates
 
-    final = {"baseline_size_bytes": 10, "size_bytes": 5, "baseline_zip_bytes": 8, "zip_bytes": 4,
-             "accuracy": 0.9, "latency": {"cached": False, "batch_1": _pair(1.0, 1.0, 1.0, SAME_MODEL, 0),
-                                          "batch_256": _pair(1.3, 1.2, 1.4, FASTER)}}
-    baseline = {"torch": {"accuracy": 0.9}, "onnx": {"accuracy": 0.9}}
-    out = ratios(final, baseline, 256)
-    assert out["speedup_batch_1"] == 1.0 and out["speedup_batch_256"] == out["speedup"] == 1.3
-    json.dumps(out)
+    latency_record = LatencyResult.from_json({"cached": False, "batch_1": _pair(1.0, 1.0, 1.0, SAME_MODEL, 0),
+                                              "batch_256": _pair(1.3, 1.2, 1.4, FASTER)})
+    onnx = Metrics(0.9, "onnxruntime", 10, 100, 100, 1000, size_bytes=10, zip_bytes=8)
+    final = Metrics(0.9, "onnxruntime", 10, 100, 50, 1000, size_bytes=5, zip_bytes=4)
+    baseline = Baseline(torch=Metrics(0.9, "torch", 10, 100, 100, 1000, size_bytes=12), onnx=onnx, export={})
+    out = Ratios.between(final, baseline, latency_record, 256)
+    assert (out.size, out.zip_size) == (2.0, 2.0)
+    assert out.to_json()["speedup_batch_1"] == 1.0
+    assert out.to_json()["speedup_batch_256"] == out.speedup == 1.3
+    json.dumps(out.to_json())
+    record = SimpleNamespace(ratios=out, metrics=final)
+    (gate,) = check_gates(Gates(min_speedup=1.25), record)
+    assert gate.passed and gate.got == 1.3  # the point estimate, though the interval reaches down to 1.2
 
 
 def test_quantize_summary_uses_the_same_verdict() -> None:

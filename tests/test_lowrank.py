@@ -76,7 +76,7 @@ def test_ignore_and_linear_switch():
 
 
 def test_residual_network_channel_svd_cuts_macs():
-    from modelzip.evaluation import torch_macs
+    from modelzip.evaluation.torch_stats import torch_macs
 
     model = resnet20()
     factorized, layers = factorize_model(model, LowRankConfig(rank_ratio=0.25, round_to=1), (1, 1, 28, 28))

@@ -14,7 +14,8 @@ from torch import nn
 from modelzip import load_recipe, run_recipe
 from modelzip.artifacts import Artifact, save_artifact
 from modelzip.errors import PassError, RecipeError
-from modelzip.evaluation import torch_macs, zip_bytes
+from modelzip.evaluation.onnx_stats import zip_bytes
+from modelzip.evaluation.torch_stats import torch_macs
 from modelzip.onnx_export import check_parity, export_onnx
 from modelzip.passes.prune import PruneConfig, PrunePass
 from modelzip.pipeline import RunOptions

@@ -14,8 +14,8 @@ from torch import nn
 from modelzip import load_recipe, run_recipe
 from modelzip.artifacts import Artifact
 from modelzip.errors import PassError, RecipeError
-from modelzip.evaluation import onnx_outputs
-from modelzip.latency import Latency
+from modelzip.evaluation.accuracy import onnx_outputs
+from modelzip.evaluation.latency import Latency
 from modelzip.passes.quantize import QuantizeConfig, QuantizePass
 from modelzip.pipeline import RunOptions
 from modelzip.quantization import choice, sensitivity
@@ -207,7 +207,7 @@ def _accuracy_from_weights(damage: dict[str, float]):
 def test_accuracy_budget_keeps_layers_float_in_the_pass(tmp_path, registry, data, monkeypatch,
                                                         max_float_layers, met):
     damage = {"features.0": 0.05, "features.4": 0.01, "classifier.1": 0.03}
-    monkeypatch.setattr("modelzip.evaluation.onnx_accuracy", _accuracy_from_weights(damage))
+    monkeypatch.setattr("modelzip.evaluation.accuracy.onnx_accuracy", _accuracy_from_weights(damage))
     produced, details, _ = run_pass(tmp_path, registry, data, small_cnn(), max_accuracy_drop=0.02,
                                     max_float_layers=max_float_layers)
     accuracy = details["accuracy"]
@@ -240,7 +240,7 @@ def _slower_int8(paths, input_shape, batch, **kwargs):
 @pytest.mark.parametrize("prefer", ["faster", "smaller"])
 def test_prefer_faster_returns_the_float_model_when_int8_is_slower(tmp_path, registry, data, monkeypatch,
                                                                     prefer):
-    monkeypatch.setattr("modelzip.latency.measure_latency", _slower_int8)
+    monkeypatch.setattr("modelzip.evaluation.latency.measure_latency", _slower_int8)
     produced, details, _ = run_pass(tmp_path, registry, data, small_cnn(), prefer=prefer)
     assert details["latency"]["batch_64"] == {"batch": 64, "float_ms": 64.0, "quantized_ms": 128.0,
                                               "speedup": 0.5, "runs": 5, "threads": 1}
@@ -340,7 +340,7 @@ def test_reduce_range_follows_the_cpu(flags, expected):
 
 @needs_fashion
 def test_static_int8_keeps_fashion_accuracy(tmp_path, registry):
-    from modelzip.evaluation import onnx_accuracy, torch_accuracy
+    from modelzip.evaluation.accuracy import onnx_accuracy, torch_accuracy
     from modelzip.training import train_classifier
 
     spec = DataSpec(dataset="fashion-mnist", limit_train=3000, limit_eval=2000, val_samples=500,

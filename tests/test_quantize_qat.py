@@ -13,7 +13,7 @@ import torch
 from modelzip import load_recipe, run_recipe
 from modelzip.artifacts import Artifact
 from modelzip.errors import PassError, RecipeError
-from modelzip.evaluation import onnx_accuracy, onnx_outputs
+from modelzip.evaluation.accuracy import onnx_accuracy, onnx_outputs
 from modelzip.finetuning.loop import TrainSettings, fit
 from modelzip.passes.quantize import QuantizeConfig, QuantizePass
 from modelzip.pipeline import RunOptions

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from modelzip.evaluation import torch_accuracy
+from modelzip.evaluation.accuracy import torch_accuracy
 from modelzip.recipe import DataSpec
 from modelzip.sources.data import load_data
 from modelzip.training import train_classifier

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from modelzip.evaluation import torch_accuracy
+from modelzip.evaluation.accuracy import torch_accuracy
 from modelzip.finetuning.augment import Augment
 from modelzip.finetuning.checkpoint import CheckpointStore, snapshot
 from modelzip.finetuning.distill import CrossEntropy

@@ -71,7 +71,7 @@ def model_stats(module: nn.Module, input_shape: tuple[int, ...], *, zipped: bool
     """
     import torch
 
-    from modelzip.evaluation import count_params, torch_macs
+    from modelzip.evaluation.torch_stats import count_params, torch_macs
 
     total, nonzero = count_params(module)
     buffer = io.BytesIO()

@@ -250,7 +250,7 @@ def _max_ratio(original: nn.Module, kept_whole: set[str], config: PruneConfig) -
 def _search(attempt, base_macs: int, fraction: float, ceiling: float,
             input_shape: tuple[int, ...]) -> Attempt:
     """The least pruning whose MACs are at or below ``fraction`` of ``base_macs`` (bisection on the ratio)."""
-    from modelzip.evaluation import torch_macs
+    from modelzip.evaluation.torch_stats import torch_macs
 
     target = fraction * base_macs
     best: Attempt | None = None

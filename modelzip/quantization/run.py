@@ -145,13 +145,14 @@ def _static_quantizer(config, prepared: Path, input_name: str, ctx, scratch: Pat
 
 def _accuracy_search(config, ctx, quantizer: Quantizer, float_path: Path, layers: list[Layer],
                      excluded: dict[str, str], scratch: Path):
-    from modelzip import evaluation as ev
+    from modelzip.evaluation import accuracy as ev
+    from modelzip.evaluation.runtime import default_threads
     from modelzip.quantization import sensitivity
 
     if len(ctx.data.validation) == 0:
         raise PassError("max_accuracy_drop needs validation images, but the validation split is empty",
                         pass_name=ctx.pass_name, step=ctx.step, fix="set data.val_samples > 0")
-    threads = ctx.recipe.evaluation.threads or ev.default_threads()
+    threads = ctx.recipe.evaluation.threads or default_threads()
     counter = itertools.count()
 
     def evaluate(path: Path) -> float:
@@ -173,7 +174,7 @@ def _check_runs(quantized: Path, float_path: Path, ctx, pass_name: str) -> dict[
     """onnx.checker, then one real batch through an onnxruntime CPU session, compared with float."""
     import numpy as np
 
-    from modelzip.evaluation import onnx_outputs
+    from modelzip.evaluation.accuracy import onnx_outputs
     from modelzip.onnx_export import check_onnx
 
     check_onnx(quantized, pass_name=pass_name, step=ctx.step)
@@ -196,8 +197,8 @@ def _check_runs(quantized: Path, float_path: Path, ctx, pass_name: str) -> dict[
 
 def _latency(float_path: Path, quantized: Path, input_shape, ctx, config) -> dict[str, Any] | None:
     """Float vs quantized, interleaved, at batch 1 and the data batch size (None if disabled)."""
-    from modelzip import latency
-    from modelzip.evaluation import default_threads
+    from modelzip.evaluation import latency
+    from modelzip.evaluation.runtime import default_threads
 
     settings = ctx.recipe.evaluation
     if not settings.latency and config.prefer == "smaller":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelzip.latency import FASTER, SLOWER, latency_verdict
+from modelzip.evaluation.latency import FASTER, SLOWER, latency_verdict
 
 _LAYER_KEYS = ("layers_quantized", "layers_float", "float_nodes")  # reported under "layers" instead
 

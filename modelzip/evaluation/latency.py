@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelzip.evaluation import runtime
+
 if TYPE_CHECKING:
     import numpy as np
     import onnxruntime
@@ -85,18 +87,16 @@ def measure_latency(
     Models that take turns get ``sessions`` sessions each, used by rounds in
     rotation (``Latency.slots`` says which run came from which).
     """
-    from modelzip.evaluation import default_threads, ort_session
-
     _check_latency_args(batch, warmup, repeats)
-    threads = threads or default_threads()
-    first = {name: ort_session(path, threads=threads) for name, path in paths.items()}
+    threads = threads or runtime.default_threads()
+    first = {name: runtime.ort_session(path, threads=threads) for name, path in paths.items()}
     feeds = {name: _random_feed(session, input_shape, batch, seed) for name, session in first.items()}
     estimate_ns = _warm_up(first, feeds, max(warmup, 1))
     runs = _timed_runs(repeats, max(estimate_ns.values(), default=0), min_timed_s)
     per_turn = _runs_per_turn(runs, min(estimate_ns.values(), default=0), len(first))
     slots = [first]
     for _ in range(sessions - 1 if per_turn > 1 else 0):
-        slots.append({name: ort_session(path, threads=threads) for name, path in paths.items()})
+        slots.append({name: runtime.ort_session(path, threads=threads) for name, path in paths.items()})
         _warm_up(slots[-1], feeds, max(warmup, 1))
     times_ns, slot_of_run = _time_round_robin(slots, feeds, runs, per_turn)
     return {name: _summarise(times, batch, threads, slot_of_run) for name, times in times_ns.items()}

@@ -1,0 +1,123 @@
+"""What the pipeline measures on artifacts: Metrics after each step, latency of the final model.
+
+Metrics are cached per (artifact id, data spec); latency per (both artifacts, settings, CPU),
+baseline and final interleaved so drift cancels. Both are stored as their records' JSON.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from modelzip.cache import StepCache, content_key
+from modelzip.console import UI
+from modelzip.evaluation.records import Baseline, Final, LatencyPair, LatencyResult, Metrics, Ratios
+from modelzip.evaluation.runtime import default_threads
+from modelzip.recipe import Recipe
+
+
+class Measurer:
+    def __init__(self, recipe: Recipe, cache: StepCache, data: Callable[[], Any], ui: UI, *,
+                 data_key: Callable[[], Any]) -> None:
+        self.recipe = recipe
+        self.cache = cache
+        self._data = data
+        self._data_key = data_key  # the eval data's spec and file digests (modelzip.inputs)
+        self.ui = ui
+        self.threads = recipe.evaluation.threads or default_threads()
+
+    def metrics(self, artifact) -> Metrics:
+        """Accuracy on the eval split plus parameters, MACs and size (cached)."""
+        key = content_key(artifact=artifact.id, data=self._data_key(), seed=self.recipe.seed, what="metrics")
+        found = _cached(self.cache, key, Metrics.from_json)
+        if found is not None:
+            return found
+        measured = self._torch_metrics(artifact) if artifact.kind == "torch" else self._onnx_metrics(artifact)
+        self.cache.save_metrics(key, measured.to_json())
+        return measured
+
+    def _accuracy(self, evaluate, backend: str) -> dict[str, Any]:
+        data = self._data()
+        total = len(data.eval)
+        with self.ui.track(total, f"accuracy ({backend}, {total} images)") as advance:
+            accuracy = evaluate(data.batches("eval"), progress=advance)
+        return {"accuracy": accuracy, "accuracy_backend": backend, "eval_samples": total}
+
+    def _torch_metrics(self, artifact) -> Metrics:
+        from modelzip.evaluation import torch_stats
+        from modelzip.evaluation.accuracy import torch_accuracy
+
+        total, nonzero = torch_stats.count_params(artifact.module)
+        return Metrics(**self._accuracy(lambda b, progress: torch_accuracy(artifact.module, b, progress=progress),
+                                        "torch"),
+                       params_total=total, params_nonzero=nonzero,
+                       macs=torch_stats.torch_macs(artifact.module, artifact.input_shape),
+                       size_bytes=torch_stats.state_dict_bytes(artifact.module))
+
+    def _onnx_metrics(self, artifact) -> Metrics:
+        from modelzip.evaluation import onnx_stats
+        from modelzip.evaluation.accuracy import onnx_accuracy
+
+        path = Path(artifact.path)
+        total, nonzero = onnx_stats.onnx_param_counts(path)
+        evaluate = lambda b, progress: onnx_accuracy(path, b, threads=self.threads, progress=progress)  # noqa: E731
+        return Metrics(**self._accuracy(evaluate, "onnxruntime"),
+                       params_total=total, params_nonzero=nonzero, macs=onnx_stats.onnx_macs(path),
+                       size_bytes=path.stat().st_size, zip_bytes=onnx_stats.zip_bytes(path))
+
+    def final(self, final, metrics: Metrics, baseline: Baseline, *, lineage: tuple, name: str) -> Final:
+        """The final ONNX compared with the fp32 baseline ONNX: sizes (measured with its metrics),
+        the latency of both, and the ratios."""
+        latency = self.latency(final, baseline.onnx_artifact) if self.recipe.evaluation.latency else None
+        return Final(artifact=name, id=final.id, metrics=metrics, lineage=lineage,
+                     baseline_size_bytes=baseline.onnx.size_bytes, baseline_zip_bytes=baseline.onnx.zip_bytes,
+                     latency=latency, threads=self.threads,
+                     ratios=Ratios.between(metrics, baseline, latency, self.recipe.data.batch_size))
+
+    def latency(self, final, baseline) -> LatencyResult:
+        """Latency at batch 1 and data.batch_size; cached per (artifacts, settings, CPU).
+
+        A fully cached rerun then costs seconds. `--no-cache` measures again.
+        """
+        from modelzip.envinfo import cpu_model
+
+        settings = self.recipe.evaluation
+        # "latency/2": entries carry the interval and verdict fields; older ones lack them.
+        key = content_key(what="latency/2", final=final.id, baseline=baseline.id, threads=self.threads,
+                          batch=self.recipe.data.batch_size, settings=settings.model_dump(mode="json"),
+                          cpu=cpu_model(), seed=self.recipe.seed)
+        found = _cached(self.cache, key, lambda d: LatencyResult.from_json(d, cached=True))
+        if found is not None:
+            return found
+        measured = LatencyResult(tuple(self._latency_pair(Path(final.path), Path(baseline.path), batch)
+                                       for batch in sorted({1, self.recipe.data.batch_size})), cached=False)
+        self.cache.save_metrics(key, measured.to_json(with_cached=False))
+        return measured
+
+    def _latency_pair(self, final_path: Path, baseline_path: Path, batch: int) -> LatencyPair:
+        """Both models interleaved at ``batch``, the speedup's 95% interval and the verdict
+        (latency.compare_latency; a byte-identical final is measured once)."""
+        from modelzip.evaluation.latency import compare_latency
+
+        settings = self.recipe.evaluation
+        with self.ui.track(2, f"latency at batch {batch}"):
+            baseline, final, comparison = compare_latency(
+                baseline_path, final_path, tuple(self.recipe.model.input_shape), batch, threads=self.threads,
+                warmup=settings.warmup, repeats=settings.repeats, seed=self.recipe.seed)
+        return LatencyPair.of(batch, baseline, final, comparison)
+
+    def environment(self) -> dict[str, Any]:
+        from modelzip.envinfo import environment
+
+        return environment(self.threads)
+
+
+def _cached(cache: StepCache, key: str, from_json):
+    """The record stored under ``key``, or None: missing, or (an intact file of) another shape."""
+    found = cache.load_metrics(key)
+    if found is None:
+        return None
+    try:
+        return from_json(found)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
