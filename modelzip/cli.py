@@ -180,7 +180,8 @@ def _print_run(result, quiet: bool) -> None:
                 console.print(table)
     final = result.record.final
     ratios = final.ratios
-    speed = f", {ratios.speedup:.2f}x speedup" if ratios.speedup is not None else ""
+    headline = final.latency.headline if final.latency is not None else None
+    speed = f", {ratios.speedup:.2f}x speedup ({headline.verdict})" if headline is not None else ""
     console.print(f"{data['status']}: accuracy {100 * final.metrics.accuracy:.2f}% "
                   f"({100 * ratios.accuracy_delta:+.2f} pp), {ratios.size:.2f}x smaller{speed} -> "
                   f"{result.output_dir / final.artifact}, report.json, report.md", markup=False)

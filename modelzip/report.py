@@ -100,7 +100,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"**{status}** · final accuracy {_pct(final['accuracy'])} "
         f"({100 * ratios['accuracy_delta']:+.2f} pp vs input) · "
         f"size {_mb(final['size_bytes'])} ({ratios['size']:.2f}x smaller, zip {ratios['zip_size']:.2f}x)"
-        + (f" · speedup {ratios['speedup']:.2f}x at batch {_batch(report)}" if "speedup" in ratios else ""),
+        + (f" · speedup {ratios['speedup']:.2f}x at batch {_batch(report)} ({_headline_verdict(report)})"
+           if "speedup" in ratios else ""),
         "## Steps", _table(SUMMARY_HEADER, summary_rows(report)),
     ]
     parts += _step_tables(report)
@@ -129,6 +130,11 @@ def _step_tables(report: dict[str, Any]) -> list[str]:
             parts += [f"## Step {step['index']}: {step['pass']}, {table['title']}",
                       _table(table["header"], table["rows"])]
     return parts
+
+
+def _headline_verdict(report: dict[str, Any]) -> str:
+    pair = _latency(report).headline
+    return pair.verdict if pair is not None else "not measured"
 
 
 def _batch(report: dict[str, Any]) -> str:

@@ -129,5 +129,5 @@ def test_terminal_summary_reads_the_typed_final(tiny_run, capsys) -> None:
 
     _print_run(tiny_run, quiet=True)
     line = capsys.readouterr().out.strip().replace("\n", "")
-    assert line.startswith("passed: accuracy 32.03% (+0.00 pp), 1.00x smaller, 1.00x speedup -> "), line
+    assert line.startswith("passed: accuracy 32.03% (+0.00 pp), 1.00x smaller, 1.00x speedup (same model) -> "), line
     assert line.endswith("model.onnx, report.json, report.md"), line

@@ -122,6 +122,11 @@ class LatencyResult:
     def at(self, batch: int) -> LatencyPair | None:
         return next((p for p in self.pairs if p.batch == batch), None)
 
+    @property
+    def headline(self) -> LatencyPair | None:
+        """The pair at data.batch_size (the largest measured): the one the headline speedup is."""
+        return self.pairs[-1] if self.pairs else None
+
     def to_json(self, *, with_cached: bool = True) -> dict[str, Any]:
         """``with_cached=False``: the shape stored in the step cache (no "cached" flag)."""
         out: dict[str, Any] = {batch_key(p.batch): p.to_json() for p in self.pairs}
