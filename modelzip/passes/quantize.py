@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from modelzip.passes.finetune import DistillConfig, teacher_files
+from modelzip.passes._distill import DistillConfig, teacher_files
 from modelzip.plugin import Pass, PassConfig
 
 Mode = Literal["static", "dynamic", "weight_only", "qat"]

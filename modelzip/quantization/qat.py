@@ -15,7 +15,6 @@ import copy
 import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from modelzip.errors import PassError
@@ -82,10 +81,16 @@ def _check_input(artifact, ctx, pass_name: str) -> None:
 
 def _objective(artifact, student, config, ctx, pass_name: str):
     """finetune's objective (cross-entropy, or distillation from the configured teacher)."""
-    from modelzip.finetuning.pass_run import build_objective
+    from modelzip.finetuning.distill import TeacherMismatch, check_objective
+    from modelzip.finetuning.train import first_images
+    from modelzip.passes._training import objective_for, teacher_mismatch_error
 
-    view = SimpleNamespace(distill=config.distill, label_smoothing=0.0)
-    return build_objective(artifact, student, view, ctx, pass_name)
+    objective = objective_for(config.distill, 0.0, artifact, ctx, pass_name)
+    try:
+        check_objective(objective, student, first_images(ctx.data))
+    except TeacherMismatch as exc:
+        raise teacher_mismatch_error(exc, ctx, pass_name) from exc
+    return objective
 
 
 # --------------------------------------------------------------------------- int8 graph
