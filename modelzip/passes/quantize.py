@@ -159,6 +159,6 @@ class QuantizePass(Pass):
         return teacher_files(config.distill)
 
     def run(self, artifact, config: QuantizeConfig, ctx):
-        from modelzip.quantization.run import run_quantize
+        from modelzip.passes._quantize_run import run_quantize
 
         return run_quantize(artifact, config, ctx, pass_name=self.name)
