@@ -80,6 +80,11 @@ CASES = {
 }
 
 
+def channel(**params):
+    """``method: channel`` settings, as the prune pass maps them from its config."""
+    return channel_settings(PruneConfig(method="channel", **params))
+
+
 def _spec(name: str) -> ModelSpec:
     return ModelSpec(input_shape=SHAPE, **CASES[name][0])
 
@@ -99,7 +104,7 @@ def pruned(tmp_path_factory):
         torch.manual_seed(0)
         build = lambda name=name: build_model(_spec(name), root)  # noqa: E731
         original = build().eval()
-        module, details = prune_channels(original, SHAPE, channel_settings(PruneConfig(method="channel", **params)))
+        module, details = prune_channels(original, SHAPE, channel(**params))
         check_reloadable(module, build)
         directory = root / name
         directory.mkdir()
@@ -188,24 +193,24 @@ def test_pruned_artifacts_reload_in_a_fresh_process(pruned):
 def test_iterative_steps_and_rounding():
     torch.manual_seed(0)
     model = fashion_cnn().eval()
-    _, one = prune_channels(model, SHAPE, channel_settings(PruneConfig(method="channel", ratio=0.5)))
-    _, three = prune_channels(model, SHAPE, channel_settings(PruneConfig(method="channel", ratio=0.5, steps=3)))
+    _, one = prune_channels(model, SHAPE, channel(ratio=0.5))
+    _, three = prune_channels(model, SHAPE, channel(ratio=0.5, steps=3))
     assert three["widths"] == one["widths"] == {"features.0": [32, 16], "features.4": [64, 32],
                                                  "classifier.1": [256, 128], "classifier.4": [10, 10]}
     # 40% of 32/64/256 leaves 19/38/153 channels; rounded down to multiples of 8.
-    _, rounded = prune_channels(model, SHAPE, channel_settings(PruneConfig(method="channel", ratio=0.4, round_to=8)))
+    _, rounded = prune_channels(model, SHAPE, channel(ratio=0.4, round_to=8))
     assert [after for _, after in rounded["widths"].values()] == [16, 32, 152, 10]
 
 
 def test_ignore_and_global_allocation():
     torch.manual_seed(0)
     model = fashion_cnn().eval()
-    _, details = prune_channels(model, SHAPE, channel_settings(PruneConfig(method="channel", ratio=0.5, ignore=("features",))))
+    _, details = prune_channels(model, SHAPE, channel(ratio=0.5, ignore=("features",)))
     assert details["widths"]["features.0"] == [32, 32] and details["widths"]["features.4"] == [64, 64]
     assert details["widths"]["classifier.1"] == [256, 128]
     assert details["ignored"] == ["features.0", "features.4"] and details["always_kept"] == ["classifier.4"]
     # One ranking across layers: half of all channels go, but not half of each layer's.
-    _, spread = prune_channels(model, SHAPE, channel_settings(PruneConfig(method="channel", ratio=0.5, allocation="global")))
+    _, spread = prune_channels(model, SHAPE, channel(ratio=0.5, allocation="global"))
     kept = [after / before for before, after in spread["widths"].values() if before != after]
     assert sum(b - a for b, a in spread["widths"].values()) == (32 + 64 + 256) // 2
     assert max(kept) - min(kept) > 0.05
@@ -312,7 +317,7 @@ def test_graphs_torch_pruning_misreads_fail_naming_the_layer(cls, words, suggest
 
 def test_unknown_ignore_pattern_is_an_error():
     with pytest.raises(PruneFailure, match="cover no Conv/Linear") as info:
-        prune_channels(fashion_cnn(), SHAPE, channel_settings(PruneConfig(method="channel", ratio=0.5, ignore=("featurez.*",))))
+        prune_channels(fashion_cnn(), SHAPE, channel(ratio=0.5, ignore=("featurez.*",)))
     assert info.value.got == ["featurez.*"]
 
 

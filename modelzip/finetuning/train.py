@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from modelzip.finetuning.distill import check_objective
 from modelzip.finetuning.loop import FitResult, Hooks, TrainSettings, fit
 from modelzip.finetuning.runtime import LocalRuntime, current_runtime
-from modelzip.sources.data import DataBundle
+
+if TYPE_CHECKING:  # pragma: no cover - a plain value object; its module reads recipe specs
+    from modelzip.sources.data import DataBundle
 
 
 class FinetuneFailure(Exception):
@@ -36,7 +38,8 @@ class Finetuned:
     result: FitResult
 
 
-def finetune(module: nn.Module, data: DataBundle, settings: TrainSettings, objective, hooks: Hooks | None = None,
+def finetune(module: nn.Module, data: DataBundle, settings: TrainSettings, objective,
+             hooks: Hooks | None = None,
              runtime: LocalRuntime | None = None) -> Finetuned:
     """Train a copy of ``module`` (never the module itself) on ``data.train``.
 

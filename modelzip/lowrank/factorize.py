@@ -43,7 +43,8 @@ class LayerRecord:
     def to_json(self) -> dict[str, Any]:
         """The report's per-layer entry (the keys a layer has, in a fixed order)."""
         if not self.decomposed:
-            return {"name": self.name, "kind": self.kind, "factorized": self.factorized, "reason": self.reason}
+            return {"name": self.name, "kind": self.kind, "factorized": self.factorized,
+                    "reason": self.reason}
         out = {"name": self.name, "kind": self.kind, "rank": self.rank, "full_rank": self.full_rank,
                "energy_kept": self.energy_kept, "params_before": self.params_before,
                "params_after": self.params_after, "macs_before": self.macs_before,

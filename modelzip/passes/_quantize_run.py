@@ -27,8 +27,9 @@ def run_quantize(artifact, config, ctx, *, pass_name: str):
             trained = _train(artifact, config, ctx, pass_name)
             artifact = artifact.evolve(module=trained.module)
         source, parity = _float_source(artifact, scratch, ctx, pass_name)
-        result = quantize_onnx(source, settings(config), data=ctx.data, input_shape=tuple(artifact.input_shape),
-                               timing=timing(ctx.recipe), work_dir=ctx.work_dir, scratch=scratch, seed=ctx.seed,
+        result = quantize_onnx(source, settings(config), data=ctx.data,
+                               input_shape=tuple(artifact.input_shape), timing=timing(ctx.recipe),
+                               work_dir=ctx.work_dir, scratch=scratch, seed=ctx.seed,
                                progress=Progress(log=ctx.log, track=ctx.track), trained=trained)
     except QuantizeFailure as failure:
         raise PassError(failure.what, pass_name=pass_name, step=ctx.step, **failure.fields()) from failure

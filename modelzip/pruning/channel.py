@@ -343,7 +343,8 @@ def _details(before: dict[str, int], original: nn.Module, result: Attempt, input
             else f"removed {1 - kept:.1%} of MACs")
     details = {
         "method": "channel", "effect": "removed", "importance": settings.importance,
-        "allocation": settings.allocation, "ratio": round(result.ratio, 4), "target_macs": settings.target_macs,
+        "allocation": settings.allocation, "ratio": round(result.ratio, 4),
+        "target_macs": settings.target_macs,
         "macs_kept": round(kept, 4), "steps": settings.steps, "round_to": settings.round_to,
         "ignored": ignored, "always_kept": protected,
         "unchanged": [n for n, (old, new) in widths.items() if old == new and n not in ignored + protected],

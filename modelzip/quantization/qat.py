@@ -42,8 +42,8 @@ class Trained:
     reduce_range_reason: str
 
 
-def train(module, data, settings, objective, *, exclude: tuple[str, ...] = (), reduce_range: bool | None = None,
-          hooks=None) -> Trained:
+def train(module, data, settings, objective, *, exclude: tuple[str, ...] = (),
+          reduce_range: bool | None = None, hooks=None) -> Trained:
     """Quantization-aware fine-tuning of a copy of ``module`` with ``settings`` (TrainSettings).
 
     Raises QuantizeFailure without training images, TeacherMismatch when a distillation's
@@ -83,7 +83,8 @@ def quantizer(settings, prepared: Path, input_name: str, calibration, trained: T
 
     chosen = static.StaticSettings("minmax", settings.percentile, False, True, trained.reduce_range)
     cache = calibration.cache
-    samples = static.calibrate(prepared, calibration.batches(), input_name, chosen, cache, calibration.scratch)
+    samples = static.calibrate(prepared, calibration.batches(), input_name, chosen, cache,
+                               calibration.scratch)
     module_map = load_module_map(calibration.work_dir)
     overrides, range_float, learned = learned_overrides(prepared, module_map, trained.ranges)
     described = {**chosen.describe(), "reduce_range_reason": trained.reduce_range_reason,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelzip.quantization import QuantizeFailure, prepare, qat
 from modelzip.quantization.layers import Layer, all_aliases, find_layers, load_module_map, match_exclude
@@ -17,16 +17,18 @@ from modelzip.quantization.layers import suggest_names
 from modelzip.quantization.quantizer import Quantizer
 from modelzip.quantization.rewrite import matmul_copy
 from modelzip.quantization.settings import Progress, QuantizeResult, QuantizeSettings, Timing
-from modelzip.sources.data import DataBundle
+
+if TYPE_CHECKING:  # pragma: no cover - a plain value object; its module reads recipe specs
+    from modelzip.sources.data import DataBundle
 
 __all__ = ["OUTPUT_FILE", "Quantizer", "quantize_onnx"]
 
 OUTPUT_FILE = "model.onnx"
 
 
-def quantize_onnx(source: Path, settings: QuantizeSettings, *, data: DataBundle, input_shape: tuple[int, ...],
-                  timing: Timing, work_dir: Path, scratch: Path, seed: int = 0, progress: Progress = Progress(),
-                  trained: qat.Trained | None = None) -> QuantizeResult:
+def quantize_onnx(source: Path, settings: QuantizeSettings, *, data: DataBundle,
+                  input_shape: tuple[int, ...], timing: Timing, work_dir: Path, scratch: Path, seed: int = 0,
+                  progress: Progress = Progress(), trained: qat.Trained | None = None) -> QuantizeResult:
     """Quantize the float ONNX ``source`` into ``work_dir``/model.onnx.
 
     ``scratch`` holds intermediate models (the caller deletes it). ``trained``: mode qat's
@@ -101,7 +103,8 @@ def _resolve_exclude(patterns: tuple[str, ...], aliases: dict[str, tuple[str, ..
         close = suggest_names(pattern, aliases)
         layers = sorted({names[-1] for names in aliases.values()})[:12]
         raise QuantizeFailure(f"exclude pattern {pattern!r} matches no layer or node", got=pattern,
-                              expected="a torch module name or ONNX node name glob, e.g. " + ", ".join(layers),
+                              expected="a torch module name or ONNX node name glob, e.g. "
+                              + ", ".join(layers),
                               fix=f"did you mean {' or '.join(map(repr, close))}?" if close
                               else "check the names above (globs like 'features.*' are allowed)")
     excluded: dict[str, str] = {}
@@ -140,7 +143,8 @@ def _static_quantizer(settings: QuantizeSettings, prepared: Path, input_name: st
     chosen = static.StaticSettings(settings.method, settings.percentile, settings.activations == "symmetric",
                                    settings.per_channel, reduce_range)
     cache = calibration.cache
-    samples = static.calibrate(prepared, calibration.batches(), input_name, chosen, cache, calibration.scratch)
+    samples = static.calibrate(prepared, calibration.batches(), input_name, chosen, cache,
+                               calibration.scratch)
     described_calibration = {"method": settings.method, "samples": samples,
                              "batch_size": settings.calibration_batch_size}
     if settings.method == "percentile":
@@ -178,7 +182,8 @@ def _accuracy_search(settings: QuantizeSettings, data: DataBundle, timing: Timin
     track = progress.track or (lambda total, description: contextlib.nullcontext(lambda n=1: None))
     with track(steps, "accuracy-aware quantization") as advance:
         return sensitivity.search(quantize, evaluate, candidates=candidates, float_accuracy=float_accuracy,
-                                  budget=settings.max_accuracy_drop, max_float_layers=settings.max_float_layers,
+                                  budget=settings.max_accuracy_drop,
+                                  max_float_layers=settings.max_float_layers,
                                   advance=advance)
 
 

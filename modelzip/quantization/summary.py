@@ -27,7 +27,8 @@ def _verdict(pair: dict[str, Any]) -> str:
     return latency_verdict(pair.get("ci_low", speedup), pair.get("ci_high", speedup))
 
 
-def record(*, chosen: QuantizeSettings, quantizer, preprocess: str, nodes: dict[str, Any], layers, labels: dict[str, str],
+def record(*, chosen: QuantizeSettings, quantizer, preprocess: str, nodes: dict[str, Any], layers,
+           labels: dict[str, str],
            excluded: dict[str, str], search, latency, agreement: dict[str, Any], float_bytes: int,
            quantized_bytes: int, returned_float: bool, batch_size: int) -> dict[str, Any]:
     """The step's report details (JSON-ready). ``labels``: node -> module (or node) name."""
