@@ -38,13 +38,20 @@ def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: Pat
 
 def check_onnx(path: Path, *, pass_name: str, step: int | None) -> None:
     """onnx.checker's full check (with shape inference); a failure is the pass's."""
+    problem = checker_problem(path)
+    if problem is not None:
+        raise PassError(f"the ONNX file fails onnx.checker: {problem}", pass_name=pass_name, step=step)
+
+
+def checker_problem(path: Path) -> str | None:
+    """What onnx.checker's full check (with shape inference) finds wrong, or None."""
     import onnx
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise PassError(f"the ONNX file fails onnx.checker: {_first_lines(exc)}",
-                        pass_name=pass_name, step=step) from exc
+        return _first_lines(exc)
+    return None
 
 
 def _strip_debug_metadata(path: Path) -> None:

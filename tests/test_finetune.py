@@ -15,7 +15,9 @@ from modelzip import load_recipe, run_recipe
 from modelzip.artifacts import Artifact
 from modelzip.errors import InputError, PassError, RecipeError
 from modelzip.evaluation.accuracy import torch_accuracy
-from modelzip.finetuning import Augment, NonFiniteLoss, TrainSettings, distillation_loss, fit, pass_run
+from modelzip.finetuning import Augment, NonFiniteLoss, TrainSettings, distillation_loss, fit
+from modelzip.finetuning import distill as distill_module
+from modelzip.finetuning import train as train_module
 from modelzip.finetuning import loop as loop_module
 from modelzip.finetuning.augment import auto_augment
 from modelzip.finetuning.checkpoint import CheckpointStore
@@ -172,13 +174,13 @@ def test_distillation_loss_matches_a_hand_computation():
 @pytest.fixture
 def seen_teachers(monkeypatch):
     seen = []
-    original = pass_run.Distillation
+    original = distill_module.Distillation
 
     def spy(teacher, **kwargs):
         seen.append(teacher)
         return original(teacher, **kwargs)
 
-    monkeypatch.setattr(pass_run, "Distillation", spy)
+    monkeypatch.setattr(distill_module, "Distillation", spy)
     return seen
 
 
@@ -231,7 +233,7 @@ def test_early_stopping_keeps_the_best_validation_epoch(harness, monkeypatch):
             {record["epoch"]: {k: v.clone() for k, v in model.state_dict().items()}})
         return real_fit(model, data, settings, objective, hooks, runtime)
 
-    monkeypatch.setattr(pass_run, "fit", fit_with_snapshots)
+    monkeypatch.setattr(train_module, "fit", fit_with_snapshots)
     produced, ctx = harness({"epochs": 6, "lr": 0.05, "patience": 2})
     assert ctx.details["epochs_run"] == 4 and ctx.details["stopped_early"]  # no gain in epochs 3, 4
     assert ctx.details["best_epoch"] == 2 and ctx.details["best_val_accuracy"] == 0.70

@@ -7,9 +7,9 @@ from torch import nn
 
 from modelzip import load_recipe, run_recipe
 from modelzip.errors import RecipeError
-from modelzip.lowrank.factorize import factorize_model
-from modelzip.lowrank.ranks import choose_rank
-from modelzip.passes.lowrank import LowRankConfig
+from modelzip.lowrank import factorize
+from modelzip.lowrank.ranks import choose_rank as choose_settings_rank
+from modelzip.passes.lowrank import LowRankConfig, lowrank_settings
 from modelzip.zoo import fashion_cnn, resnet20
 from tests.test_pipeline import TINY
 
@@ -17,6 +17,16 @@ from tests.test_pipeline import TINY
 def low_rank(shape: tuple[int, ...], rank: int, generator: torch.Generator) -> torch.Tensor:
     rows, cols = shape[0], int(torch.tensor(shape[1:]).prod())
     return (torch.randn(rows, rank, generator=generator) @ torch.randn(rank, cols, generator=generator)).reshape(shape)
+
+
+def choose_rank(s, config: LowRankConfig) -> int:
+    return choose_settings_rank(s, lowrank_settings(config))
+
+
+def factorize_model(model, config: LowRankConfig, input_shape):
+    """The machinery with the pass's settings; per-layer records as the report has them."""
+    module, records = factorize.factorize_model(model, lowrank_settings(config), input_shape)
+    return module, [record.to_json() for record in records]
 
 
 def test_choose_rank():

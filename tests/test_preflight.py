@@ -234,7 +234,7 @@ def test_cli_reports_user_mistakes_with_exit_2(tiny_recipe, tmp_path):
 
 
 def test_teacher_checkpoint_of_random_bytes(tmp_path):
-    from modelzip.finetuning.pass_run import _teacher
+    from modelzip.passes._training import _teacher
 
     (tmp_path / "teacher.pt").write_bytes(bytes(range(256)) * 4)
     ctx = SimpleNamespace(step=2, recipe=SimpleNamespace(resolve=lambda p: tmp_path / p),

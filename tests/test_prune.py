@@ -17,7 +17,7 @@ from modelzip.errors import PassError, RecipeError
 from modelzip.evaluation.onnx_stats import zip_bytes
 from modelzip.evaluation.torch_stats import torch_macs
 from modelzip.onnx_export import check_parity, export_onnx
-from modelzip.passes.prune import PruneConfig, PrunePass
+from modelzip.passes.prune import PruneConfig, PrunePass, channel_settings
 from modelzip.pipeline import RunOptions
 from modelzip.pruning import PruneFailure, check_reloadable
 from modelzip.pruning.channel import prune_channels
@@ -81,6 +81,11 @@ CASES = {
 }
 
 
+def channel(**params):
+    """``method: channel`` settings, as the prune pass maps them from its config."""
+    return channel_settings(PruneConfig(method="channel", **params))
+
+
 def _spec(name: str) -> ModelSpec:
     return ModelSpec(input_shape=SHAPE, **CASES[name][0])
 
@@ -100,7 +105,7 @@ def pruned(tmp_path_factory):
         torch.manual_seed(0)
         build = lambda name=name: build_model(_spec(name), root)  # noqa: E731
         original = build().eval()
-        module, details = prune_channels(original, SHAPE, PruneConfig(method="channel", **params))
+        module, details = prune_channels(original, SHAPE, channel(**params))
         check_reloadable(module, build)
         directory = root / name
         directory.mkdir()
@@ -189,24 +194,24 @@ def test_pruned_artifacts_reload_in_a_fresh_process(pruned):
 def test_iterative_steps_and_rounding():
     torch.manual_seed(0)
     model = fashion_cnn().eval()
-    _, one = prune_channels(model, SHAPE, PruneConfig(method="channel", ratio=0.5))
-    _, three = prune_channels(model, SHAPE, PruneConfig(method="channel", ratio=0.5, steps=3))
+    _, one = prune_channels(model, SHAPE, channel(ratio=0.5))
+    _, three = prune_channels(model, SHAPE, channel(ratio=0.5, steps=3))
     assert three["widths"] == one["widths"] == {"features.0": [32, 16], "features.4": [64, 32],
                                                  "classifier.1": [256, 128], "classifier.4": [10, 10]}
     # 40% of 32/64/256 leaves 19/38/153 channels; rounded down to multiples of 8.
-    _, rounded = prune_channels(model, SHAPE, PruneConfig(method="channel", ratio=0.4, round_to=8))
+    _, rounded = prune_channels(model, SHAPE, channel(ratio=0.4, round_to=8))
     assert [after for _, after in rounded["widths"].values()] == [16, 32, 152, 10]
 
 
 def test_ignore_and_global_allocation():
     torch.manual_seed(0)
     model = fashion_cnn().eval()
-    _, details = prune_channels(model, SHAPE, PruneConfig(method="channel", ratio=0.5, ignore=("features",)))
+    _, details = prune_channels(model, SHAPE, channel(ratio=0.5, ignore=("features",)))
     assert details["widths"]["features.0"] == [32, 32] and details["widths"]["features.4"] == [64, 64]
     assert details["widths"]["classifier.1"] == [256, 128]
     assert details["ignored"] == ["features.0", "features.4"] and details["always_kept"] == ["classifier.4"]
     # One ranking across layers: half of all channels go, but not half of each layer's.
-    _, spread = prune_channels(model, SHAPE, PruneConfig(method="channel", ratio=0.5, allocation="global"))
+    _, spread = prune_channels(model, SHAPE, channel(ratio=0.5, allocation="global"))
     kept = [after / before for before, after in spread["widths"].values() if before != after]
     assert sum(b - a for b, a in spread["widths"].values()) == (32 + 64 + 256) // 2
     assert max(kept) - min(kept) > 0.05
@@ -238,13 +243,13 @@ def test_taylor_and_random_importance_use_seeded_data():
     data = [(torch.randn(16, *SHAPE[1:], generator=generator),
              torch.randint(0, 4, (16,), generator=generator)) for _ in range(2)]
     config = PruneConfig(method="channel", ratio=0.5, importance="taylor", taylor_batches=2)
-    taylor, _ = prune_channels(model, SHAPE, config, batches=lambda: iter(data))
+    taylor, _ = prune_channels(model, SHAPE, channel_settings(config), batches=lambda: iter(data))
     assert all(p.grad is None for p in taylor.parameters())
     with pytest.raises(PruneFailure, match="taylor needs training batches"):
-        prune_channels(model, SHAPE, config, batches=lambda: iter([]))
+        prune_channels(model, SHAPE, channel_settings(config), batches=lambda: iter([]))
     random_config = PruneConfig(method="channel", ratio=0.5, importance="random")
-    first, _ = prune_channels(model, SHAPE, random_config, seed=3)
-    again, _ = prune_channels(model, SHAPE, random_config, seed=3)
+    first, _ = prune_channels(model, SHAPE, channel_settings(random_config), seed=3)
+    again, _ = prune_channels(model, SHAPE, channel_settings(random_config), seed=3)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
 
 
@@ -306,14 +311,14 @@ def test_graphs_torch_pruning_misreads_fail_naming_the_layer(cls, words, suggest
     # Ignoring the suggested layer gives a correct (if smaller) pruning, or nothing to prune.
     config = PruneConfig(method="channel", ratio=0.5, ignore=(suggested.strip("[]'"),))
     try:
-        module, _ = prune_channels(cls().eval(), SHAPE, config)
+        module, _ = prune_channels(cls().eval(), SHAPE, channel_settings(config))
     except PruneFailure as failure:
         assert "nothing was pruned" in failure.what
 
 
 def test_unknown_ignore_pattern_is_an_error():
     with pytest.raises(PruneFailure, match="cover no Conv/Linear") as info:
-        prune_channels(fashion_cnn(), SHAPE, PruneConfig(method="channel", ratio=0.5, ignore=("featurez.*",)))
+        prune_channels(fashion_cnn(), SHAPE, channel(ratio=0.5, ignore=("featurez.*",)))
     assert info.value.got == ["featurez.*"]
 
 

@@ -70,3 +70,9 @@ def auto_augment(dataset: str, normalize: tuple[tuple[float, ...], tuple[float, 
         return Augment(pad=pad, flip=flip)
     mean, std = normalize
     return Augment(pad=pad, flip=flip, fill=tuple(-m / s for m, s in zip(mean, std)))
+
+
+def choose_augment(choice: str, dataset: str,
+                   normalize: tuple[tuple[float, ...], tuple[float, ...]] | None) -> Augment:
+    """``augment: none`` or ``auto`` for ``dataset`` whose images are normalized by ``normalize``."""
+    return Augment() if choice == "none" else auto_augment(dataset, normalize)

@@ -89,3 +89,29 @@ def check_teacher_fits(teacher: nn.Module, student: nn.Module, sample: Tensor) -
     if shapes[0] != shapes[1]:
         return f"teacher logits {shapes[0]} vs student logits {shapes[1]}"
     return None
+
+
+class TeacherMismatch(ValueError):
+    """The teacher's logits do not line up with the student's (other classes, or it fails)."""
+
+    def __init__(self, mismatch: str) -> None:
+        self.mismatch = mismatch
+        super().__init__(f"the teacher's outputs do not match the student's: {mismatch}")
+
+
+def make_objective(teacher: nn.Module | None = None, *, alpha: float = 0.5, temperature: float = 4.0,
+                   label_smoothing: float = 0.0):
+    """Cross-entropy without a teacher, else distillation from ``teacher``."""
+    if teacher is None:
+        return CrossEntropy(label_smoothing)
+    return Distillation(teacher, alpha=alpha, temperature=temperature, label_smoothing=label_smoothing)
+
+
+def check_objective(objective, student: nn.Module, sample: Tensor) -> None:
+    """A distillation's teacher must give logits of the student's shape on ``sample``
+    (raises TeacherMismatch otherwise); cross-entropy has nothing to check."""
+    if not objective.distills:
+        return
+    mismatch = check_teacher_fits(objective.teacher, student, sample)
+    if mismatch is not None:
+        raise TeacherMismatch(mismatch)

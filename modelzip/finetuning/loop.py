@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,7 +30,9 @@ from modelzip.finetuning.distill import CrossEntropy
 from modelzip.finetuning.masks import ZeroMasks
 from modelzip.finetuning.optim import make_optimizer, make_schedule
 from modelzip.finetuning.runtime import LocalRuntime
-from modelzip.sources.data import DataBundle
+
+if TYPE_CHECKING:  # pragma: no cover - a plain value object; its module reads recipe specs
+    from modelzip.sources.data import DataBundle
 
 CHECK_EVERY = 16  # batches between NaN checks (each one is a device sync)
 _AUGMENT_STREAM = 1

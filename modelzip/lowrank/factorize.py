@@ -10,36 +10,71 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from modelzip.lowrank.ranks import choose_rank
+from modelzip.lowrank.ranks import LowRankSettings, choose_rank
 
 
-def factorize_model(model: nn.Module, config, input_shape: tuple[int, ...]) -> tuple[nn.Module, list[dict]]:
+@dataclass(frozen=True)
+class LayerRecord:
+    """What happened to one eligible layer. A layer that cannot be decomposed at all (a
+    grouped conv, say) has no rank, energy or costs."""
+
+    name: str
+    kind: str  # linear | conv | conv-channel | conv-spatial
+    factorized: bool
+    reason: str | None = None  # why not, when not factorized
+    rank: int | None = None
+    full_rank: int | None = None
+    energy_kept: float | None = None
+    params_before: int | None = None
+    params_after: int | None = None
+    macs_before: int | None = None
+    macs_after: int | None = None
+
+    @property
+    def decomposed(self) -> bool:
+        return self.rank is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The report's per-layer entry (the keys a layer has, in a fixed order)."""
+        if not self.decomposed:
+            return {"name": self.name, "kind": self.kind, "factorized": self.factorized,
+                    "reason": self.reason}
+        out = {"name": self.name, "kind": self.kind, "rank": self.rank, "full_rank": self.full_rank,
+               "energy_kept": self.energy_kept, "params_before": self.params_before,
+               "params_after": self.params_after, "macs_before": self.macs_before,
+               "macs_after": self.macs_after, "factorized": self.factorized}
+        return out if self.factorized else {**out, "reason": self.reason}
+
+
+def factorize_model(model: nn.Module, settings: LowRankSettings, input_shape: tuple[int, ...]
+                    ) -> tuple[nn.Module, list[LayerRecord]]:
     """A copy of ``model`` with every eligible layer factorized, and a per-layer record."""
     model = copy.deepcopy(model).eval()
     spatial = _output_sizes(model, input_shape)
     layers = []
     for name, module in list(model.named_modules()):
-        if not _eligible(name, module, config):
+        if not _eligible(name, module, settings):
             continue
-        record, replacement = _factorize_layer(module, config, spatial.get(name))
-        layers.append({"name": name, **record})
+        record, replacement = _factorize_layer(module, settings, spatial.get(name))
+        layers.append(LayerRecord(name=name, **record))
         if replacement is not None:
             parent_name, _, child = name.rpartition(".")
             (model.get_submodule(parent_name) if parent_name else model).add_module(child, replacement)
     return model, layers
 
 
-def _eligible(name: str, module: nn.Module, config) -> bool:
-    if any(fnmatch.fnmatchcase(name, pattern) for pattern in config.ignore):
+def _eligible(name: str, module: nn.Module, settings) -> bool:
+    if any(fnmatch.fnmatchcase(name, pattern) for pattern in settings.ignore):
         return False
     if isinstance(module, nn.Linear):
-        return config.linear
-    return isinstance(module, nn.Conv2d) and config.conv != "none"
+        return settings.linear
+    return isinstance(module, nn.Conv2d) and settings.conv != "none"
 
 
 def _output_sizes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
@@ -54,14 +89,14 @@ def _output_sizes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, t
     return sizes
 
 
-def _factorize_layer(module: nn.Module, config, sizes) -> tuple[dict[str, Any], nn.Module | None]:
+def _factorize_layer(module: nn.Module, settings, sizes) -> tuple[dict[str, Any], nn.Module | None]:
     if isinstance(module, nn.Linear):
-        return _linear(module, config)
+        return _linear(module, settings)
     if module.groups != 1:
         return {"kind": "conv", "factorized": False, "reason": "grouped/depthwise convolution"}, None
-    if config.conv == "spatial":
-        return _conv_spatial(module, config, sizes)
-    return _conv_channel(module, config, sizes)
+    if settings.conv == "spatial":
+        return _conv_spatial(module, settings, sizes)
+    return _conv_channel(module, settings, sizes)
 
 
 def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,9 +120,9 @@ def _record(kind: str, rank: int, full: int, s: torch.Tensor, before: tuple[int,
             **({} if cheaper else {"reason": f"factorized form at rank {rank} of {full} is not cheaper"})}
 
 
-def _linear(layer: nn.Linear, config) -> tuple[dict[str, Any], nn.Module | None]:
+def _linear(layer: nn.Linear, settings) -> tuple[dict[str, Any], nn.Module | None]:
     u, s, vh = _svd(layer.weight)
-    rank = choose_rank(s, config)
+    rank = choose_rank(s, settings)
     out_f, in_f = layer.weight.shape
     bias = layer.bias is not None
     before = (in_f * out_f, in_f * out_f + out_f * bias)
@@ -105,11 +140,11 @@ def _linear(layer: nn.Linear, config) -> tuple[dict[str, Any], nn.Module | None]
     return record, nn.Sequential(first, second)
 
 
-def _conv_channel(conv: nn.Conv2d, config, sizes) -> tuple[dict[str, Any], nn.Module | None]:
+def _conv_channel(conv: nn.Conv2d, settings, sizes) -> tuple[dict[str, Any], nn.Module | None]:
     """k x k conv (in -> out) ~ k x k conv (in -> r) then 1 x 1 conv (r -> out)."""
     out_c, in_c, kh, kw = conv.weight.shape
     u, s, vh = _svd(conv.weight.reshape(out_c, in_c * kh * kw))
-    rank = choose_rank(s, config)
+    rank = choose_rank(s, settings)
     pixels = math.prod(sizes[2:]) if sizes else 1
     bias = conv.bias is not None
     before = (out_c * in_c * kh * kw * pixels, out_c * in_c * kh * kw + out_c * bias)
@@ -130,7 +165,7 @@ def _conv_channel(conv: nn.Conv2d, config, sizes) -> tuple[dict[str, Any], nn.Mo
     return record, nn.Sequential(first, second)
 
 
-def _conv_spatial(conv: nn.Conv2d, config, sizes) -> tuple[dict[str, Any], nn.Module | None]:
+def _conv_spatial(conv: nn.Conv2d, settings, sizes) -> tuple[dict[str, Any], nn.Module | None]:
     """k x k conv ~ (k x 1 conv, in -> r) then (1 x k conv, r -> out), as in Jaderberg et al. 2014."""
     out_c, in_c, kh, kw = conv.weight.shape
     if kh == 1 or kw == 1 or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
@@ -139,7 +174,7 @@ def _conv_spatial(conv: nn.Conv2d, config, sizes) -> tuple[dict[str, Any], nn.Mo
     # W[o, i, y, x] as a matrix with rows (i, y) and columns (o, x).
     matrix = conv.weight.permute(1, 2, 0, 3).reshape(in_c * kh, out_c * kw)
     u, s, vh = _svd(matrix)
-    rank = choose_rank(s, config)
+    rank = choose_rank(s, settings)
     in_h, in_w, out_h, out_w = sizes if sizes else (1, 1, 1, 1)
     bias = conv.bias is not None
     before = (out_c * in_c * kh * kw * out_h * out_w, out_c * in_c * kh * kw + out_c * bias)

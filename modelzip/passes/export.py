@@ -37,7 +37,7 @@ class ExportPass(Pass):
     produces = "onnx"
 
     def run(self, artifact, config: ExportConfig, ctx):
-        from modelzip.onnx_export import check_onnx, check_parity, export_onnx
+        from modelzip.onnx_export import check_onnx
 
         if artifact.kind == "onnx":
             check_onnx(artifact.path, pass_name=self.name, step=ctx.step)
@@ -45,15 +45,22 @@ class ExportPass(Pass):
             return artifact
 
         path = ctx.work_dir / "model.onnx"
-        export_onnx(artifact.module, artifact.input_shape, path, opset=config.opset,
-                    exporter=config.exporter, dynamic_batch=config.dynamic_batch,
-                    pass_name=self.name, step=ctx.step)
-        sample = _parity_inputs(ctx, artifact.input_shape, config)
-        parity = check_parity(artifact.module, path, sample, atol=config.parity_atol,
-                              rtol=config.parity_rtol, pass_name=self.name, step=ctx.step)
+        parity = export_checked(artifact, path, config, ctx, pass_name=self.name)
         ctx.record(opset=config.opset, exporter=config.exporter, parity=parity,
                    summary=f"opset {config.opset}, parity max |diff| {parity['max_abs_diff']:.1e}")
         return artifact.evolve(kind="onnx", path=path, module=None)
+
+
+def export_checked(artifact, path, config: ExportConfig, ctx, *, pass_name: str) -> dict:
+    """Export ``artifact``'s module to ``path`` as ``config`` says, check it with onnx.checker and
+    by parity with torch on real images; the parity record. (Also quantize's export of a torch input.)"""
+    from modelzip.onnx_export import check_parity, export_onnx
+
+    export_onnx(artifact.module, artifact.input_shape, path, opset=config.opset, exporter=config.exporter,
+                dynamic_batch=config.dynamic_batch, pass_name=pass_name, step=ctx.step)
+    sample = _parity_inputs(ctx, artifact.input_shape, config)
+    return check_parity(artifact.module, path, sample, atol=config.parity_atol, rtol=config.parity_rtol,
+                        pass_name=pass_name, step=ctx.step)
 
 
 def _parity_inputs(ctx, input_shape, config: ExportConfig):

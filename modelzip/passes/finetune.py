@@ -9,43 +9,13 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from modelzip.plugin import Pass, PassConfig, PathText
-from modelzip.registry import suggest
+from modelzip.passes._distill import TEACHERS, DistillConfig, teacher_files
+from modelzip.plugin import Pass, PassConfig
+
+__all__ = ["DistillConfig", "FinetuneConfig", "FinetunePass", "TEACHERS", "teacher_files"]
 
 DEFAULT_EPOCHS = 2  # when neither epochs nor steps is given
 DEFAULT_LR = {"sgd": 0.01, "adamw": 0.001}  # peak lr when `lr` is not given
-TEACHERS = ("baseline", "input")
-
-
-class DistillConfig(PassConfig):
-    teacher: PathText = Field(
-        "baseline", min_length=1,
-        description='"baseline": the model as it entered the pipeline; "input": the model as it '
-                    "entered this pass; or a state_dict file of the recipe's model architecture "
-                    "(relative paths start at the recipe's directory)")
-    alpha: float = Field(
-        0.5, ge=0, le=1,
-        description="weight of the distillation term, alpha·T²·KL(teacher‖student); "
-                    "(1 - alpha) weighs cross-entropy on the labels")
-    temperature: float = Field(
-        4.0, gt=0, le=100, description="T: softens both distributions (1 = plain softmax)")
-
-    @field_validator("teacher")
-    @classmethod
-    def _teacher_form(cls, value: str) -> str:
-        # Anything path-like is a checkpoint; a bare word must be one of the keywords.
-        if value in TEACHERS or "/" in value or "." in value:
-            return value
-        hint = suggest(value, list(TEACHERS))
-        raise ValueError(f"unknown teacher {value!r}" + (f"; {hint}" if hint else "")
-                         + ' (expected "baseline", "input" or a path to a .pt state_dict)')
-
-
-def teacher_files(distill: DistillConfig | None) -> list[str]:
-    """The teacher checkpoint a distillation reads, if it is a file (for the cache key)."""
-    if distill is None or distill.teacher in TEACHERS:
-        return []
-    return [distill.teacher]
 
 
 class FinetuneConfig(PassConfig):
@@ -121,6 +91,6 @@ class FinetunePass(Pass):
         return teacher_files(config.distill)
 
     def run(self, artifact, config: FinetuneConfig, ctx):
-        from modelzip.finetuning.pass_run import run_finetune
+        from modelzip.passes._training import run_finetune
 
         return run_finetune(artifact, config, ctx, pass_name=self.name)

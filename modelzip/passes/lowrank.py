@@ -40,24 +40,34 @@ class LowRankPass(Pass):
     def run(self, artifact, config: LowRankConfig, ctx):
         from modelzip.lowrank.factorize import factorize_model
 
-        module, layers = factorize_model(artifact.module, config, artifact.input_shape)
+        module, records = factorize_model(artifact.module, lowrank_settings(config), artifact.input_shape)
+        layers = [record.to_json() for record in records]
         changed = [layer for layer in layers if layer["factorized"]]
         ctx.record(layers=layers, factorized=len(changed), summary=_summary(layers, changed))
-        ctx.record_table("per layer", LAYER_HEADER, [_layer_row(layer) for layer in layers])
+        ctx.record_table("per layer", LAYER_HEADER, [_layer_row(record) for record in records])
         return artifact.evolve(module=module)
+
+
+def lowrank_settings(config: LowRankConfig):
+    """The config as the machinery's settings (imports torch)."""
+    from modelzip.lowrank.ranks import LowRankSettings
+
+    return LowRankSettings(energy=config.energy, rank_ratio=config.rank_ratio, conv=config.conv,
+                           linear=config.linear, min_rank=config.min_rank, round_to=config.round_to,
+                           ignore=tuple(config.ignore))
 
 
 LAYER_HEADER = ["layer", "kind", "rank / full", "energy kept", "params before -> after",
                 "MACs before -> after", "factorized"]
 
 
-def _layer_row(layer: dict) -> list[str]:
-    if "rank" not in layer:  # not decomposable at all (a grouped conv, say)
-        return [layer["name"], layer["kind"], "", "", "", "", f"no: {layer['reason']}"]
-    return [layer["name"], layer["kind"], f"{layer['rank']} / {layer['full_rank']}", f"{layer['energy_kept']:.3f}",
-            f"{layer['params_before']:,} -> {layer['params_after']:,}",
-            f"{layer['macs_before']:,} -> {layer['macs_after']:,}",
-            "yes" if layer["factorized"] else f"no: {layer['reason']}"]
+def _layer_row(layer) -> list[str]:
+    if not layer.decomposed:  # not decomposable at all (a grouped conv, say)
+        return [layer.name, layer.kind, "", "", "", "", f"no: {layer.reason}"]
+    return [layer.name, layer.kind, f"{layer.rank} / {layer.full_rank}", f"{layer.energy_kept:.3f}",
+            f"{layer.params_before:,} -> {layer.params_after:,}",
+            f"{layer.macs_before:,} -> {layer.macs_after:,}",
+            "yes" if layer.factorized else f"no: {layer.reason}"]
 
 
 def _summary(layers: list[dict], changed: list[dict]) -> str:

@@ -115,7 +115,17 @@ class PrunePass(Pass):
         from modelzip.pruning.channel import prune_channels
 
         batches = lambda: ctx.data.batches("train", shuffle=True, seed=ctx.seed)  # noqa: E731
-        module, details = prune_channels(artifact.module, artifact.input_shape, config, batches=batches,
-                                         seed=ctx.seed, log=ctx.log)
+        module, details = prune_channels(artifact.module, artifact.input_shape, channel_settings(config),
+                                         batches=batches, seed=ctx.seed, log=ctx.log)
         check_reloadable(module, ctx.build_module)
         return module, details
+
+
+def channel_settings(config: PruneConfig):
+    """``method: channel``'s parameters as the machinery's settings (imports torch)."""
+    from modelzip.pruning.channel import ChannelSettings
+
+    return ChannelSettings(ratio=config.ratio, target_macs=config.target_macs, ignore=tuple(config.ignore),
+                           importance=config.importance, allocation=config.allocation,
+                           round_to=config.round_to, steps=config.steps,
+                           taylor_batches=config.taylor_batches)

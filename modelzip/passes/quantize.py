@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from modelzip.passes.finetune import DistillConfig, teacher_files
+from modelzip.passes._distill import DistillConfig, teacher_files
 from modelzip.plugin import GIVEN, Pass, PassConfig
 
 Mode = Literal["static", "dynamic", "weight_only", "qat"]
@@ -137,6 +137,6 @@ class QuantizePass(Pass):
         return teacher_files(config.distill)
 
     def run(self, artifact, config: QuantizeConfig, ctx):
-        from modelzip.quantization.run import run_quantize
+        from modelzip.passes._quantize_run import run_quantize
 
         return run_quantize(artifact, config, ctx, pass_name=self.name)

@@ -1,6 +1,7 @@
 """The heavy half of the ``prune`` pass: what both pruning methods share.
 
-``modelzip.passes.prune`` holds the config and stays light; it imports
+``modelzip.passes.prune`` holds the config and stays light; it maps the config to
+plain settings and imports
 :mod:`modelzip.pruning.magnitude` or :mod:`modelzip.pruning.channel` inside
 ``run``. Both return a new module and never touch the one they are given.
 

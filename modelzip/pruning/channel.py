@@ -25,7 +25,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,9 +34,6 @@ from modelzip.pruning import (PruneFailure, before_after, millions, model_stats,
                               prunable_layers, resolve_patterns)
 from modelzip.pruning.verify import TracedError, feeding_layers, first_divergence, masked_original, run_traced
 
-if TYPE_CHECKING:
-    from modelzip.passes.prune import PruneConfig
-
 # Modules whose changed shape modelzip.structure can rebuild on reload (exact types).
 REBUILDABLE = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 # Highest per-layer ratio target_macs searches: beyond it small layers would be
@@ -44,6 +41,20 @@ REBUILDABLE = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 MAX_SEARCH_RATIO = 0.9
 SEARCH_PROBES = 12
 CLOSE_ENOUGH = 0.01  # stop searching once within 1% (relative) below the MACs target
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    """What ``prune_channels`` does (the prune pass maps ``method: channel`` onto it)."""
+
+    ratio: float | None = None  # fraction of each layer's channels removed; or:
+    target_macs: float | None = None  # fraction of the input's MACs to keep (ratio searched)
+    ignore: tuple[str, ...] = ()  # globs on module names kept whole
+    importance: str = "l1"  # l1 | l2 | taylor | random
+    allocation: str = "uniform"  # uniform | global
+    round_to: int | None = None  # channel counts kept multiples of this
+    steps: int = 1  # pruning steps, re-ranking after each
+    taylor_batches: int = 4  # training batches for taylor's gradients
 
 
 @dataclass
@@ -57,10 +68,10 @@ class Attempt:
     macs: int | None = None
 
 
-def prune_channels(module: nn.Module, input_shape: tuple[int, ...], config: PruneConfig, *,
+def prune_channels(module: nn.Module, input_shape: tuple[int, ...], settings: ChannelSettings, *,
                    batches: Callable[[], Iterable] | None = None, seed: int = 0,
                    log: Callable[[str], None] = lambda message: None) -> tuple[nn.Module, dict[str, Any]]:
-    """A copy of ``module`` with channels removed per ``config``, and the facts for the report.
+    """A copy of ``module`` with channels removed per ``settings``, and the facts for the report.
 
     ``batches()`` yields (images, labels) training batches; only ``importance:
     taylor`` uses it. Raises :class:`PruneFailure` when no correct model results.
@@ -72,21 +83,21 @@ def prune_channels(module: nn.Module, input_shape: tuple[int, ...], config: Prun
     except TracedError as failed:
         raise PruneFailure(f"the model does not run on its example input {tuple(example.shape)}: "
                            f"{failed.cause}", fix="check model.input_shape in the recipe") from failed
-    ignored, protected = _ignored(original, config.ignore, order, expected)
-    taylor = _taylor_batches(batches, config.taylor_batches) if config.importance == "taylor" else None
+    ignored, protected = _ignored(original, settings.ignore, order, expected)
+    taylor = _taylor_batches(batches, settings.taylor_batches) if settings.importance == "taylor" else None
 
     def attempt(ratio: float) -> Attempt:
-        return _prune_at(original, example, ratio, config, ignored | protected, taylor, seed, log)
+        return _prune_at(original, example, ratio, settings, ignored | protected, taylor, seed, log)
 
     before = model_stats(original, input_shape)
-    if config.target_macs is None:
-        result = attempt(config.ratio)
+    if settings.target_macs is None:
+        result = attempt(settings.ratio)
     else:
-        ceiling = _max_ratio(original, ignored | protected, config)
-        result = _search(attempt, before["macs"], config.target_macs, ceiling, input_shape)
+        ceiling = _max_ratio(original, ignored | protected, settings)
+        result = _search(attempt, before["macs"], settings.target_macs, ceiling, input_shape)
     _verify(original, result, example, expected)
     result.module.train(module.training)
-    details = _details(before, original, result, input_shape, config, sorted(ignored), sorted(protected))
+    details = _details(before, original, result, input_shape, settings, sorted(ignored), sorted(protected))
     if "hint" in details:
         log(details["hint"])
     return result.module, details
@@ -132,7 +143,7 @@ def _importance(kind: str):
     return tp.importance.MagnitudeImportance(p=1 if kind == "l1" else 2)
 
 
-def _prune_at(original: nn.Module, example: torch.Tensor, ratio: float, config: PruneConfig,
+def _prune_at(original: nn.Module, example: torch.Tensor, ratio: float, settings: ChannelSettings,
               ignored: set[str], taylor: list | None, seed: int, log) -> Attempt:
     import torch_pruning as tp
 
@@ -142,16 +153,16 @@ def _prune_at(original: nn.Module, example: torch.Tensor, ratio: float, config: 
         torch.manual_seed(seed)  # random importance: the same channels for the same seed
         try:
             pruner = tp.pruner.MetaPruner(
-                model, example, importance=_importance(config.importance), pruning_ratio=ratio,
-                global_pruning=config.allocation == "global", iterative_steps=config.steps,
-                ignored_layers=[model.get_submodule(n) for n in sorted(ignored)], round_to=config.round_to)
+                model, example, importance=_importance(settings.importance), pruning_ratio=ratio,
+                global_pruning=settings.allocation == "global", iterative_steps=settings.steps,
+                ignored_layers=[model.get_submodule(n) for n in sorted(ignored)], round_to=settings.round_to)
         except Exception as exc:  # tracing raises whatever the model's ops raise
             cause = " ".join(str(exc).split()[:60])
             raise PruneFailure(f"Torch-Pruning cannot trace the model: {type(exc).__name__}: {cause}",
                                fix="add the layer or block named above to `ignore:`") from exc
         _refuse_unrebuildable(pruner, model, names)
         result = Attempt(ratio, model, pruner.DG)
-        for _ in range(config.steps):
+        for _ in range(settings.steps):
             if taylor is not None:
                 _accumulate_gradients(model, taylor)
             for group in pruner.step(interactive=True):
@@ -232,15 +243,15 @@ def _record(group, graph, names: dict[nn.Module, str]) -> tuple[str, list[tuple[
     return names.get(group[0].dep.target.module, "?"), operations
 
 
-def _max_ratio(original: nn.Module, kept_whole: set[str], config: PruneConfig) -> float:
+def _max_ratio(original: nn.Module, kept_whole: set[str], settings: ChannelSettings) -> float:
     """The highest uniform ratio that empties no layer once widths are rounded to ``round_to``.
 
     Beyond it Torch-Pruning leaves a layer it would empty untouched, so MACs jump
     back up and a bisection would be misled. Global allocation has no such bound.
     """
-    if config.allocation == "global":
+    if settings.allocation == "global":
         return MAX_SEARCH_RATIO
-    quantum = config.round_to or 1
+    quantum = settings.round_to or 1
     widths = [width for name, layer in prunable_layers(original).items()
               if name not in kept_whole and (width := _out_width(layer)) and width > quantum]
     # int(width * (1 - ratio)) must stay >= quantum; the 0.5 keeps float rounding off the edge.
@@ -319,7 +330,7 @@ def _forward_failure(pruned: nn.Module, example: torch.Tensor, expected: torch.S
 
 
 def _details(before: dict[str, int], original: nn.Module, result: Attempt, input_shape: tuple[int, ...],
-             config: PruneConfig, ignored: list[str], protected: list[str]) -> dict[str, Any]:
+             settings: ChannelSettings, ignored: list[str], protected: list[str]) -> dict[str, Any]:
     pruned = result.module
     widths = {name: [_out_width(layer), _out_width(pruned.get_submodule(name))]
               for name, layer in prunable_layers(original).items()}
@@ -328,18 +339,19 @@ def _details(before: dict[str, int], original: nn.Module, result: Attempt, input
                            got=f"ignore: {ignored}, always kept: {protected}", fix="ignore fewer layers")
     after = model_stats(pruned, input_shape)
     kept = after["macs"] / before["macs"]
-    head = (f"kept {kept:.1%} of MACs (target {config.target_macs:.0%})" if config.target_macs is not None
+    head = (f"kept {kept:.1%} of MACs (target {settings.target_macs:.0%})" if settings.target_macs is not None
             else f"removed {1 - kept:.1%} of MACs")
     details = {
-        "method": "channel", "effect": "removed", "importance": config.importance,
-        "allocation": config.allocation, "ratio": round(result.ratio, 4), "target_macs": config.target_macs,
-        "macs_kept": round(kept, 4), "steps": config.steps, "round_to": config.round_to,
+        "method": "channel", "effect": "removed", "importance": settings.importance,
+        "allocation": settings.allocation, "ratio": round(result.ratio, 4),
+        "target_macs": settings.target_macs,
+        "macs_kept": round(kept, 4), "steps": settings.steps, "round_to": settings.round_to,
         "ignored": ignored, "always_kept": protected,
         "unchanged": [n for n, (old, new) in widths.items() if old == new and n not in ignored + protected],
         "widths": widths, **before_after(before, after),
         "summary": (f"{head}: {millions(before['macs'])} -> {millions(after['macs'])}; "
                     f"widths {_transitions(widths)}")}
-    if config.round_to is None and any(new % 8 for old, new in widths.values() if old != new):
+    if settings.round_to is None and any(new % 8 for old, new in widths.values() if old != new):
         # Measured: fashion_cnn at 50% of the MACs with widths 22/45/181 ran no faster in
         # onnxruntime than the original; with widths in multiples of 16, 1.6x faster.
         details["hint"] = ("channel counts that are not multiples of 8 (AVX2) or 16 (AVX-512) are padded "

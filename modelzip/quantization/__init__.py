@@ -1,10 +1,27 @@
 """The machinery behind the `quantize` pass (imported only when the pass runs).
 
-- ``prepare``: the float ONNX to start from (exporting a torch input), ORT's pre-processing.
+- ``settings``: what the quantize pass asks for (frozen dataclasses; no recipe, no context).
+- ``prepare``: the float ONNX to start from (the pass exports a torch input), ORT's pre-processing.
 - ``layers``: which nodes are layers, their torch module names, what `exclude:` matches.
 - ``static`` / ``dynamic`` / ``weight_only``: one quantizer per mode, each a callable
   ``quantize(float_nodes, out_path)`` so the accuracy search can re-run it cheaply.
 - ``sensitivity``: the accuracy-aware search that keeps the most sensitive layers float.
 - ``inspect``: what runs quantized in a finished model (node counts, initializer types).
-- ``run``: the pass itself, tying these together, measuring latency and recording the report.
+- ``run``: ties these together, measures latency and returns the output file with the
+  report's details. Failures are ``QuantizeFailure``s; the pass turns them into PassErrors.
 """
+from __future__ import annotations
+
+from typing import Any
+
+
+class QuantizeFailure(Exception):
+    """Quantization cannot give a correct model; the quantize pass turns it into a PassError."""
+
+    def __init__(self, what: str, *, got: object = None, expected: object = None,
+                 fix: str | None = None) -> None:
+        self.what, self.got, self.expected, self.fix = what, got, expected, fix
+        super().__init__(what)
+
+    def fields(self) -> dict[str, Any]:
+        return {"got": self.got, "expected": self.expected, "fix": self.fix}

@@ -28,8 +28,9 @@ def reduce_range(explicit: bool | None, flags: list[str] | None = None) -> tuple
     return False, "no AVX2/AVX-512 int8 saturation on this CPU (e.g. ARM), so weights keep all 8 bits"
 
 
-def activations_reason(config) -> str:
-    if "activations" in config.model_fields_set:
+def activations_reason(given: bool) -> str:
+    """Why the activations are what they are; ``given``: the recipe set them."""
+    if given:
         return "set in the recipe"
     return ("uint8 with a zero point uses all 256 levels for non-negative (ReLU) activations, "
             "and x86 int8 kernels run uint8 activations x int8 weights (U8S8) natively")

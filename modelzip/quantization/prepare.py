@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from modelzip.errors import PassError
+from modelzip.quantization import QuantizeFailure
 
 FLOAT_FILE = "float.onnx"
 MODULE_MAP_FILE = "node_modules.json"  # written by modelzip.onnx_export beside each export
@@ -44,36 +44,29 @@ def quiet() -> Iterator[None]:
             ort_logger.setLevel(ort_level)
 
 
-def float_onnx(artifact, scratch: Path, work_dir: Path, *, pass_name: str, step: int) -> Path:
-    """The float ONNX this pass quantizes: ``artifact`` exported (torch) or copied (onnx),
-    in ``scratch``. The node -> torch module map (node_modules.json) is put in ``work_dir``
-    either way, so it keeps travelling with the artifact this pass produces.
+def float_onnx(source: Path, scratch: Path, work_dir: Path) -> Path:
+    """The float ONNX to quantize: ``source`` copied into ``scratch``, refused if it is already
+    quantized. The node -> torch module map beside it (node_modules.json, written by every
+    export) is put in ``work_dir``, so it keeps travelling with the artifact produced there.
     """
     path = scratch / FLOAT_FILE
-    if artifact.kind == "torch":
-        from modelzip.onnx_export import export_onnx
-
-        export_onnx(artifact.module, artifact.input_shape, path, opset=18, exporter="dynamo",
-                    dynamic_batch=True, pass_name=pass_name, step=step)
-    else:
-        shutil.copyfile(artifact.path, path)
-        refuse_quantized(path, pass_name=pass_name, step=step)
-    source_dir = path.parent if artifact.kind == "torch" else Path(artifact.path).parent
-    if (source_dir / MODULE_MAP_FILE).is_file():
-        shutil.copyfile(source_dir / MODULE_MAP_FILE, work_dir / MODULE_MAP_FILE)
+    shutil.copyfile(source, path)
+    refuse_quantized(path)
+    if (Path(source).parent / MODULE_MAP_FILE).is_file():
+        shutil.copyfile(Path(source).parent / MODULE_MAP_FILE, work_dir / MODULE_MAP_FILE)
     return path
 
 
-def refuse_quantized(path: Path, *, pass_name: str, step: int) -> None:
+def refuse_quantized(path: Path) -> None:
     """Quantizing twice compounds the error and ORT's tools mishandle existing Q/DQ nodes."""
     import onnx
 
     ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
     found = sorted(ops & QUANTIZED_MARKERS)
     if found:
-        raise PassError("the input ONNX model is already quantized", pass_name=pass_name, step=step,
-                        got=f"quantized ops {found}", expected="a float model",
-                        fix="quantize once: remove the earlier quantize pass (or this one)")
+        raise QuantizeFailure("the input ONNX model is already quantized", got=f"quantized ops {found}",
+                              expected="a float model",
+                              fix="quantize once: remove the earlier quantize pass (or this one)")
 
 
 def preprocess(source: Path, target: Path) -> str:

@@ -15,12 +15,12 @@ import copy
 import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from modelzip.errors import PassError
+from modelzip.quantization import QuantizeFailure
 from modelzip.quantization.layers import find_layers, load_module_map
 from modelzip.quantization.prepare import quiet
+from modelzip.quantization.quantizer import Quantizer
 
 SEED_OFFSET = 104_729  # QAT's own random stream (shuffles, dropout), apart from other passes
 OVERRIDDEN_OPS = ("Conv", "Gemm", "MatMul")  # ops whose input a QATLayer fake-quantized
@@ -42,75 +42,59 @@ class Trained:
     reduce_range_reason: str
 
 
-def train(artifact, config, ctx, *, pass_name: str) -> Trained:
-    """Quantization-aware fine-tuning of a copy of ``artifact.module``."""
-    from modelzip.finetuning.loop import Hooks, NonFiniteLoss, TrainSettings, fit
+def train(module, data, settings, objective, *, exclude: tuple[str, ...] = (),
+          reduce_range: bool | None = None, hooks=None) -> Trained:
+    """Quantization-aware fine-tuning of a copy of ``module`` with ``settings`` (TrainSettings).
+
+    Raises QuantizeFailure without training images, TeacherMismatch when a distillation's
+    teacher does not fit, NonFiniteLoss when the loss becomes NaN or infinite.
+    """
+    from modelzip.finetuning.distill import check_objective
+    from modelzip.finetuning.loop import fit
+    from modelzip.finetuning.train import first_images
     from modelzip.quantization import choice
     from modelzip.quantization.qat_modules import fake_quant_layers, insert_fake_quant, remove_fake_quant
 
-    _check_input(artifact, ctx, pass_name)
-    reduce_range, reason = choice.reduce_range(config.reduce_range)
+    if len(data.train) == 0:
+        raise QuantizeFailure("mode qat needs training images, but the training split is empty",
+                              fix="raise data.limit_train or use mode: static")
+    reduce_range, reason = choice.reduce_range(reduce_range)
     # The weight grid must be the one onnxruntime writes: [-127, 127], or [-64, 64] with reduce_range.
     weight_qmax = 64 if reduce_range else 127
-    excluded = lambda name: any(fnmatch.fnmatchcase(name, p) for p in config.exclude)  # noqa: E731
-    model = insert_fake_quant(copy.deepcopy(artifact.module), weight_qmax, excluded)
-    objective = _objective(artifact, model, config, ctx, pass_name)
-    settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-                             seed=ctx.seed + SEED_OFFSET, device=ctx.device)
-    try:
-        result = fit(model, ctx.data, settings, objective, Hooks(log=ctx.log, track=ctx.track))
-    except NonFiniteLoss as exc:
-        raise PassError(f"the QAT loss became {exc.value} at epoch {exc.epoch}, iteration {exc.iteration}",
-                        pass_name=pass_name, step=ctx.step, got=f"loss {exc.value} with lr {exc.lr:.3g}",
-                        expected="a finite loss", fix=f"lower lr (e.g. lr: {config.lr / 10:g})") from exc
+    excluded = lambda name: any(fnmatch.fnmatchcase(name, p) for p in exclude)  # noqa: E731
+    model = insert_fake_quant(copy.deepcopy(module), weight_qmax, excluded)
+    check_objective(objective, model, first_images(data))
+    result = fit(model, data, settings, objective, hooks)
     model = model.cpu().eval()
     ranges = {name: layer.input_quant.learned_range() for name, layer in fake_quant_layers(model).items()}
     return Trained(remove_fake_quant(model), {k: v for k, v in ranges.items() if v is not None}, result,
                    objective.distills, reduce_range, reason)
 
 
-def _check_input(artifact, ctx, pass_name: str) -> None:
-    if artifact.kind != "torch":
-        raise PassError("mode qat trains the torch model, but this step receives an ONNX model",
-                        pass_name=pass_name, step=ctx.step, got="an ONNX artifact",
-                        expected="a torch model (QAT fine-tunes it before export)",
-                        fix="put quantize: {mode: qat} before export (it exports by itself)")
-    if len(ctx.data.train) == 0:
-        raise PassError("mode qat needs training images, but the training split is empty",
-                        pass_name=pass_name, step=ctx.step, fix="raise data.limit_train or use mode: static")
-
-
-def _objective(artifact, student, config, ctx, pass_name: str):
-    """finetune's objective (cross-entropy, or distillation from the configured teacher)."""
-    from modelzip.finetuning.pass_run import build_objective
-
-    view = SimpleNamespace(distill=config.distill, label_smoothing=0.0)
-    return build_objective(artifact, student, view, ctx, pass_name)
-
-
 # --------------------------------------------------------------------------- int8 graph
 
 
-def quantizer(config, prepared: Path, input_name: str, ctx, scratch: Path, trained: Trained):
-    """A run.Quantizer: static QDQ with the learned ranges, calibration for the rest."""
-    from modelzip.quantization import static
-    from modelzip.quantization.run import Quantizer
+def quantizer(settings, prepared: Path, input_name: str, calibration, trained: Trained) -> Quantizer:
+    """A Quantizer: static QDQ with the learned ranges, calibration for the rest.
 
-    settings = static.StaticSettings("minmax", config.percentile, False, True, trained.reduce_range)
-    cache = ctx.work_dir / static.CALIBRATION_FILE
-    batches = static.calibration_batches(ctx.data, config.calibration_samples, config.calibration_batch_size,
-                                         ctx.seed)
-    samples = static.calibrate(prepared, batches, input_name, settings, cache, scratch)
-    module_map = load_module_map(ctx.work_dir)
+    ``settings``: QuantizeSettings; ``calibration``: run._Calibration (batches, cache, scratch).
+    """
+    from modelzip.quantization import static
+
+    chosen = static.StaticSettings("minmax", settings.percentile, False, True, trained.reduce_range)
+    cache = calibration.cache
+    samples = static.calibrate(prepared, calibration.batches(), input_name, chosen, cache,
+                               calibration.scratch)
+    module_map = load_module_map(calibration.work_dir)
     overrides, range_float, learned = learned_overrides(prepared, module_map, trained.ranges)
-    described = {**settings.describe(), "reduce_range_reason": trained.reduce_range_reason,
+    described = {**chosen.describe(), "reduce_range_reason": trained.reduce_range_reason,
                  "calibration": {"method": "minmax", "samples": samples,
-                                 "batch_size": config.calibration_batch_size,
+                                 "batch_size": settings.calibration_batch_size,
                                  "used_for": "tensors without a learned range"},
                  "learned_ranges": learned}
 
     def run(float_nodes, out: Path) -> Path:
-        return _quantize(prepared, out, cache, settings, {*float_nodes, *range_float}, overrides)
+        return _quantize(prepared, out, cache, chosen, {*float_nodes, *range_float}, overrides)
 
     return Quantizer(described, run, "int8")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelzip.evaluation.latency import FASTER, SLOWER, latency_verdict
+from modelzip.quantization.settings import QuantizeSettings
 
 _LAYER_KEYS = ("layers_quantized", "layers_float", "float_nodes")  # reported under "layers" instead
 
@@ -26,21 +27,22 @@ def _verdict(pair: dict[str, Any]) -> str:
     return latency_verdict(pair.get("ci_low", speedup), pair.get("ci_high", speedup))
 
 
-def record(*, config, quantizer, preprocess: str, nodes: dict[str, Any], layers, labels: dict[str, str],
+def record(*, chosen: QuantizeSettings, quantizer, preprocess: str, nodes: dict[str, Any], layers,
+           labels: dict[str, str],
            excluded: dict[str, str], search, latency, agreement: dict[str, Any], float_bytes: int,
            quantized_bytes: int, returned_float: bool, batch_size: int) -> dict[str, Any]:
-    """Everything ctx.record gets (JSON-ready). ``labels``: node -> module (or node) name."""
-    kept_float = _float_layers(layers, nodes, excluded, search, config.mode)
+    """The step's report details (JSON-ready). ``labels``: node -> module (or node) name."""
+    kept_float = _float_layers(layers, nodes, excluded, search, chosen.mode)
     float_nodes = set(nodes["float_nodes"])
     details: dict[str, Any] = {
-        "mode": config.mode,
+        "mode": chosen.mode,
         "settings": quantizer.settings,
         "preprocess": preprocess,
         "returned": "float (prefer: faster)" if returned_float else "quantized",
         "layers": {"total": len(layers), "quantized": nodes["layers_quantized"], "kept_float": kept_float},
         "nodes": {k: v for k, v in nodes.items() if k not in _LAYER_KEYS},
         "exclude": {pattern: sorted({labels.get(n, n) for n, p in excluded.items() if p == pattern})
-                    for pattern in config.exclude},
+                    for pattern in chosen.exclude},
         # e.g. a MaxPool between two int8 layers: Q/DQ surround it anyway, so ORT runs it in int8.
         "excluded_but_quantized": sorted({labels.get(n, n) for n in excluded if n not in float_nodes}),
         "agreement_with_float": agreement,
@@ -53,7 +55,7 @@ def record(*, config, quantizer, preprocess: str, nodes: dict[str, Any], layers,
                                                   "split": "validation"}
         if search.sensitivity:
             details["sensitivity"] = [row | {"layer": labels[row["layer"]]} for row in search.sensitivity]
-    details["summary"] = _summary(config, quantizer.label, details, search, returned_float, batch_size)
+    details["summary"] = _summary(chosen, quantizer.label, details, search, returned_float, batch_size)
     return details
 
 
@@ -75,7 +77,7 @@ def _float_layers(layers, nodes, excluded, search, mode: str) -> list[dict[str, 
     return rows
 
 
-def _summary(config, label: str, details: dict[str, Any], search, returned_float: bool,
+def _summary(chosen, label: str, details: dict[str, Any], search, returned_float: bool,
              batch_size: int) -> str:
     parts = []
     latency = details["latency"] or {}
@@ -87,7 +89,7 @@ def _summary(config, label: str, details: dict[str, Any], search, returned_float
         parts.insert(0, f"kept FLOAT model (prefer: faster; {label} slower at batch {batch_size})")
     layers = details["layers"]
     size = details["size"]
-    parts.append(f"{config.mode} {label}: {len(layers['quantized'])}/{layers['total']} layers quantized, "
+    parts.append(f"{chosen.mode} {label}: {len(layers['quantized'])}/{layers['total']} layers quantized, "
                  f"{_mb(size['float_bytes'])} -> {_mb(size['quantized_bytes'])} "
                  f"({size['ratio']:.1f}x smaller)")
     faster = [pair for pair in latency.values() if _verdict(pair) == FASTER]

@@ -1,19 +1,20 @@
-"""What the ``finetune`` pass does at run time: config + context -> the training loop.
+"""The finetune pass at run time: its config and context mapped onto modelzip.finetuning.
 
-Kept out of modelzip/passes/finetune.py so that module stays free of torch.
+Imports torch, so the pass modules import it inside ``run`` only. The teacher of a
+distillation (``baseline``, ``input`` or a checkpoint file) is resolved here, for the
+finetune pass and for quantize's qat mode alike; the machinery receives the module.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 from typing import Any
 
 from modelzip.errors import InputError, PassError
-from modelzip.finetuning.augment import Augment, auto_augment
+from modelzip.finetuning.augment import Augment, choose_augment
 from modelzip.finetuning.checkpoint import CheckpointStore
-from modelzip.finetuning.distill import CrossEntropy, Distillation, check_teacher_fits
-from modelzip.finetuning.loop import FitResult, Hooks, NonFiniteLoss, TrainSettings, fit
-from modelzip.finetuning.runtime import current_runtime
+from modelzip.finetuning.distill import TeacherMismatch, make_objective
+from modelzip.finetuning.loop import FitResult, Hooks, NonFiniteLoss, TrainSettings
+from modelzip.finetuning.train import FinetuneFailure, finetune
 from modelzip.sources.models import load_state, read_state_dict
 
 SEED_OFFSET = 7919  # fine-tuning's own random stream, apart from other passes seeded by ctx.seed
@@ -21,13 +22,8 @@ SEED_OFFSET = 7919  # fine-tuning's own random stream, apart from other passes s
 
 def run_finetune(artifact, config, ctx, *, pass_name: str):
     data = ctx.data
-    if len(data.train) == 0:
-        raise PassError("the training split is empty", pass_name=pass_name, step=ctx.step,
-                        got=f"{len(data.train)} training images", expected="at least one batch",
-                        fix="raise data.limit_train or lower data.val_samples")
-    model = copy.deepcopy(artifact.module)  # never train the input artifact's module
-    objective = build_objective(artifact, model, config, ctx, pass_name)
-    augment = _augment(config, ctx.recipe.data)
+    objective = objective_for(config.distill, config.label_smoothing, artifact, ctx, pass_name)
+    augment = augment_for(config.augment, ctx.recipe.data)
     settings = TrainSettings(
         epochs=config.epochs, steps=config.steps, optimizer=config.optimizer, lr=config.lr,
         weight_decay=config.weight_decay, momentum=config.momentum, schedule=config.schedule,
@@ -36,15 +32,21 @@ def run_finetune(artifact, config, ctx, *, pass_name: str):
     store = None
     if ctx.resume_dir is not None:
         store = CheckpointStore(ctx.resume_dir, fingerprint=_fingerprint(artifact, config, ctx))
-    if config.patience is not None and not len(data.validation):
+    if config.patience is not None and len(data.train) and not len(data.validation):
         ctx.log("patience is set but the validation split is empty (data.val_samples): no early stopping")
     try:
-        result = fit(model, data, settings, objective, Hooks(log=ctx.log, track=ctx.track, checkpoints=store),
-                     runtime=current_runtime())
+        trained = finetune(artifact.module, data, settings, objective,
+                           Hooks(log=ctx.log, track=ctx.track, checkpoints=store))
+    except FinetuneFailure as failure:
+        raise PassError(failure.what, pass_name=pass_name, step=ctx.step, got=failure.got,
+                        expected=failure.expected,
+                        fix="raise data.limit_train or lower data.val_samples") from failure
+    except TeacherMismatch as exc:
+        raise teacher_mismatch_error(exc, ctx, pass_name) from exc
     except NonFiniteLoss as exc:
         raise _non_finite_error(exc, config, ctx, pass_name) from exc
-    _record(ctx, config, settings, result, augment, objective)
-    return artifact.evolve(module=model.cpu().eval())
+    _record(ctx, config, settings, trained.result, augment, objective)
+    return artifact.evolve(module=trained.module)
 
 
 def _non_finite_error(exc: NonFiniteLoss, config, ctx, pass_name: str) -> PassError:
@@ -59,19 +61,19 @@ def _non_finite_error(exc: NonFiniteLoss, config, ctx, pass_name: str) -> PassEr
 # --------------------------------------------------------------------------- objective and teacher
 
 
-def build_objective(artifact, student, config, ctx, pass_name: str):
-    """Cross-entropy, or distillation when ``config.distill`` is set (also used by quantize's qat)."""
-    if config.distill is None:
-        return CrossEntropy(config.label_smoothing)
-    teacher = _teacher(config.distill.teacher, artifact, ctx, pass_name)
-    sample = next(iter(ctx.data.batches("train", 2)))[0]
-    mismatch = check_teacher_fits(teacher, student, sample)
-    if mismatch is not None:
-        raise PassError("the teacher's outputs do not match the student's", pass_name=pass_name,
-                        step=ctx.step, got=mismatch, expected="logits over the same classes",
-                        fix="distill from a teacher trained on the same labels (e.g. teacher: baseline)")
-    return Distillation(teacher, alpha=config.distill.alpha, temperature=config.distill.temperature,
-                        label_smoothing=config.label_smoothing)
+def objective_for(distill, label_smoothing: float, artifact, ctx, pass_name: str):
+    """Cross-entropy, or distillation when ``distill`` (a DistillConfig) is set (also quantize's qat)."""
+    if distill is None:
+        return make_objective(label_smoothing=label_smoothing)
+    teacher = _teacher(distill.teacher, artifact, ctx, pass_name)
+    return make_objective(teacher, alpha=distill.alpha, temperature=distill.temperature,
+                          label_smoothing=label_smoothing)
+
+
+def teacher_mismatch_error(exc: TeacherMismatch, ctx, pass_name: str) -> PassError:
+    return PassError("the teacher's outputs do not match the student's", pass_name=pass_name,
+                     step=ctx.step, got=exc.mismatch, expected="logits over the same classes",
+                     fix="distill from a teacher trained on the same labels (e.g. teacher: baseline)")
 
 
 def _teacher(teacher: str, artifact, ctx, pass_name: str):
@@ -93,16 +95,15 @@ def _teacher(teacher: str, artifact, ctx, pass_name: str):
     return module.eval()
 
 
-def _augment(config, data_spec) -> Augment:
-    if config.augment == "none":
-        return Augment()
+def augment_for(choice: str, data_spec) -> Augment:
+    """``augment:`` for the recipe's dataset, padding with its normalized black."""
     from modelzip.sources.data import DEFAULT_NORMALIZE
 
     if data_spec.normalize is not None:
         normalize = (data_spec.normalize.mean, data_spec.normalize.std)
     else:
         normalize = DEFAULT_NORMALIZE.get(data_spec.dataset)
-    return auto_augment(data_spec.dataset, normalize)
+    return choose_augment(choice, data_spec.dataset, normalize)
 
 
 def _fingerprint(artifact, config, ctx) -> str:

@@ -1,0 +1,91 @@
+"""The quantize pass at run time: its config and context mapped onto modelzip.quantization.
+
+Imports torch and onnxruntime, so modelzip/passes/quantize.py imports it inside ``run`` only.
+A torch input is exported by the export pass's own export and parity check (its defaults:
+dynamo, opset 18, dynamic batch); mode qat trains first, through the shared training loop.
+"""
+from __future__ import annotations
+
+import shutil
+
+from modelzip.errors import PassError
+from modelzip.finetuning.distill import TeacherMismatch
+from modelzip.finetuning.loop import Hooks, NonFiniteLoss, TrainSettings
+from modelzip.passes._training import objective_for, teacher_mismatch_error
+from modelzip.passes.export import ExportConfig, export_checked
+from modelzip.quantization import QuantizeFailure, qat
+from modelzip.quantization.run import quantize_onnx
+from modelzip.quantization.settings import Progress, QuantizeSettings, Timing
+
+
+def run_quantize(artifact, config, ctx, *, pass_name: str):
+    scratch = ctx.work_dir / "scratch"
+    scratch.mkdir(exist_ok=True)
+    try:
+        trained = None
+        if config.mode == "qat":  # train first; the trained float model is what gets exported
+            trained = _train(artifact, config, ctx, pass_name)
+            artifact = artifact.evolve(module=trained.module)
+        source, parity = _float_source(artifact, scratch, ctx, pass_name)
+        result = quantize_onnx(source, settings(config), data=ctx.data,
+                               input_shape=tuple(artifact.input_shape), timing=timing(ctx.recipe),
+                               work_dir=ctx.work_dir, scratch=scratch, seed=ctx.seed,
+                               progress=Progress(log=ctx.log, track=ctx.track), trained=trained)
+    except QuantizeFailure as failure:
+        raise PassError(failure.what, pass_name=pass_name, step=ctx.step, **failure.fields()) from failure
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # intermediate models: not part of the cache entry
+    ctx.record(**result.details)
+    if parity is not None:
+        ctx.record(export_parity=parity)
+    return artifact.evolve(kind="onnx", path=result.path, module=None)
+
+
+def settings(config) -> QuantizeSettings:
+    return QuantizeSettings(
+        mode=config.mode, exclude=tuple(config.exclude), calibration_samples=config.calibration_samples,
+        calibration_batch_size=config.calibration_batch_size, method=config.method,
+        percentile=config.percentile, activations=config.activations,
+        activations_given="activations" in config.model_fields_set, per_channel=config.per_channel,
+        reduce_range=config.reduce_range, bits=config.bits, block_size=config.block_size,
+        compute=config.compute, max_accuracy_drop=config.max_accuracy_drop,
+        max_float_layers=config.max_float_layers, prefer=config.prefer)
+
+
+def timing(recipe) -> Timing:
+    evaluation = recipe.evaluation
+    return Timing(latency=evaluation.latency, batch_size=recipe.data.batch_size, threads=evaluation.threads,
+                  warmup=evaluation.warmup, repeats=evaluation.repeats)
+
+
+def _float_source(artifact, scratch, ctx, pass_name: str):
+    """(the float ONNX to quantize, the export's parity record or None for an ONNX input)."""
+    if artifact.kind == "onnx":
+        return artifact.path, None
+    directory = scratch / "export"  # the export writes node_modules.json beside the file
+    directory.mkdir()
+    path = directory / "model.onnx"
+    parity = export_checked(artifact, path, ExportConfig(), ctx, pass_name=pass_name)
+    return path, parity
+
+
+def _train(artifact, config, ctx, pass_name: str) -> qat.Trained:
+    """Quantization-aware fine-tuning of the torch input (qat mode)."""
+    if artifact.kind != "torch":
+        raise PassError("mode qat trains the torch model, but this step receives an ONNX model",
+                        pass_name=pass_name, step=ctx.step, got="an ONNX artifact",
+                        expected="a torch model (QAT fine-tunes it before export)",
+                        fix="put quantize: {mode: qat} before export (it exports by itself)")
+    data = ctx.data
+    objective = objective_for(config.distill, 0.0, artifact, ctx, pass_name)
+    settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                             seed=ctx.seed + qat.SEED_OFFSET, device=ctx.device)
+    try:
+        return qat.train(artifact.module, data, settings, objective, exclude=tuple(config.exclude),
+                         reduce_range=config.reduce_range, hooks=Hooks(log=ctx.log, track=ctx.track))
+    except TeacherMismatch as exc:
+        raise teacher_mismatch_error(exc, ctx, pass_name) from exc
+    except NonFiniteLoss as exc:
+        raise PassError(f"the QAT loss became {exc.value} at epoch {exc.epoch}, iteration {exc.iteration}",
+                        pass_name=pass_name, step=ctx.step, got=f"loss {exc.value} with lr {exc.lr:.3g}",
+                        expected="a finite loss", fix=f"lower lr (e.g. lr: {config.lr / 10:g})") from exc
