@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DATASET ?= fashion-mnist
 
-.PHONY: demo test install data bench fuzz clean
+.PHONY: demo test lint install data bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ checkpoints/fashion_cnn.pt: | install data
 demo: install data checkpoints/fashion_cnn.pt
 	$(BIN)/modelzip run recipes/quickstart.yaml
 
-test: install data
+test: install data lint
 	$(BIN)/python -m pytest -q
+
+# Style (ruff) and the architecture's import layers (import-linter, contracts in pyproject.toml).
+lint: install
+	$(BIN)/ruff check modelzip tests scripts
+	$(BIN)/lint-imports --no-cache
 
 # Figures in BENCHMARKS.md and bench.json; `make bench BENCH_ARGS=--quick` for a short run.
 bench: install data

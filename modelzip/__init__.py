@@ -7,8 +7,15 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from modelzip.errors import (GateFailure, InputError, ModelzipError, PassError, PluginError, RecipeError,
-                             UnknownPassError)
+from modelzip.errors import (
+    GateFailure,
+    InputError,
+    ModelzipError,
+    PassError,
+    PluginError,
+    RecipeError,
+    UnknownPassError,
+)
 from modelzip.plugin import Pass, PassConfig
 
 try:

@@ -8,7 +8,7 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,7 +29,7 @@ app = typer.Typer(
 _state = {"debug": False}
 
 RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file", show_default=False)]
-SetOpt = Annotated[Optional[list[str]], typer.Option(
+SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="override a recipe key, e.g. --set passes.0.export.opset=18 (repeatable)")]
 
 
@@ -79,15 +79,15 @@ def _fail(exc: BaseException) -> typer.Exit:
         code = exc.exit_code if isinstance(exc, ModelzipError) else EXIT_RUN_FAILED
     try:
         _print_failure(exc)
-    except BaseException:  # noqa: BLE001 - the error printer must not become the error
+    except BaseException:
         try:
             text = exc.format() if isinstance(exc, ModelzipError) else f"{type(exc).__name__}: {exc}"
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             text = type(exc).__name__
         try:
             encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
             sys.stderr.write(f"error: {text}\n".encode(encoding, "backslashreplace").decode(encoding))
-        except BaseException:  # noqa: BLE001 - nowhere left to write
+        except BaseException:
             pass
     return typer.Exit(code)
 
@@ -115,7 +115,7 @@ def _print_failure(exc: BaseException) -> None:
 @app.command()
 def run(
     recipe: RecipeArg,
-    out: Annotated[Optional[Path], typer.Option(help="output directory (default: recipe's `output`)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output directory (default: recipe's `output`)")] = None,
     set_: SetOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="rerun every step")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
@@ -139,7 +139,7 @@ def run(
             raise GateFailure(result.failed_gates)
     except (typer.Exit, typer.BadParameter):
         raise
-    except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
+    except BaseException as exc:
         raise _fail(exc) from None
 
 
@@ -201,7 +201,7 @@ def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
         from modelzip.recipe import load_recipe
 
         parsed = load_recipe(recipe, set_ or ())
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         raise _fail(exc) from None
     chain = " -> ".join(step.name for step in parsed.passes) or "(no passes)"
     typer.echo(f"{recipe}: valid ({len(parsed.passes)} passes: {chain})")
@@ -237,7 +237,7 @@ def explain(name: Annotated[str, typer.Argument(help="pass name, e.g. export")])
 
     try:
         cls = default_registry().get(name)  # an unknown name: UnknownPassError with a did-you-mean
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         raise _fail(exc) from None
     console = _out_console()
     console.print(Text.assemble((name, "bold"), f" (takes {'/'.join(cls.consumes)}): {cls.summary}"))
@@ -260,7 +260,7 @@ def schema() -> None:
 
     try:
         typer.echo(json.dumps(recipe_json_schema(), indent=2))
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         raise _fail(exc) from None
 
 

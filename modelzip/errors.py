@@ -22,7 +22,7 @@ def clip_repr(value: object, limit: int = SHOW_CHARS) -> str:
     the terminal. Quoted and escaped, so control characters in it are shown, not acted on."""
     try:
         text = repr(value)
-    except Exception:  # noqa: BLE001 - a message must not fail on an odd value
+    except Exception:
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -9,8 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, SerializerFunctionWrapHandler, TypeAdapter,
-                      ValidationError, model_serializer, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -64,8 +72,9 @@ class PassConfig(BaseModel):
 
     ``applies_to`` says which parameters belong to which choice, e.g.
     ``{"sparsity": {"method": ("magnitude",)}}``: `sparsity` means something only when
-    `method` is magnitude (``GIVEN`` instead of a tuple: only when that key is not null). One rule: a parameter written in the recipe (pydantic's
-    ``model_fields_set``) under a choice it does not apply to is an error, whatever its value.
+    `method` is magnitude (``GIVEN`` instead of a tuple: only when that key is not null).
+    One rule: a parameter written in the recipe (pydantic's ``model_fields_set``) under a
+    choice it does not apply to is an error, whatever its value.
     Dumps leave such parameters out, so a dumped config (recipe.resolved.yaml) loads back.
     """
 

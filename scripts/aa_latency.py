@@ -54,8 +54,8 @@ def make_copies(directory: Path) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from modelzip.evaluation.runtime import default_threads
     from modelzip.evaluation.latency import SAME_MODEL, WITHIN_NOISE, compare_latency, same_file
+    from modelzip.evaluation.runtime import default_threads
 
     args = parse_args(argv)
     threads = args.threads or default_threads()

@@ -111,8 +111,14 @@ def references(fp32_onnx: Path, calibration_images: int = 512) -> dict[str, Path
     """What a user builds by hand: ORT quantize_static (QDQ, per-channel, S8S8, MinMax, 512
     calibration images: what Olive's OnnxStaticQuantization runs) and quantize_dynamic."""
     import numpy as np
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from modelzip.recipe import DataSpec

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.test_run_folder import command, kill_and_rerun, prepare  # noqa: E402
+from tests.test_run_folder import command, kill_and_rerun, prepare
 
 
 def main() -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from modelzip.registry import PassRegistry
-from modelzip.testing import check_pass_contract, make_context, tiny_artifact
+from modelzip.testing import check_pass_contract, make_context
 
 REGISTRY = PassRegistry.from_entry_points()
 

@@ -17,8 +17,8 @@ from modelzip.errors import InputError, PassError, RecipeError
 from modelzip.evaluation.accuracy import torch_accuracy
 from modelzip.finetuning import Augment, NonFiniteLoss, TrainSettings, distillation_loss, fit
 from modelzip.finetuning import distill as distill_module
-from modelzip.finetuning import train as train_module
 from modelzip.finetuning import loop as loop_module
+from modelzip.finetuning import train as train_module
 from modelzip.finetuning.augment import auto_augment
 from modelzip.finetuning.checkpoint import CheckpointStore
 from modelzip.finetuning.optim import LrShape, warmup_steps

@@ -11,9 +11,18 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from modelzip.evaluation import latency, runtime
-from modelzip.evaluation.latency import (EQUIVALENCE_MARGIN, FASTER, SAME_MODEL, SLOWER, WITHIN_NOISE, compare_latency,
-                              compare_times, latency_verdict, same_file)
+from modelzip.evaluation import runtime
+from modelzip.evaluation.latency import (
+    EQUIVALENCE_MARGIN,
+    FASTER,
+    SAME_MODEL,
+    SLOWER,
+    WITHIN_NOISE,
+    compare_latency,
+    compare_times,
+    latency_verdict,
+    same_file,
+)
 
 MS = 1_000_000  # ns
 

@@ -415,8 +415,10 @@ def test_config_mistakes_are_recipe_errors_with_key_paths(recipe_file):
     assert "less than 1" in found["passes[1].prune.sparsity"].message
     assert "needs `sparsity`" in found["passes[2].prune.sparsity"].message
     assert "needs `ratio`" in found["passes[3].prune"].message
-    assert "`ratio` applies only to method: channel, not method: magnitude; remove it" in found["passes[4].prune.ratio"].message
-    assert "applies only to method: channel and importance: taylor, not importance: l1" in found["passes[5].prune.taylor_batches"].message
+    assert ("`ratio` applies only to method: channel, not method: magnitude; remove it"
+            in found["passes[4].prune.ratio"].message)
+    assert ("applies only to method: channel and importance: taylor, not importance: l1"
+            in found["passes[5].prune.taylor_batches"].message)
     assert all(p.line is not None for p in info.value.problems)
 
 

@@ -314,7 +314,8 @@ def test_config_mistakes_are_reported_with_key_paths(tmp_path, registry):
     with pytest.raises(RecipeError) as info:
         load_recipe(path, registry=registry)
     problems = {p.path: p for p in info.value.problems}
-    assert "`bits` applies only to mode: weight_only, not mode: static; remove it" in problems["passes[0].quantize.bits"].message
+    assert ("`bits` applies only to mode: weight_only, not mode: static; remove it"
+            in problems["passes[0].quantize.bits"].message)
     assert problems["passes[0].quantize.bits"].line == text.splitlines().index("      bits: 4") + 1
     assert "method: percentile" in problems["passes[0].quantize.percentile"].message
     assert "applies only to mode: weight_only" in problems["passes[0].quantize.block_size"].message

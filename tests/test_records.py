@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from modelzip.evaluation.latency import FASTER, SAME_MODEL
-from modelzip.evaluation.records import (GateResult, LatencyPair, LatencyResult, Metrics, Ratios, StepRecord,
-                                         Timing)
+from modelzip.evaluation.records import GateResult, LatencyPair, LatencyResult, Metrics, Ratios, StepRecord, Timing
 
 GOLDEN = Path(__file__).parent / "golden" / "report_tiny.json"
 

@@ -6,10 +6,9 @@ model with it. Plain inputs only (settings, data, objective, hooks): no recipe, 
 context; the passes map their configs onto these.
 """
 from modelzip.finetuning.augment import Augment, auto_augment, choose_augment
-from modelzip.finetuning.distill import (CrossEntropy, Distillation, TeacherMismatch, distillation_loss,
-                                         make_objective)
+from modelzip.finetuning.distill import CrossEntropy, Distillation, TeacherMismatch, distillation_loss, make_objective
 from modelzip.finetuning.loop import FitResult, Hooks, NonFiniteLoss, TrainSettings, fit
-from modelzip.finetuning.train import FinetuneFailure, Finetuned, finetune
+from modelzip.finetuning.train import Finetuned, FinetuneFailure, finetune
 
 __all__ = ["Augment", "CrossEntropy", "Distillation", "FinetuneFailure", "Finetuned", "FitResult", "Hooks",
            "NonFiniteLoss", "TeacherMismatch", "TrainSettings", "auto_augment", "choose_augment",

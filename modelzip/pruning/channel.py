@@ -30,8 +30,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelzip.pruning import (PruneFailure, before_after, millions, model_stats, percent,
-                              prunable_layers, resolve_patterns)
+from modelzip.pruning import (
+    PruneFailure,
+    before_after,
+    millions,
+    model_stats,
+    percent,
+    prunable_layers,
+    resolve_patterns,
+)
 from modelzip.pruning.verify import TracedError, feeding_layers, first_divergence, masked_original, run_traced
 
 # Modules whose changed shape modelzip.structure can rebuild on reload (exact types).

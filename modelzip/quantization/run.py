@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelzip.quantization import QuantizeFailure, prepare, qat
-from modelzip.quantization.layers import Layer, all_aliases, find_layers, load_module_map, match_exclude
-from modelzip.quantization.layers import suggest_names
+from modelzip.quantization.layers import Layer, all_aliases, find_layers, load_module_map, match_exclude, suggest_names
 from modelzip.quantization.quantizer import Quantizer
 from modelzip.quantization.rewrite import matmul_copy
 from modelzip.quantization.settings import Progress, QuantizeResult, QuantizeSettings, Timing
@@ -28,7 +27,7 @@ OUTPUT_FILE = "model.onnx"
 
 def quantize_onnx(source: Path, settings: QuantizeSettings, *, data: DataBundle,
                   input_shape: tuple[int, ...], timing: Timing, work_dir: Path, scratch: Path, seed: int = 0,
-                  progress: Progress = Progress(), trained: qat.Trained | None = None) -> QuantizeResult:
+                  progress: Progress | None = None, trained: qat.Trained | None = None) -> QuantizeResult:
     """Quantize the float ONNX ``source`` into ``work_dir``/model.onnx.
 
     ``scratch`` holds intermediate models (the caller deletes it). ``trained``: mode qat's
@@ -37,8 +36,9 @@ def quantize_onnx(source: Path, settings: QuantizeSettings, *, data: DataBundle,
     """
     import onnx
 
-    from modelzip.quantization import inspect, summary
+    from modelzip.quantization import summary, what_runs
 
+    progress = progress or Progress()
     float_path = prepare.float_onnx(source, scratch, work_dir)
     prepared = scratch / "prepared.onnx"
     preprocess_note = prepare.preprocess(float_path, prepared)
@@ -67,7 +67,7 @@ def quantize_onnx(source: Path, settings: QuantizeSettings, *, data: DataBundle,
     output = work_dir / OUTPUT_FILE
     shutil.copyfile(float_path if keep_float else quantized, output)
 
-    nodes = inspect.summarize(quantized, layers)
+    nodes = what_runs.summarize(quantized, layers)
     details = summary.record(
         chosen=settings, quantizer=quantizer, preprocess=preprocess_note, nodes=nodes, layers=layers,
         labels=labels, excluded=excluded, search=search, latency=latency, agreement=agreement,

@@ -42,8 +42,7 @@ def quantize(model_path: Path, out_path: Path, settings: WeightOnlySettings,
     import onnx
 
     with quiet():  # the import itself calls logging.basicConfig(level=INFO)
-        from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                     MatMulNBitsQuantizer)
+        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
         config = DefaultWeightOnlyQuantConfig(block_size=settings.block_size, is_symmetric=False,
                                               bits=settings.bits,

@@ -173,7 +173,7 @@ def adapt_input_channels(model: nn.Module, in_channels: int) -> None:
     Existing weights are averaged over the old input channels and repeated, so
     an RGB stem turned grayscale still sees the same luminance response.
     """
-    for name, conv in model.named_modules():
+    for name, conv in model.named_modules():  # noqa: B007 - the loop finds `name`, used below
         if isinstance(conv, nn.Conv2d):
             break
     else:

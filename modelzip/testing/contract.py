@@ -25,7 +25,7 @@ def check_pass_contract(pass_cls: type[Pass], config: PassConfig | None = None,
     """
     from modelzip.registry import verify_pass
     from modelzip.schema_text import describe_fields
-    from modelzip.testing import make_context, tiny_artifact
+    from modelzip.testing.fixtures import make_context, tiny_artifact
 
     verify_pass(pass_cls, getattr(pass_cls, "name", "?"), "check_pass_contract")
     if config is None:

@@ -106,7 +106,7 @@ class Runner:
             return Outcome("accepted")
         except _Hung:
             raise
-        except BaseException as exc:  # noqa: BLE001 - classifying is the point
+        except BaseException as exc:
             if not isinstance(exc, ModelzipError):
                 return Outcome("crashed", f"{type(exc).__name__}: {exc}"[:500])
             error = exc
@@ -119,7 +119,7 @@ class Runner:
                 code = cli._fail(error).exit_code
         except _Hung:
             raise
-        except BaseException as exc:  # noqa: BLE001 - the printer itself failed
+        except BaseException as exc:
             return Outcome("crashed", f"printing the error: {type(exc).__name__}: {exc}"[:500])
         return self._judge(code, err.getvalue())
 

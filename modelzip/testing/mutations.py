@@ -279,7 +279,7 @@ def _bomb(rng, data):
         return _as_text(data).rstrip("\n") + "\n" + "\n".join(rows) + "\n"
     # inside model.args, a dict[str, Any] that pydantic passes through unchecked
     inner = "\n".join("    " + row for row in rows)
-    return re.sub(r"(?m)^model:\s*$", "model:\n  args:\n" + inner.replace("\\", "\\\\"), _as_text(data), 1)
+    return re.sub(r"(?m)^model:\s*$", "model:\n  args:\n" + inner.replace("\\", "\\\\"), _as_text(data), count=1)
 
 
 def _recursive_alias(rng, data):
