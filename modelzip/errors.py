@@ -183,6 +183,22 @@ class PluginError(ModelzipError):
         super().__init__(what, where=f"plugin {plugin!r}", **kwargs)  # type: ignore[arg-type]
 
 
+class MachineryFailure(Exception):
+    """Base of the machinery packages' own errors (PruneFailure, FinetuneFailure, ...).
+
+    Machinery knows no pass, step or recipe key, so it says what/got/expected/fix and the
+    pass file turns it into a PassError (``PassError(exc.what, pass_name=..., **exc.fields())``).
+    """
+
+    def __init__(self, what: str, *, got: object = None, expected: object = None,
+                 fix: str | None = None) -> None:
+        self.what, self.got, self.expected, self.fix = what, got, expected, fix
+        super().__init__(what)
+
+    def fields(self) -> dict[str, object]:
+        return {"got": self.got, "expected": self.expected, "fix": self.fix}
+
+
 class PassError(ModelzipError):
     """A pass failed at run time."""
 

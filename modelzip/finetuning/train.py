@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
+from modelzip.errors import MachineryFailure
 from modelzip.finetuning.distill import check_objective
 from modelzip.finetuning.loop import FitResult, Hooks, TrainSettings, fit
 from modelzip.finetuning.runtime import LocalRuntime, current_runtime
@@ -20,16 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover - a plain value object; its module reads r
     from modelzip.sources.data import DataBundle
 
 
-class FinetuneFailure(Exception):
+class FinetuneFailure(MachineryFailure):
     """Fine-tuning cannot start or finish; the pass turns it into a PassError."""
-
-    def __init__(self, what: str, *, got: object = None, expected: object = None,
-                 fix: str | None = None) -> None:
-        self.what, self.got, self.expected, self.fix = what, got, expected, fix
-        super().__init__(what)
-
-    def fields(self) -> dict[str, Any]:
-        return {"got": self.got, "expected": self.expected, "fix": self.fix}
 
 
 @dataclass(frozen=True)

@@ -21,22 +21,16 @@ from typing import Any
 
 from torch import nn
 
+from modelzip.errors import MachineryFailure
+
 # Layers whose weights either method prunes. Transposed convolutions share the
 # base class but lay out their weights the other way round; magnitude pruning
 # does not care, and channel pruning checks module types separately.
 PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
 
-class PruneFailure(Exception):
+class PruneFailure(MachineryFailure):
     """A pruning run that cannot give a correct model; the pass turns it into a PassError."""
-
-    def __init__(self, what: str, *, got: object = None, expected: object = None,
-                 fix: str | None = None) -> None:
-        self.what, self.got, self.expected, self.fix = what, got, expected, fix
-        super().__init__(what)
-
-    def fields(self) -> dict[str, Any]:
-        return {"got": self.got, "expected": self.expected, "fix": self.fix}
 
 
 def prunable_layers(module: nn.Module) -> dict[str, nn.Module]:

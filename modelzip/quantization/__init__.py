@@ -12,16 +12,8 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from modelzip.errors import MachineryFailure
 
 
-class QuantizeFailure(Exception):
+class QuantizeFailure(MachineryFailure):
     """Quantization cannot give a correct model; the quantize pass turns it into a PassError."""
-
-    def __init__(self, what: str, *, got: object = None, expected: object = None,
-                 fix: str | None = None) -> None:
-        self.what, self.got, self.expected, self.fix = what, got, expected, fix
-        super().__init__(what)
-
-    def fields(self) -> dict[str, Any]:
-        return {"got": self.got, "expected": self.expected, "fix": self.fix}
