@@ -18,6 +18,7 @@ from modelzip.evaluation.latency import (
     SAME_MODEL,
     SLOWER,
     WITHIN_NOISE,
+    Latency,
     compare_latency,
     compare_times,
     latency_verdict,
@@ -206,15 +207,23 @@ def test_speedup_ratios_and_gate_read_the_point_estimate() -> None:
 
 
 def test_quantize_summary_uses_the_same_verdict() -> None:
+    from modelzip.evaluation.records import LatencyPair, LatencyResult
     from modelzip.quantization.summary import float_is_faster
 
-    def record(float_ms: float, quantized_ms: float) -> dict:
-        return {"batch_64": {"batch": 64, "float_ms": float_ms, "quantized_ms": quantized_ms,
-                             "speedup": float_ms / quantized_ms, "runs": 5, "threads": 1}}
+    def record(float_ms: float, quantized_ms: float) -> LatencyResult:
+        """float (baseline) and quantized (final) runs with +-1% noise, compared by compare_times."""
+        noise = [0.99, 1.0, 1.01, 1.0] * 10
+
+        def latency(ms: float) -> Latency:
+            return Latency(64, ms, ms, ms, len(noise), 1, times_ns=tuple(int(ms * 1e6 * n) for n in noise))
+        baseline, final = latency(float_ms), latency(quantized_ms)
+        comparison = compare_times(baseline.times_ns, final.times_ns)
+        return LatencyResult((LatencyPair.of(64, baseline, final, comparison),))
 
     assert float_is_faster(record(1.0, 2.0), 64)  # int8 twice as slow: SLOWER
     assert not float_is_faster(record(1.0, 1.01), 64)  # 1% slower: inside the margin, not SLOWER
     assert not float_is_faster(record(2.0, 1.0), 64)
+    assert not float_is_faster(record(1.0, 2.0), 1) and not float_is_faster(None, 64)  # nothing measured
 
 
 def test_pipeline_reports_an_unchanged_export_as_the_same_model(tiny_checkpoint, recipe_file) -> None:

@@ -230,11 +230,21 @@ def test_accuracy_budget_keeps_layers_float_in_the_pass(tmp_path, registry, data
 # --------------------------------------------------------------------------- latency honesty
 
 
-def _slower_int8(paths, input_shape, batch, **kwargs):
-    """measure_latency stand-in: int8 twice as slow as float at batch > 1."""
-    float_ms = 1.0 * batch
-    times = {"float": float_ms, "quantized": float_ms * (2.0 if batch > 1 else 0.5)}
-    return {name: Latency(batch, times[name], times[name], times[name], 5, 1) for name in paths}
+def _slower_int8(paths, input_shape, batch, *, sessions=1, **kwargs):
+    """measure_latency stand-in under compare_latency: int8 (the final model) twice as slow as float
+    (the baseline) at batch > 1, twice as fast at batch 1, every run within +-1% of that, so the
+    real bootstrap has paired rounds and session slots to resample."""
+    float_ns = 1_000_000 * batch
+    final_ns = float_ns * (2 if batch > 1 else 0.5)
+    jitter = [0.99, 1.0, 1.01, 1.0]  # median 1.0; rounds differ, so the interval is not a point
+    runs = 24
+
+    def latency(typical_ns):
+        times = tuple(int(typical_ns * jitter[i % len(jitter)]) for i in range(runs))
+        ms = typical_ns / 1e6
+        return Latency(batch, ms, ms * 1.01, ms, runs, 1, times_ns=times,
+                       slots=tuple(i % sessions for i in range(runs)))
+    return {name: latency(float_ns if name == "baseline" else final_ns) for name in paths}
 
 
 @pytest.mark.parametrize("prefer", ["faster", "smaller"])
@@ -242,15 +252,40 @@ def test_prefer_faster_returns_the_float_model_when_int8_is_slower(tmp_path, reg
                                                                     prefer):
     monkeypatch.setattr("modelzip.evaluation.latency.measure_latency", _slower_int8)
     produced, details, _ = run_pass(tmp_path, registry, data, small_cnn(), prefer=prefer)
-    assert details["latency"]["batch_64"] == {"batch": 64, "float_ms": 64.0, "quantized_ms": 128.0,
-                                              "speedup": 0.5, "runs": 5, "threads": 1}
+    # The pipeline's latency shape: the float model is the baseline, the quantized one the final.
+    pair = details["latency"]["batch_64"]
+    assert set(details["latency"]) == {"batch_1", "batch_64"}
+    assert pair["baseline"] == {"batch": 64, "median_ms": 64.0, "p90_ms": 64.64, "mean_ms": 64.0, "runs": 24,
+                                "threads": 1}
+    assert pair["final"]["median_ms"] == 128.0 and pair["ratio"] == 0.5 and pair["pairs"] == 24
+    assert 0.45 < pair["ci_low"] <= 0.5 <= pair["ci_high"] < 0.55 and pair["verdict"] == "SLOWER"
+    assert details["latency"]["batch_1"]["verdict"] == "faster"
     assert "int8 SLOWER than fp32 at batch 64 (128 ms vs 64 ms)" in details["summary"]
+    assert "faster: batch 1 1 ms -> 0.5 ms" in details["summary"]
     quantized_ops = {"QuantizeLinear", "DequantizeLinear"} & set(op_types(produced.path))
     if prefer == "faster":
         assert details["returned"] == "float (prefer: faster)" and not quantized_ops
         assert details["summary"].startswith("kept FLOAT model (prefer: faster")
     else:
         assert details["returned"] == "quantized" and quantized_ops
+
+
+def test_prefer_faster_keeps_int8_when_slower_is_within_noise(tmp_path, registry, data, monkeypatch):
+    """A point estimate below 1 is not enough: int8 1% slower lies inside the equivalence margin."""
+    def one_percent_slower(paths, input_shape, batch, **kwargs):
+        measured = _slower_int8(paths, input_shape, batch, **kwargs)
+        base = measured["baseline"]
+        times = tuple(int(t * 1.01) for t in base.times_ns)
+        slower = Latency(batch, base.median_ms * 1.01, base.p90_ms * 1.01, base.mean_ms * 1.01, base.runs, 1,
+                         times_ns=times, slots=base.slots)
+        return {"baseline": base, "final": slower}
+
+    monkeypatch.setattr("modelzip.evaluation.latency.measure_latency", one_percent_slower)
+    produced, details, _ = run_pass(tmp_path, registry, data, small_cnn(), prefer="faster")
+    pair = details["latency"]["batch_64"]
+    assert pair["ratio"] < 1 and pair["verdict"] == "within noise"
+    assert details["returned"] == "quantized" and "QuantizeLinear" in op_types(produced.path)
+    assert "latency within noise: batch 1" in details["summary"]
 
 
 # --------------------------------------------------------------------------- in the pipeline

@@ -35,7 +35,7 @@ def run_quantize(artifact, config, ctx, *, pass_name: str):
         raise PassError(failure.what, pass_name=pass_name, step=ctx.step, **failure.fields()) from failure
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # intermediate models: not part of the cache entry
-    ctx.record(**result.details)
+    ctx.record(**result.details.to_json())
     if parity is not None:
         ctx.record(export_parity=parity)
     return artifact.evolve(kind="onnx", path=result.path, module=None)

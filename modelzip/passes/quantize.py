@@ -128,7 +128,9 @@ class QuantizePass(Pass):
     Config = QuantizeConfig
     consumes = ("torch", "onnx")
     produces = "onnx"
-    version = "1"
+    # "2": details.latency has the pipeline's shape (timings, interval, verdict per batch), and
+    # prefer: faster decides by that verdict; entries cached by version 1 lack both.
+    version = "2"
     quantizes = True
     # `prefer: faster` keeps whichever of int8 and float runs faster here: the CPU decides.
     reads = frozenset({"data", "timing"})

@@ -6,7 +6,8 @@
 - ``static`` / ``dynamic`` / ``weight_only``: one quantizer per mode, each a callable
   ``quantize(float_nodes, out_path)`` so the accuracy search can re-run it cheaply.
 - ``sensitivity``: the accuracy-aware search that keeps the most sensitive layers float.
-- ``inspect``: what runs quantized in a finished model (node counts, initializer types).
+- ``what_runs``: what runs quantized in a finished model (node counts, initializer types).
+- ``summary``: the step's report details (``QuantizeDetails``) and its one-line summary.
 - ``run``: ties these together, measures latency and returns the output file with the
   report's details. Failures are ``QuantizeFailure``s; the pass turns them into PassErrors.
 """

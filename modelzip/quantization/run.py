@@ -6,11 +6,14 @@ beforehand and turns a QuantizeFailure into a PassError.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelzip.evaluation.records import LatencyPair, LatencyResult
 from modelzip.quantization import QuantizeFailure, prepare, qat
 from modelzip.quantization.layers import Layer, all_aliases, find_layers, load_module_map, match_exclude, suggest_names
 from modelzip.quantization.quantizer import Quantizer
@@ -62,7 +65,7 @@ def quantize_onnx(source: Path, settings: QuantizeSettings, *, data: DataBundle,
                                   scratch)
         quantized = search.best.path
     agreement = _check_runs(quantized, float_path, data, seed)
-    latency = _latency(float_path, quantized, input_shape, timing, settings.prefer, seed)
+    latency = _latency(float_path, quantized, input_shape, timing, settings.prefer, seed, progress)
     keep_float = summary.float_is_faster(latency, timing.batch_size) and settings.prefer == "faster"
     output = work_dir / OUTPUT_FILE
     shutil.copyfile(float_path if keep_float else quantized, output)
@@ -74,7 +77,7 @@ def quantize_onnx(source: Path, settings: QuantizeSettings, *, data: DataBundle,
         float_bytes=float_path.stat().st_size, quantized_bytes=quantized.stat().st_size,
         returned_float=keep_float, batch_size=timing.batch_size)
     if trained is not None:
-        details.update(qat.record(trained, quantizer, quantized, details["summary"]))
+        details = dataclasses.replace(details, **qat.record(trained, quantizer, quantized, details.summary))
     return QuantizeResult(output, details)
 
 
@@ -159,8 +162,6 @@ def _static_quantizer(settings: QuantizeSettings, prepared: Path, input_name: st
 def _accuracy_search(settings: QuantizeSettings, data: DataBundle, timing: Timing, progress: Progress,
                      quantizer: Quantizer, float_path: Path, layers: list[Layer], excluded: dict[str, str],
                      scratch: Path):
-    import contextlib
-
     from modelzip.evaluation import accuracy as ev
     from modelzip.evaluation.runtime import default_threads
     from modelzip.quantization import sensitivity
@@ -214,23 +215,22 @@ def _check_runs(quantized: Path, float_path: Path, data: DataBundle, seed: int) 
             "max_abs_diff": float(np.abs(got - expected).max())}
 
 
-def _latency(float_path: Path, quantized: Path, input_shape, timing: Timing, prefer: str,
-             seed: int) -> dict[str, Any] | None:
-    """Float vs quantized, interleaved, at batch 1 and the data batch size (None if disabled)."""
-    from modelzip.evaluation import latency
+def _latency(float_path: Path, quantized: Path, input_shape, timing: Timing, prefer: str, seed: int,
+             progress: Progress) -> LatencyResult | None:
+    """Float (the baseline) vs quantized (the final model) at batch 1 and the data batch size,
+    as the pipeline times its final model: interleaved, with the speedup's 95% interval and
+    verdict (latency.compare_latency). None if latency is off and nothing depends on it."""
+    from modelzip.evaluation.latency import compare_latency
     from modelzip.evaluation.runtime import default_threads
 
     if not timing.latency and prefer == "smaller":
         return None
     threads = timing.threads or default_threads()
-    results = {}
+    track = progress.track or (lambda total, description: contextlib.nullcontext(lambda n=1: None))
+    pairs = []
     for batch in sorted({1, timing.batch_size}):
-        measured = latency.measure_latency({"float": float_path, "quantized": quantized}, tuple(input_shape),
-                                           batch, threads=threads, warmup=timing.warmup,
-                                           repeats=timing.repeats, seed=seed)
-        fp, q = measured["float"], measured["quantized"]
-        results[f"batch_{batch}"] = {"batch": batch, "float_ms": round(fp.median_ms, 4),
-                                     "quantized_ms": round(q.median_ms, 4),
-                                     "speedup": round(fp.median_ms / q.median_ms, 3),
-                                     "runs": q.runs, "threads": q.threads}
-    return results
+        with track(2, f"int8 vs float latency at batch {batch}"):
+            measured = compare_latency(float_path, quantized, tuple(input_shape), batch, threads=threads,
+                                       warmup=timing.warmup, repeats=timing.repeats, seed=seed)
+        pairs.append(LatencyPair.of(batch, *measured))
+    return LatencyResult(tuple(pairs))

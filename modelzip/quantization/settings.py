@@ -4,7 +4,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from modelzip.quantization.summary import QuantizeDetails
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Timing:
 @dataclass(frozen=True)
 class QuantizeResult:
     path: Path  # the ONNX model to return (quantized, or float under prefer: faster)
-    details: dict[str, Any]  # the report's details for the step (JSON-ready)
+    details: QuantizeDetails  # the report's details for the step (to_json())
 
 
 @dataclass(frozen=True)

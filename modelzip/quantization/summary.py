@@ -1,62 +1,91 @@
-"""What the `quantize` pass records for the report, and its one-line summary."""
+"""What the `quantize` pass records for the report (QuantizeDetails), and its one-line summary."""
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
-from modelzip.evaluation.latency import FASTER, SLOWER, latency_verdict
+from modelzip.evaluation.latency import FASTER, SLOWER
+from modelzip.evaluation.records import LatencyPair, LatencyResult
 from modelzip.quantization.settings import QuantizeSettings
 
 _LAYER_KEYS = ("layers_quantized", "layers_float", "float_nodes")  # reported under "layers" instead
 
 
-def float_is_faster(latency: dict[str, Any] | None, batch_size: int) -> bool:
-    """True when the quantized model was measured SLOWER than float at the data batch size."""
-    if not latency:
-        return False
-    pair = latency.get(f"batch_{batch_size}")
-    return pair is not None and _verdict(pair) == SLOWER
+@dataclass(frozen=True)
+class QuantizeDetails:
+    """The quantize step's ``details`` in report.json; ``to_json()`` writes them (docs/report.md)."""
+
+    mode: str
+    settings: dict[str, Any]  # what the quantizer used, with the reasons for CPU-dependent defaults
+    preprocess: str
+    returned_float: bool  # prefer: faster and int8 SLOWER at data.batch_size: the float model is returned
+    layers: dict[str, Any]  # total, quantized, kept_float (each with its reason)
+    nodes: dict[str, Any]  # what runs quantized in the int8 graph (what_runs.summarize)
+    exclude: dict[str, list[str]]  # pattern -> the layers it matched
+    excluded_but_quantized: list[str]
+    agreement_with_float: dict[str, Any]
+    size: dict[str, Any]
+    # Float (baseline) vs quantized (final), measured like the pipeline's final latency; None when
+    # evaluation.latency is false and prefer is smaller.
+    latency: LatencyResult | None
+    summary: str = ""
+    accuracy: dict[str, Any] | None = None  # the accuracy-aware search (max_accuracy_drop)
+    sensitivity: list[dict[str, Any]] | None = None
+    qat: dict[str, Any] | None = None  # mode qat: the training and which ranges were learned
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mode": self.mode, "settings": self.settings, "preprocess": self.preprocess,
+            "returned": "float (prefer: faster)" if self.returned_float else "quantized",
+            "layers": self.layers, "nodes": self.nodes, "exclude": self.exclude,
+            "excluded_but_quantized": self.excluded_but_quantized,
+            "agreement_with_float": self.agreement_with_float, "size": self.size,
+            # The pipeline's latency shape, less its "cached" flag (the step has its own).
+            "latency": None if self.latency is None else self.latency.to_json(with_cached=False),
+        }
+        if self.accuracy is not None:
+            out["accuracy"] = self.accuracy
+        if self.sensitivity:
+            out["sensitivity"] = self.sensitivity
+        out["summary"] = self.summary
+        if self.qat is not None:
+            out["qat"] = self.qat
+        return out
 
 
-def _verdict(pair: dict[str, Any]) -> str:
-    """The report's verdict on int8 vs float (speedup = float / int8), by the same rule.
-
-    With the pair's 95% interval when it has one; a pair of medians only is judged
-    on its point speedup, so a difference inside the equivalence margin is noise here too.
-    """
-    speedup = pair["float_ms"] / pair["quantized_ms"]
-    return latency_verdict(pair.get("ci_low", speedup), pair.get("ci_high", speedup))
+def float_is_faster(latency: LatencyResult | None, batch_size: int) -> bool:
+    """True when the quantized model was measured SLOWER than float at the data batch size:
+    the whole 95% interval of the speedup below the equivalence margin (latency_verdict)."""
+    pair = latency.at(batch_size) if latency is not None else None
+    return pair is not None and pair.verdict == SLOWER
 
 
 def record(*, chosen: QuantizeSettings, quantizer, preprocess: str, nodes: dict[str, Any], layers,
            labels: dict[str, str],
-           excluded: dict[str, str], search, latency, agreement: dict[str, Any], float_bytes: int,
-           quantized_bytes: int, returned_float: bool, batch_size: int) -> dict[str, Any]:
-    """The step's report details (JSON-ready). ``labels``: node -> module (or node) name."""
+           excluded: dict[str, str], search, latency: LatencyResult | None, agreement: dict[str, Any],
+           float_bytes: int, quantized_bytes: int, returned_float: bool, batch_size: int) -> QuantizeDetails:
+    """The step's report details. ``labels``: node -> module (or node) name."""
     kept_float = _float_layers(layers, nodes, excluded, search, chosen.mode)
     float_nodes = set(nodes["float_nodes"])
-    details: dict[str, Any] = {
-        "mode": chosen.mode,
-        "settings": quantizer.settings,
-        "preprocess": preprocess,
-        "returned": "float (prefer: faster)" if returned_float else "quantized",
-        "layers": {"total": len(layers), "quantized": nodes["layers_quantized"], "kept_float": kept_float},
-        "nodes": {k: v for k, v in nodes.items() if k not in _LAYER_KEYS},
-        "exclude": {pattern: sorted({labels.get(n, n) for n, p in excluded.items() if p == pattern})
-                    for pattern in chosen.exclude},
-        # e.g. a MaxPool between two int8 layers: Q/DQ surround it anyway, so ORT runs it in int8.
-        "excluded_but_quantized": sorted({labels.get(n, n) for n in excluded if n not in float_nodes}),
-        "agreement_with_float": agreement,
-        "size": {"float_bytes": float_bytes, "quantized_bytes": quantized_bytes,
-                 "ratio": round(float_bytes / max(quantized_bytes, 1), 3)},
-        "latency": latency,
-    }
+    accuracy = sensitivity = None
     if search is not None:
-        details["accuracy"] = search.to_json() | {"kept_float": [labels[n] for n in search.best.float_layers],
-                                                  "split": "validation"}
-        if search.sensitivity:
-            details["sensitivity"] = [row | {"layer": labels[row["layer"]]} for row in search.sensitivity]
-    details["summary"] = _summary(chosen, quantizer.label, details, search, returned_float, batch_size)
-    return details
+        accuracy = search.to_json() | {"kept_float": [labels[n] for n in search.best.float_layers],
+                                       "split": "validation"}
+        sensitivity = [row | {"layer": labels[row["layer"]]} for row in search.sensitivity]
+    details = QuantizeDetails(
+        mode=chosen.mode, settings=quantizer.settings, preprocess=preprocess, returned_float=returned_float,
+        layers={"total": len(layers), "quantized": nodes["layers_quantized"], "kept_float": kept_float},
+        nodes={k: v for k, v in nodes.items() if k not in _LAYER_KEYS},
+        exclude={pattern: sorted({labels.get(n, n) for n, p in excluded.items() if p == pattern})
+                 for pattern in chosen.exclude},
+        # e.g. a MaxPool between two int8 layers: Q/DQ surround it anyway, so ORT runs it in int8.
+        excluded_but_quantized=sorted({labels.get(n, n) for n in excluded if n not in float_nodes}),
+        agreement_with_float=agreement,
+        size={"float_bytes": float_bytes, "quantized_bytes": quantized_bytes,
+              "ratio": round(float_bytes / max(quantized_bytes, 1), 3)},
+        latency=latency, accuracy=accuracy, sensitivity=sensitivity)
+    return dataclasses.replace(details, summary=_summary(chosen, quantizer.label, details, batch_size))
 
 
 def _float_layers(layers, nodes, excluded, search, mode: str) -> list[dict[str, str]]:
@@ -77,31 +106,28 @@ def _float_layers(layers, nodes, excluded, search, mode: str) -> list[dict[str, 
     return rows
 
 
-def _summary(chosen, label: str, details: dict[str, Any], search, returned_float: bool,
-             batch_size: int) -> str:
+def _summary(chosen, label: str, details: QuantizeDetails, batch_size: int) -> str:
     parts = []
-    latency = details["latency"] or {}
-    slower = [pair for pair in latency.values() if _verdict(pair) == SLOWER]
+    pairs = details.latency.pairs if details.latency is not None else ()
+    slower = [pair for pair in pairs if pair.verdict == SLOWER]
     for pair in slower:
-        parts.append(f"{label} SLOWER than fp32 at batch {pair['batch']} "
-                     f"({_ms(pair['quantized_ms'])} vs {_ms(pair['float_ms'])})")
-    if returned_float:
+        parts.append(f"{label} SLOWER than fp32 at batch {pair.batch} "
+                     f"({_ms(pair.final.median_ms)} vs {_ms(pair.baseline.median_ms)})")
+    if details.returned_float:
         parts.insert(0, f"kept FLOAT model (prefer: faster; {label} slower at batch {batch_size})")
-    layers = details["layers"]
-    size = details["size"]
+    layers = details.layers
+    size = details.size
     parts.append(f"{chosen.mode} {label}: {len(layers['quantized'])}/{layers['total']} layers quantized, "
                  f"{_mb(size['float_bytes'])} -> {_mb(size['quantized_bytes'])} "
                  f"({size['ratio']:.1f}x smaller)")
-    faster = [pair for pair in latency.values() if _verdict(pair) == FASTER]
+    faster = [pair for pair in pairs if pair.verdict == FASTER]
     if faster:
-        parts.append("faster: " + ", ".join(
-            f"batch {p['batch']} {_ms(p['float_ms'])} -> {_ms(p['quantized_ms'])}" for p in faster))
-    same = [pair for pair in latency.values() if pair not in slower and pair not in faster]
+        parts.append("faster: " + ", ".join(map(_float_to_quantized, faster)))
+    same = [pair for pair in pairs if pair.verdict not in (SLOWER, FASTER)]  # within noise, same model
     if same:
-        parts.append("latency within noise: " + ", ".join(
-            f"batch {p['batch']} {_ms(p['float_ms'])} -> {_ms(p['quantized_ms'])}" for p in same))
-    if search is not None:
-        accuracy = details["accuracy"]
+        parts.append("latency within noise: " + ", ".join(map(_float_to_quantized, same)))
+    accuracy = details.accuracy
+    if accuracy is not None:
         points = 100 * accuracy["drop"]
         if accuracy["met"]:
             kept = len(accuracy["kept_float"])
@@ -111,6 +137,10 @@ def _summary(chosen, label: str, details: dict[str, Any], search, returned_float
             parts.append(f"MISSED accuracy budget by {100 * accuracy['missed_by']:.2f} pt "
                          f"({len(accuracy['kept_float'])} layer(s) float)")
     return "; ".join(parts)
+
+
+def _float_to_quantized(pair: LatencyPair) -> str:
+    return f"batch {pair.batch} {_ms(pair.baseline.median_ms)} -> {_ms(pair.final.median_ms)}"
 
 
 def _ms(value: float) -> str:
