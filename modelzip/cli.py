@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,7 @@ from modelzip.errors import (
     EXIT_TERMINATED,
     GateFailure,
     ModelzipError,
+    RegressionFailure,
     Terminated,
     input_error_from_os,
 )
@@ -27,6 +29,9 @@ app = typer.Typer(
     help="Compress PyTorch models with a YAML recipe: prune, finetune, quantize, export to ONNX, report.",
 )
 _state = {"debug": False}
+# `modelzip compare --help` (the keys live in modelzip.compare, which stays importable without torch).
+_FAIL_ON_KEYS = ("accuracy_drop (<=: baseline accuracy - run accuracy), size_ratio and zip_ratio (>=: "
+                 "baseline bytes / run bytes), speedup_ratio (>=: baseline ms / run ms at data.batch_size)")
 
 RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file", show_default=False)]
 SetOpt = Annotated[list[str] | None, typer.Option(
@@ -102,7 +107,7 @@ def _print_failure(exc: BaseException) -> None:
     if isinstance(exc, KeyboardInterrupt):
         signal_name = "SIGTERM" if isinstance(exc, Terminated) else "interrupted"
         console.print(f"{signal_name}: finished steps are cached and the next run resumes from them")
-    elif isinstance(exc, GateFailure):
+    elif isinstance(exc, (GateFailure, RegressionFailure)):
         console.print(Text(exc.format(), style="bold red"))
     elif isinstance(exc, ModelzipError):
         console.print(Text.assemble(("error: ", "bold red"), exc.format()))
@@ -122,6 +127,8 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the final summary")] = False,
     wait: Annotated[bool, typer.Option(
         "--wait", help="if another run uses the output folder or cache, wait for it (default: exit 2)")] = False,
+    junit: Annotated[Path | None, typer.Option(
+        help="also write the gates as JUnit XML to this file (written when gates fail, too)")] = None,
 ) -> None:
     """Run a recipe and write model.onnx, report.json and report.md."""
     try:
@@ -135,6 +142,7 @@ def run(
         if result is None:  # a non-zero torchrun rank: rank 0 reports
             return
         _print_run(result, quiet)
+        _ci_outputs(result, junit)
         if result.failed_gates:
             raise GateFailure(result.failed_gates)
     except (typer.Exit, typer.BadParameter):
@@ -185,6 +193,17 @@ def _print_run(result, quiet: bool) -> None:
     console.print(f"{data['status']}: accuracy {100 * final.metrics.accuracy:.2f}% "
                   f"({100 * ratios.accuracy_delta:+.2f} pp), {ratios.size:.2f}x smaller{speed} -> "
                   f"{result.output_dir / final.artifact}, report.json, report.md", markup=False)
+
+
+def _ci_outputs(result, junit: Path | None) -> None:
+    """--junit, and report.md appended to $GITHUB_STEP_SUMMARY (a warning if it cannot be)."""
+    from modelzip import ci
+
+    if junit is not None:
+        ci.write_junit(junit, result.gates, recipe=result.record.recipe_name, time_s=result.record.wall_time_s)
+    warning = ci.append_step_summary((result.output_dir / "report.md").read_text(encoding="utf-8"))
+    if warning:
+        _err_console().print(f"warning: {warning}", markup=False, style="yellow")
 
 
 def _plain(cells):
@@ -262,6 +281,58 @@ def schema() -> None:
         typer.echo(json.dumps(recipe_json_schema(), indent=2))
     except BaseException as exc:
         raise _fail(exc) from None
+
+
+class Format(StrEnum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+
+
+@app.command("compare")
+def compare_runs(
+    runs: Annotated[list[Path], typer.Argument(help="run folders, each with the report.json `run` wrote",
+                                               show_default=False)],
+    baseline: Annotated[Path | None, typer.Option(
+        help="the run the others are compared with (default: the first RUN); may be one of RUNS")] = None,
+    fail_on: Annotated[list[str] | None, typer.Option(
+        "--fail-on", help="exit 1 when a run regresses past KEY=VALUE[,...] against the baseline run. "
+                          "Keys: " + _FAIL_ON_KEYS)] = None,
+    format_: Annotated[Format, typer.Option("--format", help="table (terminal), markdown (a pull request "
+                                                             "comment) or json")] = Format.table,
+) -> None:
+    """Show runs side by side from their report.json: accuracy, size, MACs, latency, deltas vs a baseline."""
+    from modelzip import compare as cmp
+
+    try:
+        comparison = cmp.compare(runs, baseline=baseline, thresholds=cmp.parse_fail_on(fail_on or ()))
+    except BaseException as exc:
+        raise _fail(exc) from None
+    if format_ is Format.json:
+        typer.echo(json.dumps(comparison.to_json(), indent=2))
+    elif format_ is Format.markdown:
+        typer.echo(cmp.render_markdown(comparison), nl=False)
+    else:
+        _print_comparison(comparison)
+    try:
+        comparison.raise_on_failures()
+    except BaseException as exc:
+        raise _fail(exc) from None
+
+
+def _print_comparison(comparison) -> None:
+    from rich.table import Table
+
+    from modelzip import compare as cmp
+
+    console = _out_console()
+    table = Table(*cmp.HEADER, title=f"runs vs baseline {comparison.baseline.label}", title_justify="left")
+    for row in cmp.rows(comparison):
+        table.add_row(*_plain(row))
+    console.print(table)
+    for line in (cmp.LEGEND, *comparison.notes, cmp.summary_line(comparison)):
+        if line:
+            console.print(line, markup=False)
 
 
 def main() -> None:

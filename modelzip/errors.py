@@ -223,3 +223,21 @@ class GateFailure(ModelzipError):
             f"{len(self.failures)} gate(s) failed:\n{lines}",
             fix="relax the gate in `gates:` or change the passes (see report.md)",
         )
+
+
+class RegressionFailure(ModelzipError):
+    """`modelzip compare --fail-on`: a run regressed past a threshold against the baseline run.
+
+    ``failures`` are the failed ``modelzip.compare.Check``s (each names the run, the key, got and
+    the limit); the tables were printed before this is raised.
+    """
+
+    exit_code = EXIT_GATE_FAILED
+
+    def __init__(self, failures: list) -> None:
+        self.failures = list(failures)
+        lines = "\n".join(f"  - {c.format()}" for c in self.failures)
+        super().__init__(
+            f"{len(self.failures)} regression(s) against the baseline run:\n{lines}",
+            fix="improve the run, or loosen --fail-on if the trade-off is intended",
+        )

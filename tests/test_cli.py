@@ -107,7 +107,9 @@ import sys
 from typer.testing import CliRunner
 from modelzip.cli import app
 runner = CliRunner()
-for args in (["--help"], ["passes"], ["explain", "export"], ["schema"], ["validate", sys.argv[1]]):
+for args in (["--help"], ["passes"], ["explain", "export"], ["schema"], ["validate", sys.argv[1]],
+             ["compare", sys.argv[2], sys.argv[2], "--fail-on", "accuracy_drop=0"],
+             ["compare", sys.argv[2], "--format", "json"], ["compare", sys.argv[2], "--format", "markdown"]):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, (args, result.output)
 heavy = sorted(m for m in ("torch", "torchvision", "onnxruntime", "onnx", "numpy") if m in sys.modules)
@@ -115,9 +117,13 @@ print(",".join(heavy))
 """
 
 
-def test_light_commands_do_not_import_heavy_modules(recipe_file):
-    """`--help`, `validate`, `passes`, `explain`, `schema` must stay fast (no torch)."""
+def test_light_commands_do_not_import_heavy_modules(recipe_file, tmp_path):
+    """`--help`, `validate`, `passes`, `explain`, `schema`, `compare` must stay fast (no torch)."""
+    from tests.test_compare import make_report
+
     path = recipe_file(VALID)
-    out = subprocess.run([sys.executable, "-c", LEAN, str(path)], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.json").write_text(json.dumps(make_report()))
+    out = subprocess.run([sys.executable, "-c", LEAN, str(path), str(tmp_path / "run")], capture_output=True,
+                         text=True, check=True).stdout.strip()
     assert out == ""

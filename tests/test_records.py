@@ -72,3 +72,19 @@ def test_gate_result_formats_and_serializes() -> None:
     gate = GateResult("min_speedup", False, None, ">= 1.2")
     assert gate.format() == "min_speedup: got n/a, expected >= 1.2"
     assert gate.to_json() == {"name": "min_speedup", "passed": False, "got": None, "expected": ">= 1.2"}
+
+
+def test_final_and_ratios_round_trip_through_report_json() -> None:
+    """`modelzip compare` reads report.json's final back into the record that wrote it."""
+    from modelzip.evaluation.records import Final
+
+    final = Final("model.onnx", "abc", Metrics(0.9, "onnxruntime", 128, 10, 9, 100, 2000, 1500),
+                  ({"pass": "export"},), 4000, 3000,
+                  LatencyResult((_pair(1, 1.0, SAME_MODEL), _pair(64, 1.3, FASTER))), 2,
+                  Ratios(2.0, 2.0, -0.01, 0.0, speedups=((1, 1.0), (64, 1.3)), speedup=1.3))
+    assert Final.from_json(json.loads(json.dumps(final.to_json()))) == final
+    no_latency = Ratios(2.0, 1.5, 0.0, 0.0)
+    assert Ratios.from_json(no_latency.to_json()) == no_latency
+    golden = json.loads(GOLDEN.read_text())["final"]
+    golden["threads"] = 2
+    assert Final.from_json(golden).ratios.speedups == ((1, 1.0), (64, 1.0))

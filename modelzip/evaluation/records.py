@@ -179,6 +179,13 @@ class Ratios:
             out["speedup"] = self.speedup
         return out
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Ratios:
+        prefix = f"speedup_{_BATCH}"
+        speedups = tuple(sorted((int(k.removeprefix(prefix)), v) for k, v in d.items() if k.startswith(prefix)))
+        return cls(d["size"], d["zip_size"], d["accuracy_delta"], d["accuracy_delta_vs_onnx"], speedups,
+                   d.get("speedup"))
+
 
 @dataclass(frozen=True)
 class Baseline:
@@ -236,6 +243,14 @@ class Final:
                 "baseline_size_bytes": self.baseline_size_bytes, "baseline_zip_bytes": self.baseline_zip_bytes,
                 "latency": None if self.latency is None else self.latency.to_json(), "threads": self.threads,
                 "ratios": self.ratios.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Final:
+        """report.json's ``final`` (e.g. for ``modelzip compare``)."""
+        latency = d["latency"]
+        return cls(d["artifact"], d["id"], Metrics.from_json(d), tuple(d["lineage"]), d["baseline_size_bytes"],
+                   d["baseline_zip_bytes"], None if latency is None else LatencyResult.from_json(latency),
+                   d["threads"], Ratios.from_json(d["ratios"]))
 
 
 @dataclass(frozen=True)
