@@ -36,10 +36,10 @@ def dataset_digests(spec: DataSpec, base_dir: Path) -> dict[str, str]:
 
     searched = sources.dataset_search_paths(spec.dataset, spec.root, base_dir)
     if spec.dataset in sources.TORCHVISION_FOLDERS:
-        directory = sources._find_idx_dir(spec.dataset, searched)
+        directory = sources.find_idx_dir(spec.dataset, searched)
         if directory is None:
             return {}
-        files = [sources._find_idx_file(directory, stem) for pair in sources.IDX_FILES.values()
+        files = [sources.find_idx_file(directory, stem) for pair in sources.IDX_FILES.values()
                  for stem in pair]
         return {path.name: file_sha256(path) for path in files if path is not None}
     if spec.dataset == "cifar10":

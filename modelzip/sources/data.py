@@ -226,19 +226,19 @@ def _not_found(name: str, searched: list[Path], expected: str) -> InputError:
     )
 
 
-def _find_idx_file(directory: Path, stem: str) -> Path | None:
+def find_idx_file(directory: Path, stem: str) -> Path | None:
     for candidate in (directory / stem, directory / f"{stem}.gz"):
         if candidate.is_file():
             return candidate
     return None
 
 
-def _find_idx_dir(name: str, searched: list[Path]) -> Path | None:
+def find_idx_dir(name: str, searched: list[Path]) -> Path | None:
     """The first directory holding all four files, flat or in torchvision's layout."""
     stems = [stem for pair in IDX_FILES.values() for stem in pair]
     for path in searched:
         for directory in (path, path / TORCHVISION_FOLDERS[name] / "raw"):
-            if all(_find_idx_file(directory, stem) for stem in stems):
+            if all(find_idx_file(directory, stem) for stem in stems):
                 return directory
     return None
 
@@ -259,7 +259,7 @@ def _download_idx(spec: DataSpec, base_dir: Path) -> Path:
 
 def _load_idx_dataset(spec: DataSpec, base_dir: Path) -> tuple[Dataset, Dataset, int]:
     searched = dataset_search_paths(spec.dataset, spec.root, base_dir)
-    directory = _find_idx_dir(spec.dataset, searched)
+    directory = find_idx_dir(spec.dataset, searched)
     if directory is None and not spec.download:
         stems = [stem for pair in IDX_FILES.values() for stem in pair]
         raise _not_found(spec.dataset, searched,
@@ -274,8 +274,8 @@ def _load_idx_dataset(spec: DataSpec, base_dir: Path) -> tuple[Dataset, Dataset,
 
 
 def _read_idx_split(directory: Path, images_stem: str, labels_stem: str, *, mean, std) -> InMemoryDataset:
-    images_path = _find_idx_file(directory, images_stem)
-    labels_path = _find_idx_file(directory, labels_stem)
+    images_path = find_idx_file(directory, images_stem)
+    labels_path = find_idx_file(directory, labels_stem)
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise corrupt_idx(images_path, f"{images.dtype} array of shape {images.shape}",
