@@ -193,6 +193,8 @@ def _print_run(result, quiet: bool) -> None:
     console.print(f"{data['status']}: accuracy {100 * final.metrics.accuracy:.2f}% "
                   f"({100 * ratios.accuracy_delta:+.2f} pp), {ratios.size:.2f}x smaller{speed} -> "
                   f"{result.output_dir / final.artifact}, report.json, report.md", markup=False)
+    for warning in result.record.warnings:  # never change the exit code
+        _err_console().print(f"warning: {warning.format()}", markup=False, style="yellow")
 
 
 def _ci_outputs(result, junit: Path | None) -> None:

@@ -24,6 +24,7 @@ from modelzip.context import PassContext
 from modelzip.errors import ModelzipError, PassError
 from modelzip.evaluation.measure import Measurer
 from modelzip.evaluation.records import Baseline, Final, GateResult, Metrics, Report, StepRecord
+from modelzip.findings import find_problems
 from modelzip.gates import check_gates
 from modelzip.recipe import PassStep, Recipe
 from modelzip.registry import PassRegistry, default_registry
@@ -152,7 +153,7 @@ class _Runner:
         self.folder.prepare()
         self._stage_resolved_recipe()
         source = self._load_input()
-        self._preflight(source)
+        classes = self._preflight(source)
         baseline = self._baseline(source)
         artifact, steps = source, []
         for index, step in enumerate(self.recipe.passes):
@@ -167,17 +168,19 @@ class _Runner:
         gates = check_gates(self.recipe.gates, final)
         record = Report(self.recipe.name, self.recipe.seed, time.perf_counter() - started, baseline, tuple(steps),
                         final, tuple(gates), self.measurer.environment(),
-                        files=self.folder.digests(MODEL, RESOLVED_RECIPE))
+                        files=self.folder.digests(MODEL, RESOLVED_RECIPE),
+                        warnings=tuple(find_problems(baseline.torch, steps, classes)))
         report = record.to_json()
         write_report(self.folder.staging, report)
         self.folder.commit()  # model, resolved recipe and reports appear together
         return RunResult(self.out, report, gates, record)
 
-    def _preflight(self, source: art.Artifact) -> None:
+    def _preflight(self, source: art.Artifact) -> int | None:
         """Input mistakes (shapes, classes, NaN weights) are exit 2 before any pass runs.
 
         A passed check is cached like a measurement (same model, same data), so a fully
-        cached rerun does not load the data just for it.
+        cached rerun does not load the data just for it. Returns the classes the labels
+        need (for the at-chance warning), None from a cache entry without them.
         """
         from dataclasses import asdict
 
@@ -185,8 +188,11 @@ class _Runner:
 
         key = content_key(what="preflight", model=source.id, data=self._data_key(for_eval=True),
                           seed=self.recipe.seed)
-        if self.cache.load_metrics(key) is None:
-            self.cache.save_metrics(key, asdict(preflight(source.module, self.data, self.recipe.model)))
+        seen = self.cache.load_metrics(key)
+        if seen is None:
+            seen = asdict(preflight(source.module, self.data, self.recipe.model))
+            self.cache.save_metrics(key, seen)
+        return seen.get("label_classes")
 
     def _stage_resolved_recipe(self) -> None:
         import yaml

@@ -12,7 +12,7 @@ from typing import Any
 
 from modelzip.atomic import write_text
 from modelzip.evaluation.latency import EQUIVALENCE_MARGIN
-from modelzip.evaluation.records import LatencyResult
+from modelzip.evaluation.records import Finding, LatencyResult
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
@@ -114,6 +114,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         gate_rows = [[g["name"], "pass" if g["passed"] else "**FAIL**",
                       "n/a" if g["got"] is None else f"{g['got']:.4g}", g["expected"]] for g in report["gates"]]
         parts += ["## Gates", _table(["gate", "result", "got", "expected"], gate_rows)]
+    if report.get("warnings"):  # absent from a report.json written before warnings existed
+        parts += ["## Warnings", "\n".join(f"- {Finding.from_json(w).format()}" for w in report["warnings"])]
     parts += ["## Environment", _environment_line(env),
               f"Parity of the baseline export: max |diff| "
               f"{report['baseline']['export']['parity']['max_abs_diff']:.2e} "

@@ -271,6 +271,31 @@ class GateResult:
 
 
 @dataclass(frozen=True)
+class Finding:
+    """A warning that a step's result looks broken (modelzip.findings), and what to try instead.
+
+    Warnings never change the exit code; they are in report.json's ``warnings`` and report.md.
+    """
+
+    step: int  # StepRecord.index
+    pass_name: str
+    kind: str  # "at_chance" | "finetune_no_gain" | "layer_zeroed"
+    message: str
+    fix: str
+
+    def format(self) -> str:
+        return f"passes[{self.step}].{self.pass_name}: {self.message}; {self.fix}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "pass": self.pass_name, "kind": self.kind, "message": self.message,
+                "fix": self.fix}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Finding:
+        return cls(d["step"], d["pass"], d["kind"], d["message"], d["fix"])
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything report.json holds; ``to_json()`` is the file (schema REPORT_SCHEMA)."""
 
@@ -283,6 +308,7 @@ class Report:
     gates: tuple[GateResult, ...]
     environment: dict[str, Any]
     files: dict[str, dict[str, Any]]  # size and sha256 of model.onnx and recipe.resolved.yaml
+    warnings: tuple[Finding, ...] = ()  # results that look broken (modelzip.findings)
 
     @property
     def failed_gates(self) -> list[GateResult]:
@@ -298,6 +324,7 @@ class Report:
             "steps": [s.to_json() for s in self.steps],
             "final": self.final.to_json(),
             "gates": [g.to_json() for g in self.gates],
+            "warnings": [w.to_json() for w in self.warnings],
             "environment": self.environment,
             "files": self.files,
         }
