@@ -23,7 +23,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -37,6 +37,11 @@ def _umask() -> int:
     mask = os.umask(0)  # reading the umask means setting it; put it straight back
     os.umask(mask)
     return mask
+
+
+# Read once, at import: the umask is process-wide, and setting it even briefly while other
+# threads create files (progress bars, onnxruntime, a plugin) would give theirs mode 0666.
+_UMASK = _umask()
 
 
 def write_text(target: Path, text: str) -> None:
@@ -74,7 +79,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent))
-    tmp.chmod(0o777 & ~_umask())
+    tmp.chmod(0o777 & ~_UMASK)
     try:
         yield tmp
         if target.exists() and _exchange(tmp, target):

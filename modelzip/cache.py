@@ -71,6 +71,7 @@ class StepCache:
             return None
         problem = _verify_entry(path, key)
         if problem is None:
+            remove_tree(self.root / "partial" / key)  # left if a run died between commit and cleanup
             return path
         self.discard(key, problem)
         return None
@@ -103,7 +104,7 @@ class StepCache:
         Only safe while this process holds the cache lock: nobody else is writing.
         """
         removed = []
-        for folder in (self.root / "steps", self.root / "metrics"):
+        for folder in (self.root / "steps", self.root / "metrics", self.root / "partial"):
             if not folder.is_dir():
                 continue
             for leftover in folder.glob(f".*{TMP_SUFFIX}"):
@@ -134,13 +135,15 @@ class StepCache:
         write_text(self.root / "metrics" / f"{key}.json", json.dumps(record, indent=1))
 
 
+def file_record(path: Path) -> dict[str, Any]:
+    """What a manifest says of a file: {"size", "sha256"}."""
+    return {"size": Path(path).stat().st_size, "sha256": file_sha256(path)}
+
+
 def _manifest(directory: Path) -> dict[str, dict[str, Any]]:
     """Size and sha256 of every file below ``directory``, by relative POSIX path."""
-    files = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size,
-                                                         "sha256": file_sha256(path)}
-    return files
+    return {path.relative_to(directory).as_posix(): file_record(path)
+            for path in sorted(p for p in directory.rglob("*") if p.is_file())}
 
 
 def _verify_entry(path: Path, key: str) -> str | None:
@@ -150,9 +153,12 @@ def _verify_entry(path: Path, key: str) -> str | None:
         files = manifest["files"]
         if manifest.get("key") != key or manifest.get("format") != CACHE_FORMAT:
             return "its manifest belongs to another key or format"
+        if not all(isinstance(n, str) and isinstance(e, dict) and isinstance(e.get("size"), int)
+                   and isinstance(e.get("sha256"), str) for n, e in files.items()):
+            return "complete.json lists files in another shape"
     except FileNotFoundError:
         return "unfinished: no complete.json"
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return f"unreadable complete.json: {type(exc).__name__}"
     for name, expected in files.items():
         file = path / name

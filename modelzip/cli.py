@@ -142,9 +142,11 @@ def run(
         if result is None:  # a non-zero torchrun rank: rank 0 reports
             return
         _print_run(result, quiet)
-        _ci_outputs(result, junit)
-        if result.failed_gates:
+        unwritten = _ci_outputs(result, junit)
+        if result.failed_gates:  # a failed gate is the answer CI needs, even if --junit failed
             raise GateFailure(result.failed_gates)
+        if unwritten is not None:
+            raise unwritten
     except (typer.Exit, typer.BadParameter):
         raise
     except BaseException as exc:
@@ -197,15 +199,25 @@ def _print_run(result, quiet: bool) -> None:
         _err_console().print(f"warning: {warning.format()}", markup=False, style="yellow")
 
 
-def _ci_outputs(result, junit: Path | None) -> None:
-    """--junit, and report.md appended to $GITHUB_STEP_SUMMARY (a warning if it cannot be)."""
+def _ci_outputs(result, junit: Path | None) -> BaseException | None:
+    """--junit, and report.md appended to $GITHUB_STEP_SUMMARY (a warning if it cannot be).
+
+    Returns the error of a --junit file that could not be written (printed here as a
+    warning), so the caller can still exit 1 for a failed gate, else 2.
+    """
     from modelzip import ci
 
+    unwritten = None
     if junit is not None:
-        ci.write_junit(junit, result.gates, recipe=result.record.recipe_name, time_s=result.record.wall_time_s)
+        try:
+            ci.write_junit(junit, result.gates, recipe=result.record.recipe_name, time_s=result.record.wall_time_s)
+        except OSError as exc:
+            unwritten = input_error_from_os(exc) or exc
+            _err_console().print(f"warning: --junit {junit} was not written: {exc}", markup=False, style="yellow")
     warning = ci.append_step_summary((result.output_dir / "report.md").read_text(encoding="utf-8"))
     if warning:
         _err_console().print(f"warning: {warning}", markup=False, style="yellow")
+    return unwritten
 
 
 def _plain(cells):

@@ -18,15 +18,16 @@ from modelzip.cache import file_sha256
 from modelzip.recipe import DataSpec, Recipe
 
 # Data keys that only decide which images are evaluated: measurements read them, steps do not.
-EVAL_ONLY_KEYS = ("limit_eval", "download")
+EVAL_ONLY_KEYS = ("limit_eval",)
+# Whether files may be downloaded changes no result (the files' digests are keyed).
+NEVER_KEYED = ("download",)
 
 
 def data_fingerprint(spec: DataSpec, base_dir: Path, *, for_eval: bool) -> dict[str, Any]:
     """The data spec (eval-only keys dropped for steps) plus digests of the dataset's files."""
     fields = spec.model_dump(mode="json")
-    if not for_eval:
-        for key in EVAL_ONLY_KEYS:
-            fields.pop(key, None)
+    for key in NEVER_KEYED + (() if for_eval else EVAL_ONLY_KEYS):
+        fields.pop(key, None)
     return {"spec": fields, "files": dataset_digests(spec, base_dir)}
 
 

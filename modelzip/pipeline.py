@@ -113,9 +113,17 @@ class _Runner:
                         data_key=lambda: self._data_key(for_eval=True))
 
     def _data_key(self, *, for_eval: bool) -> dict[str, Any]:
-        return self._fingerprints(("data", for_eval),
-                                  lambda: inputs.data_fingerprint(self.recipe.data, self.recipe.base_dir,
-                                                                  for_eval=for_eval))
+        return self._fingerprints(("data", for_eval), lambda: self._data_fingerprint(for_eval))
+
+    def _data_fingerprint(self, for_eval: bool) -> dict[str, Any]:
+        spec = self.recipe.data
+        fingerprint = inputs.data_fingerprint(spec, self.recipe.base_dir, for_eval=for_eval)
+        if not fingerprint["files"] and spec.download:
+            # The files are not there yet: fetch them first, or this run's keys would lack their
+            # digests and the next run (which finds them) would redo every step.
+            self.data  # noqa: B018 - loading is what downloads
+            fingerprint = inputs.data_fingerprint(spec, self.recipe.base_dir, for_eval=for_eval)
+        return fingerprint
 
     def _fingerprints(self, name, compute):
         """Fingerprints are computed once per run (hashing the dataset files costs ~0.1 s)."""

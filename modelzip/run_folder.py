@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from modelzip.atomic import TMP_SUFFIX, copy_file, remove_tree, write_text
-from modelzip.cache import file_sha256
+from modelzip.cache import file_record, file_sha256
 
 MODEL = "model.onnx"
 RESOLVED_RECIPE = "recipe.resolved.yaml"
@@ -46,8 +46,7 @@ class RunFolder:
 
     def digests(self, *names: str) -> dict[str, dict[str, object]]:
         """Size and sha256 of staged files, for report.json's "files"."""
-        return {name: {"size": (self.staging / name).stat().st_size, "sha256": file_sha256(self.staging / name)}
-                for name in names}
+        return {name: file_record(self.staging / name) for name in names}
 
     def commit(self) -> None:
         """Move the staged set into place, report.json last (see the module doc)."""
@@ -64,8 +63,11 @@ def check_consistent(out: Path) -> str | None:
     report_path = Path(out) / REPORT_JSON
     if not report_path.is_file():
         return None
-    report = json.loads(report_path.read_text())
-    files = report.get("files", {})
+    try:
+        report = json.loads(report_path.read_text())
+        files = report["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "report.json is unreadable or lists no files"
     for name, expected in files.items():
         path = Path(out) / name
         if not path.is_file():

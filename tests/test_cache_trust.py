@@ -170,3 +170,39 @@ def test_replacing_an_entry_swaps_it_whole(tmp_path):
             (scratch / "model.onnx").write_text(content)
     assert (target / "model.onnx").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["entry"]  # no scratch or old tree left
+
+
+@pytest.mark.parametrize("files", ['[["model.onnx", 1]]', '{"model.onnx": 1}', '{"model.onnx": {}}'])
+def test_a_manifest_of_another_shape_is_a_miss_not_a_crash(tmp_path, files):
+    from modelzip.cache import CACHE_FORMAT, StepCache
+
+    cache = StepCache(tmp_path, on_damage=lambda message: None)
+    with cache.store("k") as entry:
+        (entry / "model.onnx").write_bytes(b"x")
+    (cache.entry("k") / "complete.json").write_text(
+        f'{{"key": "k", "format": {CACHE_FORMAT}, "files": {files}}}')
+    assert cache.lookup("k") is None and not cache.entry("k").exists()
+
+
+def test_download_is_not_in_any_key(tmp_path):
+    from modelzip.inputs import data_fingerprint
+    from modelzip.recipe import DataSpec
+
+    write_fake_mnist(tmp_path / "data", side=28)
+    for for_eval in (True, False):
+        keys = [data_fingerprint(DataSpec(dataset="fashion-mnist", root=str(tmp_path / "data"), download=d),
+                                 tmp_path, for_eval=for_eval) for d in (False, True)]
+        assert keys[0] == keys[1] and keys[0]["files"]
+
+
+def test_a_finished_step_clears_its_resume_state(tmp_path):
+    from modelzip.cache import StepCache
+
+    cache = StepCache(tmp_path)
+    with cache.store("k") as entry:
+        (entry / "weights.pt").write_bytes(b"w")
+    cache.resume_dir("k")  # as if a run died between committing the entry and removing this
+    (tmp_path / "partial" / ".k.old.1.tmp").mkdir()
+    assert cache.lookup("k") is not None and not (tmp_path / "partial" / "k").exists()
+    cache.clean_interrupted()
+    assert list((tmp_path / "partial").iterdir()) == []

@@ -96,3 +96,17 @@ def test_unwritable_step_summary_is_a_warning(tiny_checkpoint, recipe_file, tmp_
     result = runner.invoke(app, ["run", str(recipe), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "warning: GITHUB_STEP_SUMMARY=" in result.output
+
+
+def test_an_unwritable_junit_path_never_hides_a_failed_gate(tiny_checkpoint, recipe_file, tmp_path):
+    """--junit into a directory that is a file: a failed gate still exits 1; no gates failing, exit 2."""
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    junit = tmp_path / "blocker" / "gates.xml"
+    body = synthetic_recipe("  - export: {}", checkpoint="tiny.pt", evaluation="{latency: false}")
+    failing = recipe_file(body + "gates: {min_accuracy: 0.99}\n")
+    result = runner.invoke(app, ["run", str(failing), "--quiet", "--junit", str(junit)])
+    assert result.exit_code == 1, result.output
+    assert "--junit" in result.output and "min_accuracy" in result.output
+    passing = recipe_file(body, name="passing.yaml")
+    result = runner.invoke(app, ["run", str(passing), "--quiet", "--junit", str(junit)])
+    assert result.exit_code == 2, result.output

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelzip.cache import file_sha256
 from modelzip.evaluation import runtime
 
 if TYPE_CHECKING:
@@ -303,17 +304,7 @@ def same_file(a: Path, b: Path) -> bool:
     a, b = Path(a), Path(b)
     if a.stat().st_size != b.stat().st_size:
         return False
-    return a.samefile(b) or _sha256(a) == _sha256(b)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return a.samefile(b) or file_sha256(a) == file_sha256(b)
 
 
 def compare_latency(baseline: Path, final: Path, input_shape: tuple[int, ...], batch: int, *,
