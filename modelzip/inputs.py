@@ -23,12 +23,14 @@ EVAL_ONLY_KEYS = ("limit_eval",)
 NEVER_KEYED = ("download",)
 
 
-def data_fingerprint(spec: DataSpec, base_dir: Path, *, for_eval: bool) -> dict[str, Any]:
-    """The data spec (eval-only keys dropped for steps) plus digests of the dataset's files."""
+def data_fingerprint(spec: DataSpec, base_dir: Path, *, for_eval: bool,
+                     files: dict[str, str] | None = None) -> dict[str, Any]:
+    """The data spec (eval-only keys dropped for steps) plus digests of the dataset's files
+    (``files``: digests already computed by :func:`dataset_digests`)."""
     fields = spec.model_dump(mode="json")
     for key in NEVER_KEYED + (() if for_eval else EVAL_ONLY_KEYS):
         fields.pop(key, None)
-    return {"spec": fields, "files": dataset_digests(spec, base_dir)}
+    return {"spec": fields, "files": dataset_digests(spec, base_dir) if files is None else files}
 
 
 def dataset_digests(spec: DataSpec, base_dir: Path) -> dict[str, str]:

@@ -113,17 +113,18 @@ class _Runner:
                         data_key=lambda: self._data_key(for_eval=True))
 
     def _data_key(self, *, for_eval: bool) -> dict[str, Any]:
-        return self._fingerprints(("data", for_eval), lambda: self._data_fingerprint(for_eval))
+        files = self._fingerprints("dataset files", self._dataset_digests)  # hashed once for both keys
+        return inputs.data_fingerprint(self.recipe.data, self.recipe.base_dir, for_eval=for_eval, files=files)
 
-    def _data_fingerprint(self, for_eval: bool) -> dict[str, Any]:
+    def _dataset_digests(self) -> dict[str, str]:
         spec = self.recipe.data
-        fingerprint = inputs.data_fingerprint(spec, self.recipe.base_dir, for_eval=for_eval)
-        if not fingerprint["files"] and spec.download:
+        digests = inputs.dataset_digests(spec, self.recipe.base_dir)
+        if not digests and spec.download:
             # The files are not there yet: fetch them first, or this run's keys would lack their
             # digests and the next run (which finds them) would redo every step.
             self.data  # noqa: B018 - loading is what downloads
-            fingerprint = inputs.data_fingerprint(spec, self.recipe.base_dir, for_eval=for_eval)
-        return fingerprint
+            digests = inputs.dataset_digests(spec, self.recipe.base_dir)
+        return digests
 
     def _fingerprints(self, name, compute):
         """Fingerprints are computed once per run (hashing the dataset files costs ~0.1 s)."""
