@@ -32,8 +32,11 @@ lint: install
 	$(BIN)/lint-imports --no-cache
 
 # Figures in BENCHMARKS.md and bench.json; `make bench BENCH_ARGS=--quick` for a short run.
+# Part 2 (bench-unseen.json): default recipes on four architectures, and the fine-tuning sweep.
+UNSEEN_ARGS ?= --sweep
 bench: install data
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+	$(BIN)/python scripts/bench_unseen.py $(UNSEEN_ARGS)
 
 # 3,000 mutated recipes through `modelzip validate`: prints accepted/rejected/crashed/hung
 # and fails on any crash or hang (tests/test_fuzz.py runs 1,000 of them in CI).

@@ -32,7 +32,7 @@ def test_forward_shape_on_fashion_sized_input(name):
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 7)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "tiny_cnn"])
+@pytest.mark.parametrize("name", ["dsresnet", "resnet20", "tiny_cnn"])
 def test_global_pooling_models_take_cifar_sized_input(name):
     model = ZOO[name](in_channels=3).eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
@@ -53,6 +53,13 @@ def test_resnet20_has_twenty_weighted_layers():
     assert len(convs) + len(linears) == 20
     assert 260_000 < count_parameters(model) < 280_000
     assert {"conv1", "layer1", "layer2", "layer3", "fc"} <= {n for n, _ in model.named_children()}
+
+
+def test_dsresnet_blocks_are_depthwise_separable():
+    model = ZOO["dsresnet"]()
+    depthwise = [m for name, m in model.named_modules() if name.endswith("depthwise")]
+    assert len(depthwise) == 6 and all(m.groups == m.in_channels == m.out_channels for m in depthwise)
+    assert 45_000 < count_parameters(model) < 55_000
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))

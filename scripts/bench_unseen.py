@@ -1,0 +1,185 @@
+"""`make bench`, part 2: default recipes on architectures the defaults were not tuned on (issue #13).
+
+Four architectures trained here on Fashion-MNIST (the zoo CNN, ResNet-20, the zoo's
+depthwise-separable residual net and torchvision's MobileNetV2 with a 1-channel stem) each go
+through the recipes a new user would write, every parameter not named left at its default:
+
+* ``channel``: ``prune: {method: channel, target_macs: 0.5}`` + ``finetune: {epochs: 2, distill:
+  {teacher: baseline}}``: within 1.0 pp of the input and at least 1.2x faster at batch 256;
+* ``gradual``: ``finetune: {epochs: 3, prune: {method: magnitude, sparsity: 0.9, schedule:
+  gradual}}``: within 1.5 pp, zip at least 5x smaller;
+* ``oneshot`` (for contrast): ``prune: {method: magnitude, sparsity: 0.9}`` + ``finetune: {epochs: 3}``.
+
+Fine-tuning uses the first 20,000 training images; accuracy is on the full test set and latency
+is each run's own interleaved baseline-vs-final measurement. ``--sweep`` also runs the
+fine-tuning settings compared to choose the defaults (optimizer, lr, distillation) on the
+``channel`` recipe. Writes bench-unseen.json and its section of BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / ".bench" / "unseen"
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench import run_recipe, train_baseline  # noqa: E402
+
+# name -> (model section of the recipe, baseline epochs on the full training split)
+ARCHITECTURES = {
+    "fashion_cnn": ({"source": "modelzip.zoo:fashion_cnn"}, 4),
+    "resnet20": ({"source": "modelzip.zoo:resnet20"}, 5),
+    "dsresnet": ({"source": "modelzip.zoo:dsresnet"}, 6),
+    "mobilenet_v2": ({"source": "torchvision:mobilenet_v2", "in_channels": 1}, 6),
+}
+BASELINE_MODEL = {"mobilenet_v2": "torchvision:mobilenet_v2"}  # train_baseline.py's --model
+
+RECIPES = {
+    "channel": ["prune: {method: channel, target_macs: 0.5}",
+                "finetune: {epochs: 2, distill: {teacher: baseline}}"],
+    "gradual": ["finetune: {epochs: 3, prune: {method: magnitude, sparsity: 0.9, schedule: gradual}}"],
+    "oneshot": ["prune: {method: magnitude, sparsity: 0.9}", "finetune: {epochs: 3}"],
+}
+# Done-when of issue #13, per recipe: (max accuracy drop in pp, min speedup at 256, min zip ratio).
+TARGETS = {"channel": (1.0, 1.2, None), "gradual": (1.5, None, 5.0)}
+
+# The fine-tuning settings compared for the defaults, each replacing the channel recipe's finetune.
+SWEEP = {
+    "sgd 0.01 (default)": "finetune: {epochs: 2, distill: {teacher: baseline}}",
+    "sgd 0.05": "finetune: {epochs: 2, lr: 0.05, distill: {teacher: baseline}}",
+    "adamw 1e-3": "finetune: {epochs: 2, optimizer: adamw, distill: {teacher: baseline}}",
+    "adamw 3e-3": "finetune: {epochs: 2, optimizer: adamw, lr: 0.003, distill: {teacher: baseline}}",
+    "sgd 0.01, no distill": "finetune: {epochs: 2}",
+    "sgd 0.01, alpha 0.9": "finetune: {epochs: 2, distill: {teacher: baseline, alpha: 0.9}}",
+}
+LIMIT_TRAIN = 20_000
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", action="append", choices=sorted(ARCHITECTURES),
+                        help="only these architectures (default: all four)")
+    parser.add_argument("--recipe", action="append", choices=sorted(RECIPES), help="only these recipes")
+    parser.add_argument("--sweep", action="store_true", help="also run the fine-tuning defaults sweep")
+    parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--json", type=Path, default=REPO / "bench-unseen.json")
+    return parser.parse_args(argv)
+
+
+def write_recipe(arch: str, name: str, passes: list[str], checkpoint: str) -> Path:
+    model, _ = ARCHITECTURES[arch]
+    lines = ["version: 1", f"name: unseen-{arch}-{name}", "model:",
+             *(f"  {key}: {value}" for key, value in model.items()),
+             "  args: {num_classes: 10}", f"  checkpoint: {checkpoint}", "  input_shape: [1, 1, 28, 28]",
+             "data:", "  dataset: fashion-mnist", "  batch_size: 256", f"  limit_train: {LIMIT_TRAIN}",
+             "passes:", *(f"  - {p}" for p in passes), "  - export: {}",
+             f"cache_dir: {WORK / 'cache'}", f"output: {WORK / 'runs' / arch / name}"]
+    path = WORK / "recipes" / f"{arch}-{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def summarize(report: dict, wall_s: float) -> dict:
+    """The figures the table shows, from one run's report.json."""
+    baseline, final = report["baseline"]["onnx"], report["final"]
+    at_256 = (final.get("latency") or {}).get("batch_256") or {}
+    return {
+        "input_accuracy": baseline["accuracy"], "accuracy": final["accuracy"],
+        "drop_pp": round(100 * (baseline["accuracy"] - final["accuracy"]), 2),
+        "macs_ratio": round(final["macs"] / baseline["macs"], 3),
+        "zip_ratio": round(baseline["zip_bytes"] / final["zip_bytes"], 2),
+        "speedup_256": at_256.get("ratio"), "verdict_256": at_256.get("verdict"),
+        "warnings": [w.get("message", str(w)) for w in report.get("warnings") or []],
+        "steps": [s["details"].get("summary", "") for s in report["steps"]],
+        "status": report["status"], "wall_s": round(wall_s, 1),
+    }
+
+
+def met(name: str, row: dict) -> str:
+    if name not in TARGETS:
+        return ""
+    max_drop, min_speedup, min_zip = TARGETS[name]
+    ok = row["drop_pp"] <= max_drop
+    ok &= min_speedup is None or (row["speedup_256"] or 0) >= min_speedup
+    ok &= min_zip is None or row["zip_ratio"] >= min_zip
+    return "yes" if ok else "**no**"
+
+
+def baselines(archs: list[str]) -> dict[str, dict]:
+    return {arch: train_baseline(BASELINE_MODEL.get(arch, arch), ARCHITECTURES[arch][1], None) for arch in archs}
+
+
+def run_all(archs: list[str], recipes: dict[str, list[str]], trained: dict[str, dict]) -> dict[str, dict]:
+    rows: dict[str, dict] = {}
+    for arch in archs:
+        for name, passes in recipes.items():
+            slug = re.sub(r"\W+", "_", name).strip("_")
+            recipe = write_recipe(arch, slug, passes, trained[arch]["checkpoint"])
+            report, wall = run_recipe(recipe, [f"output={WORK / 'runs' / arch / slug}"])
+            rows[f"{arch}/{name}"] = {"arch": arch, "recipe": name, **summarize(report, wall)}
+            print(f"{arch} {name}: {rows[f'{arch}/{name}']}", flush=True)
+    return rows
+
+
+def markdown(trained: dict[str, dict], rows: dict[str, dict], sweep: dict[str, dict]) -> str:
+    out = ["<!-- unseen:begin (scripts/bench_unseen.py writes this section) -->",
+           "## Unseen architectures, default settings (issue #13)", "",
+           "Reproduce: `python scripts/bench_unseen.py --sweep` (part of `make bench`). Fine-tuning on the "
+           f"first {LIMIT_TRAIN:,} training images; accuracy on the full test set in onnxruntime; speedup "
+           "at batch 256 from each run's own interleaved baseline-vs-final measurement.", "",
+           "| model | baseline accuracy | baseline epochs |", "|---|---|---|"]
+    out += [f"| `{ARCHITECTURES[a][0]['source']}` | {100 * t['test_accuracy']:.2f}% | {t['epochs']} |"
+            for a, t in trained.items()]
+    out += ["", "Recipes: " + "; ".join(f"**{n}**: `{' + '.join(p)}`" for n, p in RECIPES.items()), "",
+            "| model | recipe | accuracy input -> final | MACs kept | zip smaller | speedup @256 | target met "
+            "| warnings |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows.values():
+        speed = f"{row['speedup_256']:.2f}x ({row['verdict_256']})" if row["speedup_256"] else "n/a"
+        out.append(f"| {row['arch']} | {row['recipe']} | {100 * row['input_accuracy']:.2f}% -> "
+                   f"{100 * row['accuracy']:.2f}% ({-row['drop_pp']:+.2f} pp) | {100 * row['macs_ratio']:.0f}% | "
+                   f"{row['zip_ratio']:.2f}x | {speed} | {met(row['recipe'], row)} | "
+                   f"{'; '.join(row['warnings']) or '-'} |")
+    if sweep:
+        out += ["", "### Fine-tuning defaults: after `prune: {method: channel, target_macs: 0.5}`, 2 epochs", "",
+                "| model | " + " | ".join(SWEEP) + " |", "|---|" + "---|" * len(SWEEP)]
+        for arch in dict.fromkeys(r["arch"] for r in sweep.values()):
+            cells = [sweep.get(f"{arch}/{name}") for name in SWEEP]
+            out.append(f"| {arch} | " + " | ".join(f"{100 * c['accuracy']:.2f}%" if c else "" for c in cells) + " |")
+    out.append("<!-- unseen:end -->")
+    return "\n".join(out) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace this script's section of BENCHMARKS.md (or append it), leaving the rest as it is."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(r"<!-- unseen:begin.*?<!-- unseen:end -->\n", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    archs = args.arch or list(ARCHITECTURES)
+    recipes = {name: RECIPES[name] for name in (args.recipe or RECIPES)}
+    started = time.perf_counter()
+    trained = baselines(archs)
+    rows = run_all(archs, recipes, trained)
+    sweep = {}
+    if args.sweep:
+        sweep_recipes = {name: [RECIPES["channel"][0], finetune] for name, finetune in SWEEP.items()}
+        sweep = run_all(archs, sweep_recipes, trained)
+    args.json.write_text(json.dumps({"baselines": trained, "runs": rows, "sweep": sweep,
+                                     "wall_s": round(time.perf_counter() - started)}, indent=1))
+    write_section(args.out, markdown(trained, rows, sweep))
+    print(f"wrote {args.out} and {args.json} in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
