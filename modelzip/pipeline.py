@@ -133,8 +133,8 @@ class _Runner:
         return self._fingerprint_memo[name]
 
     def step_inputs(self, pass_obj, config) -> dict[str, Any]:
-        """What a step reads besides its input artifact and params (see Pass.reads)."""
-        reads = pass_obj.reads
+        """What a step reads besides its input artifact and params (see Pass.reads_for)."""
+        reads = pass_obj.reads_for(config)
         return {
             "device": self.device,
             "data": self._data_key(for_eval=False) if "data" in reads else None,

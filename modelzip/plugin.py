@@ -204,6 +204,11 @@ class Pass:
     # measured latency). Files named by parameters are declared by `input_files`.
     reads: ClassVar[frozenset[str]] = frozenset({"data"})
 
+    def reads_for(self, config: PassConfig) -> frozenset[str]:
+        """What a step with ``config`` reads (a subset of ``reads``): override when a parameter
+        decides it, e.g. data only when a data-driven option is on."""
+        return self.reads
+
     def input_files(self, config: PassConfig) -> list[str]:
         """Paths, as written in the recipe, of files this pass opens (e.g. a teacher checkpoint);
         their content digests join the step's cache key."""

@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from modelzip.passes._bn import RECALIBRATE_IMAGES, RecalibrateBN, recalibrated
 from modelzip.plugin import Pass, PassConfig
 
 
@@ -22,6 +23,7 @@ class LowRankConfig(PassConfig):
         description="round each rank up to a multiple of this (capped at the full rank); onnxruntime's x86 "
                     "convolutions work on blocks of 8/16 channels and run odd widths slower; 1: no rounding")
     ignore: tuple[str, ...] = Field((), description="glob patterns on module names to leave as they are")
+    recalibrate_bn: RecalibrateBN = RECALIBRATE_IMAGES
 
     @model_validator(mode="after")
     def _one_target(self) -> LowRankConfig:
@@ -35,7 +37,12 @@ class LowRankPass(Pass):
     summary = "Factorize Linear/Conv2d layers by truncated SVD where it cuts MACs and parameters"
     Config = LowRankConfig
     consumes = ("torch",)
-    reads = frozenset()  # the SVD of the weights alone: no data
+    version = "2"  # 2: BatchNorm statistics recalibrated by default
+    reads = frozenset({"data"})  # training images for the BatchNorm statistics (see reads_for)
+
+    def reads_for(self, config: LowRankConfig) -> frozenset[str]:
+        # Without recalibration the result is the SVD of the weights alone: no data.
+        return self.reads if config.recalibrate_bn else frozenset()
 
     def run(self, artifact, config: LowRankConfig, ctx):
         from modelzip.lowrank.factorize import factorize_model
@@ -43,7 +50,10 @@ class LowRankPass(Pass):
         module, records = factorize_model(artifact.module, lowrank_settings(config), artifact.input_shape)
         layers = [record.to_json() for record in records]
         changed = [layer for layer in layers if layer["factorized"]]
-        ctx.record(layers=layers, factorized=len(changed), summary=_summary(layers, changed))
+        details = {"layers": layers, "factorized": len(changed), "summary": _summary(layers, changed)}
+        details = recalibrated(details, module, config.recalibrate_bn, ctx)
+        ctx.record(**details)
+        ctx.log(details["summary"])
         ctx.record_table("per layer", LAYER_HEADER, [_layer_row(record) for record in records])
         return artifact.evolve(module=module)
 

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from modelzip.passes._bn import RECALIBRATE_IMAGES, RecalibrateBN, recalibrated
 from modelzip.plugin import Pass, PassConfig
 
 Glob = Annotated[str, Field(min_length=1)]
@@ -64,6 +65,7 @@ class PruneConfig(PassConfig):
                                     "re-ranking channels after each")
     taylor_batches: int = Field(
         4, ge=1, le=1000, description="channel, importance taylor: training batches for the gradients")
+    recalibrate_bn: RecalibrateBN = RECALIBRATE_IMAGES
 
     @field_validator("sparsity")
     @classmethod
@@ -91,7 +93,7 @@ class PrunePass(Pass):
     name = "prune"
     summary = "Remove channels (smaller, faster) or zero the smallest weights (smaller zip)"
     Config = PruneConfig
-    version = "1"
+    version = "2"  # 2: BatchNorm statistics recalibrated by default
 
     def run(self, artifact, config: PruneConfig, ctx):
         from modelzip.errors import PassError
@@ -101,6 +103,7 @@ class PrunePass(Pass):
             module, details = self._prune(artifact, config, ctx)
         except PruneFailure as failure:
             raise PassError(failure.what, pass_name=self.name, step=ctx.step, **failure.fields()) from failure
+        details = recalibrated(details, module, config.recalibrate_bn, ctx)
         ctx.record(**details)
         ctx.log(details["summary"])
         return artifact.evolve(module=module)

@@ -18,7 +18,7 @@ def check_pass_contract(pass_cls: type[Pass], config: PassConfig | None = None,
     - the class registers (name, Config, summary, consumes/produces, run: as a registry checks);
     - ``Config()`` validates (give ``config`` for a pass with required parameters);
     - ``modelzip explain`` renders the parameters;
-    - ``input_files`` and ``reads`` are well-formed;
+    - ``input_files``, ``reads`` and ``reads_for`` are well-formed;
     - the input artifact is not mutated (tensors, or the ONNX file's bytes);
     - the result has the kind ``output_kind`` declares, and loads: a torch module runs forward;
       an ONNX file passes onnx.checker and runs in onnxruntime.
@@ -43,6 +43,9 @@ def check_pass_contract(pass_cls: type[Pass], config: PassConfig | None = None,
         f"input_files must return a list of str, got {files!r}"
     assert isinstance(pass_cls.reads, frozenset) and pass_cls.reads <= {"data", "timing"}, \
         f"reads must be a frozenset of 'data'/'timing', got {pass_cls.reads!r}"
+    reads = pass_obj.reads_for(config)
+    assert isinstance(reads, frozenset) and reads <= pass_cls.reads, \
+        f"reads_for must return a frozenset within reads ({set(pass_cls.reads)}), got {reads!r}"
     assert artifact_kind in pass_cls.consumes, f"{pass_cls.name} does not take {artifact_kind} models"
 
     ctx = make_context(pass_cls.name, work_dir=work_dir)
