@@ -75,6 +75,37 @@ def cpu_flags() -> list[str]:
     return [flag for flag in RELEVANT_CPU_FLAGS if flag in present]
 
 
+# `round_to: auto`: the channel multiple onnxruntime's CPU convolutions run fast. Its MLAS
+# library converts a Conv to the blocked NCHWc layout only when the input and output channel
+# counts are multiples of the block (onnxruntime core/optimizer/nchwc_transformer.cc); other
+# widths fall back to the generic im2col + GEMM path. The block is 16 channels with AVX-512F
+# and 8 on other x86-64 CPUs (MLAS platform.cpp, NchwcBlockSize). Default ARM builds have no
+# NCHWc kernels (MLAS_USE_ARM_NEON_NCHWC is a build option): there 8 keeps the GEMM's
+# 4-float NEON vectors full (not measured). scripts/probe_widths.py measures it.
+AUTO_ROUND_TO = "auto"
+ARM_MACHINES = ("arm64", "aarch64")
+
+
+def channel_multiple(flags: list[str], machine: str | None = None) -> tuple[int, str]:
+    """(the channel multiple for onnxruntime on a CPU with ``flags``, the reason in words)."""
+    machine = (machine or platform.machine()).lower()
+    if "avx512f" in flags:
+        return 16, "onnxruntime NCHWc convolutions work on blocks of 16 channels (AVX-512F)"
+    if machine in ARM_MACHINES or "neon" in flags:
+        return 8, "onnxruntime on ARM: no NCHWc blocking; multiples of 8 keep NEON vectors full"
+    isa = "AVX2" if "avx2" in flags else "AVX" if "avx" in flags else "SSE"
+    return 8, f"onnxruntime NCHWc convolutions work on blocks of 8 channels ({isa})"
+
+
+def auto_round_to(value: int | str | None) -> tuple[int | None, dict | None]:
+    """A ``round_to`` parameter resolved on this machine: (channel multiple or None for no
+    rounding, {value, auto, reason} for the step details, None when given explicitly)."""
+    if value != AUTO_ROUND_TO:
+        return (None if value in (None, 1) else int(value)), None
+    multiple, reason = channel_multiple(cpu_flags())
+    return multiple, {"value": multiple, "auto": True, "reason": reason}
+
+
 def _cpuinfo_fields() -> list[tuple[str, str]]:
     """(key, value) lines of /proc/cpuinfo for the first CPU; empty where absent."""
     try:

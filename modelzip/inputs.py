@@ -93,3 +93,12 @@ def timing_fingerprint(recipe: Recipe, threads: int) -> dict[str, Any]:
 
     return {"cpu": cpu_model(), "threads": threads, "evaluation": recipe.evaluation.model_dump(mode="json"),
             "batch_size": recipe.data.batch_size}
+
+
+def cpu_fingerprint() -> dict[str, Any]:
+    """What a pass that follows the CPU's instruction set (round_to: auto) depends on."""
+    import platform
+
+    from modelzip.envinfo import cpu_flags, cpu_model
+
+    return {"model": cpu_model(), "machine": platform.machine(), "flags": cpu_flags()}

@@ -141,6 +141,8 @@ class _Runner:
             "timing": self._fingerprints("timing", lambda: inputs.timing_fingerprint(
                 self.recipe, self.measurer.threads)) if "timing" in reads else None,
             "files": inputs.named_files(pass_obj.input_files(config), self.recipe),
+            # Only when read: a new key for every pass would turn every cached step into a miss.
+            **({"cpu": inputs.cpu_fingerprint()} if "cpu" in reads else {}),
         }
 
     @contextmanager
@@ -178,7 +180,7 @@ class _Runner:
         record = Report(self.recipe.name, self.recipe.seed, time.perf_counter() - started, baseline, tuple(steps),
                         final, tuple(gates), self.measurer.environment(),
                         files=self.folder.digests(MODEL, RESOLVED_RECIPE),
-                        warnings=tuple(find_problems(baseline.torch, steps, classes)))
+                        warnings=tuple(find_problems(baseline.torch, steps, classes, final.latency)))
         report = record.to_json()
         write_report(self.folder.staging, report)
         self.folder.commit()  # model, resolved recipe and reports appear together

@@ -201,7 +201,8 @@ class Pass:
     # What the step reads besides its input artifact and params, so its cache key can cover it
     # (a cached result is never silently stale): "data" = the train/validation/calibration splits
     # (spec and file digests); "timing" = the CPU and evaluation settings (a pass that chooses by
-    # measured latency). Files named by parameters are declared by `input_files`.
+    # measured latency); "cpu" = the CPU's model and instruction-set flags (a pass whose result
+    # follows them, such as round_to: auto). Files named by parameters are declared by `input_files`.
     reads: ClassVar[frozenset[str]] = frozenset({"data"})
 
     def reads_for(self, config: PassConfig) -> frozenset[str]:

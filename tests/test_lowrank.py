@@ -40,11 +40,11 @@ def test_choose_rank():
 
 def test_ranks_round_up_to_a_multiple_but_not_past_the_full_rank():
     s = torch.linspace(64, 1, 64)
-    assert choose_rank(s, LowRankConfig(rank_ratio=0.3)) == 32  # 20 -> 32 (default round_to 16)
+    assert choose_rank(s, LowRankConfig(rank_ratio=0.3, round_to=16)) == 32  # 20 -> 32
     assert choose_rank(s, LowRankConfig(rank_ratio=0.3, round_to=8)) == 24
-    assert choose_rank(s, LowRankConfig(rank_ratio=0.25)) == 16  # already a multiple
-    assert choose_rank(s[:20], LowRankConfig(rank_ratio=0.5)) == 16  # 10 -> 16
-    assert choose_rank(s[:20], LowRankConfig(rank_ratio=0.9)) == 20  # 18 -> 32 -> capped at 20
+    assert choose_rank(s, LowRankConfig(rank_ratio=0.25, round_to=16)) == 16  # already a multiple
+    assert choose_rank(s[:20], LowRankConfig(rank_ratio=0.5, round_to=16)) == 16  # 10 -> 16
+    assert choose_rank(s[:20], LowRankConfig(rank_ratio=0.9, round_to=16)) == 20  # 18 -> 32 -> capped at 20
 
 
 @pytest.mark.parametrize("conv", ["channel", "spatial"])
@@ -97,7 +97,7 @@ def test_residual_network_channel_svd_cuts_macs():
 
 def test_rounded_ranks_leave_narrow_stages_whole():
     # ResNet-20's 16-channel convs would need rank 16 (their full rank): not cheaper, kept.
-    _, layers = factorize_model(resnet20(), LowRankConfig(rank_ratio=0.25), (1, 1, 28, 28))
+    _, layers = factorize_model(resnet20(), LowRankConfig(rank_ratio=0.25, round_to=16), (1, 1, 28, 28))
     by_name = {layer["name"]: layer for layer in layers}
     assert not by_name["layer1.0.conv1"]["factorized"]
     assert "rank 16 of 16 is not cheaper" in by_name["layer1.0.conv1"]["reason"]
@@ -135,7 +135,7 @@ def test_pipeline_factorizes_exports_and_reloads(tiny_checkpoint, recipe_file):
 def test_composes_with_prune_finetune_and_static_int8(tmp_path, tiny_checkpoint, recipe_file):
     import onnx
 
-    passes = ("  - prune: {method: channel, ratio: 0.25}\n"
+    passes = ("  - prune: {method: channel, ratio: 0.25, round_to: null}\n"
               "  - lowrank: {rank_ratio: 0.5, round_to: 1}\n"
               "  - finetune: {steps: 2}\n"
               "  - quantize: {mode: static}\n")

@@ -72,6 +72,8 @@ def build(num_classes=10):
 # TorchScript exporter: dynamo takes ~10 s for MobileNetV2 on two cores.
 CASES = {
     "fashion_cnn": (dict(source="modelzip.zoo:fashion_cnn"), dict(target_macs=0.5), "dynamo"),
+    # Depthwise-separable residual blocks (issue #13), with the rounding auto gives on AVX-512.
+    "dsresnet": (dict(source="modelzip.zoo:dsresnet"), dict(target_macs=0.5, round_to=16), "torchscript"),
     "resnet20": (dict(source="modelzip.zoo:resnet20"), dict(ratio=0.5), "torchscript"),
     "user": (dict(source="prune_test_usernet:build"), dict(target_macs=0.5), "dynamo"),
     "resnet18": (dict(source="torchvision:resnet18", args={"num_classes": 10}, in_channels=1),
@@ -224,7 +226,7 @@ def test_verification_names_the_layer_a_misread_graph_breaks():
 
     torch.manual_seed(0)
     original = fashion_cnn().eval()
-    attempt = _prune_at(original, _example(original, SHAPE), 0.5, PruneConfig(method="channel", ratio=0.5),
+    attempt = _prune_at(original, _example(original, SHAPE), 0.5, channel(ratio=0.5),
                         {"classifier.4"}, None, 0, print)
     masked, kept = masked_original(original, attempt.history)
     sample = torch.randn(2, *SHAPE[1:])
@@ -292,7 +294,8 @@ class GroupNormed(nn.Module):
 
 
 def _context(step: int = 2) -> SimpleNamespace:
-    return SimpleNamespace(step=step, seed=0, log=lambda message: None, details={},
+    recipe = SimpleNamespace(data=SimpleNamespace(batch_size=8), evaluation=SimpleNamespace(threads=1))
+    return SimpleNamespace(step=step, seed=0, log=lambda message: None, details={}, recipe=recipe,
                            record=lambda **items: None, data=None, build_module=None)
 
 
@@ -304,7 +307,7 @@ def _context(step: int = 2) -> SimpleNamespace:
 def test_graphs_torch_pruning_misreads_fail_naming_the_layer(cls, words, suggested):
     artifact = Artifact(kind="torch", input_shape=SHAPE, id="x", module=cls().eval())
     with pytest.raises(PassError) as info:
-        PrunePass().run(artifact, PruneConfig(method="channel", ratio=0.5), _context())
+        PrunePass().run(artifact, PruneConfig(method="channel", ratio=0.5, round_to=None), _context())
     error = info.value
     assert error.pass_name == "prune" and error.step == 2 and error.exit_code == 3
     assert words in error.what and suggested in error.fix and "ignore" in error.fix
@@ -442,7 +445,7 @@ def test_pass_module_imports_no_torch():
 def test_recipe_prunes_then_zeroes_then_exports(recipe_file):
     torch.manual_seed(0)
     path = _recipe(recipe_file, """
-        - prune: {method: channel, target_macs: 0.5}
+        - prune: {method: channel, target_macs: 0.5, round_to: null}  # tiny_cnn: 8/16 wide
         - prune: {method: magnitude, sparsity: 0.5, scope: layer}
         - export: {}
     """)

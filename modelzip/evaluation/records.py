@@ -279,7 +279,7 @@ class Finding:
 
     step: int  # StepRecord.index
     pass_name: str
-    kind: str  # "at_chance" | "finetune_no_gain" | "layer_zeroed"
+    kind: str  # "at_chance" | "finetune_no_gain" | "layer_zeroed" | "slower_than_input" | "final_slower"
     message: str
     fix: str
 

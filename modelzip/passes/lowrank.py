@@ -1,10 +1,11 @@
 """lowrank: replace Linear and Conv2d layers by two thinner ones (truncated SVD)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from modelzip.envinfo import AUTO_ROUND_TO
 from modelzip.passes._bn import RECALIBRATE_IMAGES, RecalibrateBN, recalibrated
 from modelzip.plugin import Pass, PassConfig
 
@@ -18,10 +19,11 @@ class LowRankConfig(PassConfig):
         "channel", description="channel: kxk conv to r channels then 1x1; spatial: kx1 then 1xk; none: skip convs")
     linear: bool = Field(True, description="factorize Linear layers (in -> r -> out)")
     min_rank: int = Field(1, ge=1, le=65536, description="never go below this rank")
-    round_to: int = Field(
-        16, ge=1, le=65536,
-        description="round each rank up to a multiple of this (capped at the full rank); onnxruntime's x86 "
-                    "convolutions work on blocks of 8/16 channels and run odd widths slower; 1: no rounding")
+    round_to: Literal["auto"] | Annotated[int, Field(ge=1, le=65536)] = Field(
+        AUTO_ROUND_TO,
+        description="round each rank up to a multiple of this (capped at the full rank); auto: the block "
+                    "onnxruntime's convolutions work on with this CPU (16 with AVX-512, else 8), which runs "
+                    "other widths slower; 1: no rounding")
     ignore: tuple[str, ...] = Field((), description="glob patterns on module names to leave as they are")
     recalibrate_bn: RecalibrateBN = RECALIBRATE_IMAGES
 
@@ -37,20 +39,28 @@ class LowRankPass(Pass):
     summary = "Factorize Linear/Conv2d layers by truncated SVD where it cuts MACs and parameters"
     Config = LowRankConfig
     consumes = ("torch",)
-    version = "2"  # 2: BatchNorm statistics recalibrated by default
-    reads = frozenset({"data"})  # training images for the BatchNorm statistics (see reads_for)
+    # 3: BatchNorm statistics recalibrated by default; round_to auto (8 on CPUs without AVX-512)
+    version = "3"
+    # Training images for the BatchNorm statistics; the CPU's flags for round_to auto (see reads_for).
+    reads = frozenset({"data", "cpu"})
 
     def reads_for(self, config: LowRankConfig) -> frozenset[str]:
-        # Without recalibration the result is the SVD of the weights alone: no data.
-        return self.reads if config.recalibrate_bn else frozenset()
+        # Without those the result is the SVD of the weights alone.
+        return frozenset({"data"} if config.recalibrate_bn else set()) | (
+            {"cpu"} if config.round_to == AUTO_ROUND_TO else set())
 
     def run(self, artifact, config: LowRankConfig, ctx):
+        from modelzip.envinfo import auto_round_to
         from modelzip.lowrank.factorize import factorize_model
 
-        module, records = factorize_model(artifact.module, lowrank_settings(config), artifact.input_shape)
+        round_to, auto = auto_round_to(config.round_to)
+        module, records = factorize_model(artifact.module, lowrank_settings(config, round_to),
+                                          artifact.input_shape)
         layers = [record.to_json() for record in records]
         changed = [layer for layer in layers if layer["factorized"]]
-        details = {"layers": layers, "factorized": len(changed), "summary": _summary(layers, changed)}
+        summary = _summary(layers, changed) + (f"; ranks in multiples of {round_to} (auto)" if auto else "")
+        details = {"layers": layers, "factorized": len(changed), "round_to": auto or round_to or 1,
+                   "summary": summary}
         details = recalibrated(details, module, config.recalibrate_bn, ctx)
         ctx.record(**details)
         ctx.log(details["summary"])
@@ -58,12 +68,14 @@ class LowRankPass(Pass):
         return artifact.evolve(module=module)
 
 
-def lowrank_settings(config: LowRankConfig):
-    """The config as the machinery's settings (imports torch)."""
+def lowrank_settings(config: LowRankConfig, round_to: int | None = None):
+    """The config as the machinery's settings (imports torch); ``round_to`` is the rounding used
+    when config.round_to is auto (the pass resolves it; None: no rounding)."""
     from modelzip.lowrank.ranks import LowRankSettings
 
+    rounding = config.round_to if isinstance(config.round_to, int) else round_to or 1
     return LowRankSettings(energy=config.energy, rank_ratio=config.rank_ratio, conv=config.conv,
-                           linear=config.linear, min_rank=config.min_rank, round_to=config.round_to,
+                           linear=config.linear, min_rank=config.min_rank, round_to=rounding,
                            ignore=tuple(config.ignore))
 
 

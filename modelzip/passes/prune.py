@@ -14,10 +14,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from modelzip.envinfo import AUTO_ROUND_TO
 from modelzip.passes._bn import RECALIBRATE_IMAGES, RecalibrateBN, recalibrated
 from modelzip.plugin import Pass, PassConfig
 
 Glob = Annotated[str, Field(min_length=1)]
+# A channel multiple, "auto" (resolved at run time from the runtime and CPU), or null: none.
+RoundTo = Literal["auto"] | Annotated[int, Field(ge=1, le=512)] | None
 Sparsity = Annotated[float, Field(ge=0, lt=1)]
 
 # Which parameters belong to which choice: one written under another choice is an error
@@ -25,7 +28,7 @@ Sparsity = Annotated[float, Field(ge=0, lt=1)]
 _APPLIES_TO = {
     **{name: {"method": ("magnitude",)} for name in ("sparsity", "scope", "layers")},
     **{name: {"method": ("channel",)}
-       for name in ("importance", "ratio", "target_macs", "allocation", "round_to", "steps")},
+       for name in ("importance", "ratio", "target_macs", "allocation", "round_to", "steps", "check_speed")},
     "taylor_batches": {"method": ("channel",), "importance": ("taylor",)},
 }
 
@@ -58,14 +61,19 @@ class PruneConfig(PassConfig):
     allocation: Literal["uniform", "global"] = Field(
         "uniform", description="channel: the same ratio in every layer, or one ranking across all layers "
                                "(global can thin some layers to a single channel)")
-    round_to: int | None = Field(
-        None, ge=1, le=512, description="channel: keep channel counts multiples of this (e.g. 8)")
+    round_to: RoundTo = Field(
+        AUTO_ROUND_TO, description="channel: keep channel counts multiples of this; auto: what onnxruntime "
+                                   "runs fast on this CPU (16 with AVX-512, else 8); null or 1: no rounding")
     steps: int = Field(
         1, ge=1, le=50, description="channel: reach the ratio in this many pruning steps, "
                                     "re-ranking channels after each")
     taylor_batches: int = Field(
         4, ge=1, le=1000, description="channel, importance taylor: training batches for the gradients")
     recalibrate_bn: RecalibrateBN = RECALIBRATE_IMAGES
+    check_speed: bool = Field(
+        True, description="channel: time the pruned model against its input in onnxruntime (at "
+                          "data.batch_size, a few seconds); if it is not faster and round_to is auto, "
+                          "prune again with coarser rounding (x2, twice at most); the report says why")
 
     @field_validator("sparsity")
     @classmethod
@@ -93,7 +101,18 @@ class PrunePass(Pass):
     name = "prune"
     summary = "Remove channels (smaller, faster) or zero the smallest weights (smaller zip)"
     Config = PruneConfig
-    version = "2"  # 2: BatchNorm statistics recalibrated by default
+    # 3: BatchNorm statistics recalibrated, round_to auto, and the speed check, all by default
+    # (each changes results for the same params).
+    version = "3"
+    # "timing" and "cpu": the speed check times models, and round_to auto follows the CPU's flags.
+    reads = frozenset({"data", "timing", "cpu"})
+
+    def reads_for(self, config: PruneConfig) -> frozenset[str]:
+        channel = config.method == "channel"
+        return frozenset(
+            ({"data"} if channel or config.recalibrate_bn else set())
+            | ({"timing"} if channel and config.check_speed else set())
+            | ({"cpu"} if channel and config.round_to == AUTO_ROUND_TO else set()))
 
     def run(self, artifact, config: PruneConfig, ctx):
         from modelzip.errors import PassError
@@ -114,21 +133,36 @@ class PrunePass(Pass):
 
             return prune_magnitude(artifact.module, artifact.input_shape, sparsity=config.sparsity,
                                    scope=config.scope, layers=config.layers, ignore=config.ignore)
+        from modelzip.envinfo import auto_round_to
         from modelzip.pruning import check_reloadable
         from modelzip.pruning.channel import prune_channels
 
         batches = lambda: ctx.data.batches("train", shuffle=True, seed=ctx.seed)  # noqa: E731
-        module, details = prune_channels(artifact.module, artifact.input_shape, channel_settings(config),
-                                         batches=batches, seed=ctx.seed, log=ctx.log)
-        check_reloadable(module, ctx.build_module)
-        return module, details
+
+        def prune(round_to: int | None):
+            module, details = prune_channels(artifact.module, artifact.input_shape,
+                                             channel_settings(config, round_to), batches=batches,
+                                             seed=ctx.seed, log=ctx.log)
+            check_reloadable(module, ctx.build_module)
+            return module, details
+
+        round_to, auto = auto_round_to(config.round_to)
+        if not config.check_speed:
+            module, details = prune(round_to)
+            return module, ({**details, "round_to": auto} if auto else details)
+        from modelzip.passes._prune_speed import prune_checked
+
+        return prune_checked(prune, round_to, auto, artifact, ctx, pass_name=self.name)
 
 
-def channel_settings(config: PruneConfig):
-    """``method: channel``'s parameters as the machinery's settings (imports torch)."""
+def channel_settings(config: PruneConfig, round_to: int | None = None):
+    """``method: channel``'s parameters as the machinery's settings (imports torch). ``round_to`` is
+    the rounding used when config.round_to is auto (the pass resolves it; None: no rounding)."""
     from modelzip.pruning.channel import ChannelSettings
 
+    if isinstance(config.round_to, int):
+        round_to = None if config.round_to == 1 else config.round_to
     return ChannelSettings(ratio=config.ratio, target_macs=config.target_macs, ignore=tuple(config.ignore),
                            importance=config.importance, allocation=config.allocation,
-                           round_to=config.round_to, steps=config.steps,
+                           round_to=round_to, steps=config.steps,
                            taylor_batches=config.taylor_batches)

@@ -361,8 +361,9 @@ def _details(before: dict[str, int], original: nn.Module, result: Attempt, input
     if settings.round_to is None and any(new % 8 for old, new in widths.values() if old != new):
         # Measured: fashion_cnn at 50% of the MACs with widths 22/45/181 ran no faster in
         # onnxruntime than the original; with widths in multiples of 16, 1.6x faster.
-        details["hint"] = ("channel counts that are not multiples of 8 (AVX2) or 16 (AVX-512) are padded "
-                           "by onnxruntime's CPU convolutions, which can eat the speedup: try round_to: 16")
+        details["hint"] = ("channel counts that are not multiples of 8 (AVX2) or 16 (AVX-512) fall out of "
+                           "onnxruntime's blocked CPU convolutions, which can eat the speedup: try round_to: "
+                           "auto (the default)")
     return details
 
 

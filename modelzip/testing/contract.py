@@ -41,8 +41,8 @@ def check_pass_contract(pass_cls: type[Pass], config: PassConfig | None = None,
     files = pass_obj.input_files(config)
     assert isinstance(files, list) and all(isinstance(f, str) for f in files), \
         f"input_files must return a list of str, got {files!r}"
-    assert isinstance(pass_cls.reads, frozenset) and pass_cls.reads <= {"data", "timing"}, \
-        f"reads must be a frozenset of 'data'/'timing', got {pass_cls.reads!r}"
+    assert isinstance(pass_cls.reads, frozenset) and pass_cls.reads <= {"data", "timing", "cpu"}, \
+        f"reads must be a frozenset of 'data'/'timing'/'cpu', got {pass_cls.reads!r}"
     reads = pass_obj.reads_for(config)
     assert isinstance(reads, frozenset) and reads <= pass_cls.reads, \
         f"reads_for must return a frozenset within reads ({set(pass_cls.reads)}), got {reads!r}"
