@@ -106,6 +106,15 @@ def auto_round_to(value: int | str | None) -> tuple[int | None, dict | None]:
     return multiple, {"value": multiple, "auto": True, "reason": reason}
 
 
+def auto_record(auto: dict, used: int | None) -> dict:
+    """round_to auto's record in the step details, saying so when a narrow model needed finer rounding."""
+    if used == auto["value"]:
+        return auto
+    return {**auto, "value": used,
+            "reason": f"{auto['reason']}; the target was out of reach in multiples of {auto['value']} "
+                      f"(too few channels), so {used or 'no rounding'} was used"}
+
+
 def _cpuinfo_fields() -> list[tuple[str, str]]:
     """(key, value) lines of /proc/cpuinfo for the first CPU; empty where absent."""
     try:

@@ -203,11 +203,35 @@ def test_prune_pass_records_the_speed_check(monkeypatch):
                           data=None, build_module=lambda: fashion_cnn())
     torch.manual_seed(0)
     artifact = Artifact(kind="torch", input_shape=(1, 1, 28, 28), id="x", module=fashion_cnn().eval())
-    PrunePass().run(artifact, PruneConfig(method="channel", target_macs=0.5, ignore=("features.0",)), ctx)
+    PrunePass().run(artifact, PruneConfig(method="channel", target_macs=0.5, ignore=("features.0",),
+                                          recalibrate_bn=0), ctx)
     assert recorded["round_to"]["value"] == 32 and recorded["round_to"]["auto"]
     attempts = recorded["speed_check"]["attempts"]
     assert [a["round_to"] for a in attempts] == [16, 32] and recorded["speed_check"]["kept"] == 1
     assert all(new % 32 == 0 for old, new in recorded["widths"].values() if old != new)
+
+
+def test_auto_falls_back_to_finer_rounding_on_a_narrow_model(monkeypatch):
+    """tiny_cnn's layers have 8 and 16 channels: multiples of 16 cannot reach half its MACs, and
+    auto must not fail where round_to: null works; it prunes in multiples of 8 or less and says so."""
+    import torch
+
+    from modelzip.artifacts import Artifact
+    from modelzip.zoo import tiny_cnn
+
+    monkeypatch.setattr(envinfo, "cpu_flags", lambda: ["avx", "avx2", "avx512f"])
+    recorded, logged = {}, []
+    ctx = SimpleNamespace(step=0, seed=0, log=logged.append, record=lambda **items: recorded.update(items),
+                          data=None, build_module=lambda: tiny_cnn())
+    torch.manual_seed(0)
+    artifact = Artifact(kind="torch", input_shape=(1, 1, 28, 28), id="x", module=tiny_cnn().eval())
+    config = PruneConfig(method="channel", target_macs=0.5, check_speed=False, recalibrate_bn=0)
+    PrunePass().run(artifact, config, ctx)
+    used = recorded["round_to"]["value"]
+    assert recorded["round_to"]["auto"] and used in (8, 4, 2, None)
+    assert "out of reach in multiples of 16" in recorded["round_to"]["reason"]
+    assert any("trying finer rounding" in line for line in logged)
+    assert recorded["macs_kept"] <= 0.5
 
 
 # ----------------------------------------------------------------- warnings

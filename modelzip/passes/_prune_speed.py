@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelzip.envinfo import auto_record
 from modelzip.evaluation.latency import SLOWER
 
 # At most this many prunings in all (16, 32, 64 from auto's 16): each is a full target_macs search.
@@ -197,9 +198,11 @@ def annotate(details: dict, auto: dict | None, trials: list[Trial], kept: int, c
     chosen = trials[kept]
     out = speed_details(trials, kept, check)
     if auto is not None:
-        out["round_to"] = {**auto, "value": chosen.round_to}
-        if chosen.round_to != auto["value"]:
-            out["round_to"]["reason"] += (f"; {auto['value']} gave a model no faster than its input, "
+        first = trials[0].round_to  # auto's value, or a finer one on a narrow model
+        out["round_to"] = dict(auto_record(auto, first))
+        out["round_to"]["value"] = chosen.round_to
+        if chosen.round_to != first:
+            out["round_to"]["reason"] += (f"; {first} gave a model no faster than its input, "
                                           f"{chosen.round_to} was tried next")
     speed = (f"{chosen.speedup:.2f}x the input's speed at batch {check.batch} ({chosen.verdict})"
              + ("" if chosen.faster else ": NOT faster, see slower_than_input"))

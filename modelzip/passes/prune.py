@@ -133,7 +133,7 @@ class PrunePass(Pass):
 
             return prune_magnitude(artifact.module, artifact.input_shape, sparsity=config.sparsity,
                                    scope=config.scope, layers=config.layers, ignore=config.ignore)
-        from modelzip.envinfo import auto_round_to
+        from modelzip.envinfo import auto_record, auto_round_to
         from modelzip.pruning import check_reloadable
         from modelzip.pruning.channel import prune_channels
 
@@ -147,12 +147,37 @@ class PrunePass(Pass):
             return module, details
 
         round_to, auto = auto_round_to(config.round_to)
+        if auto:
+            prune = finer_when_unreachable(prune, round_to, ctx.log)
         if not config.check_speed:
             module, details = prune(round_to)
-            return module, ({**details, "round_to": auto} if auto else details)
+            return module, ({**details, "round_to": auto_record(auto, details.get("round_to"))} if auto
+                            else details)
         from modelzip.passes._prune_speed import prune_checked
 
         return prune_checked(prune, round_to, auto, artifact, ctx, pass_name=self.name)
+
+
+def finer_when_unreachable(prune, auto_value: int, log):
+    """``prune(round_to)`` that, for round_to auto's own value, falls back to finer rounding (half,
+    down to none) when the target cannot be reached in those multiples: a narrow model (every
+    layer 16 channels or fewer) must not fail where an explicit ``round_to: null`` would work."""
+    from modelzip.pruning import PruneFailure
+
+    def attempt(round_to: int | None):
+        if round_to != auto_value:
+            return prune(round_to)
+        finer = [auto_value >> shift for shift in range(1, auto_value.bit_length()) if auto_value >> shift > 1]
+        for candidate in [round_to, *finer, None]:
+            try:
+                return prune(candidate)
+            except PruneFailure as failure:
+                if candidate is None:
+                    raise
+                log(f"round_to {candidate} (auto): {failure.what}; trying finer rounding")
+        raise AssertionError("unreachable")  # the loop returns or raises at None
+
+    return attempt
 
 
 def channel_settings(config: PruneConfig, round_to: int | None = None):
