@@ -8,7 +8,8 @@ accuracy on the validation split. Decisions never look at the eval split: it is 
 report's accuracy, and its gates, are measured on.
 
 Trials are memoized within the run by the pruned weights themselves: two targets that
-prune to the same model (round_to makes widths coarse) share one fine-tune. Across runs
+prune to the same model (round_to makes widths coarse) share one fine-tune (each distinct
+trial's model is held until the search ends: at most search_steps + 2 copies). Across runs
 the pipeline caches the step's result under a key that covers the parameters, the data,
 the seed and the device; the trials themselves are not cached one by one.
 """
@@ -22,6 +23,7 @@ from dataclasses import replace
 from modelzip.errors import PassError
 from modelzip.evaluation.accuracy import torch_accuracy
 from modelzip.finetuning.loop import Hooks
+from modelzip.finetuning.runtime import LocalRuntime
 from modelzip.passes._distill import DistillConfig
 from modelzip.passes._training import augment_for, objective_for, train_module, train_settings
 from modelzip.passes.finetune import FinetuneConfig
@@ -92,8 +94,9 @@ class _Trials:
             return replace(earlier, payload=(module, {**details, "macs_kept": earlier.macs_kept}),
                            seconds=time.perf_counter() - started)
         pruned_accuracy = _accuracy(module, ctx.data, ctx.device)
+        # One process: under torchrun the prune pass runs on rank 0 alone while the others wait.
         trained = train_module(module, self.train, self.objective, Hooks(log=ctx.log, track=ctx.track),
-                               config=self.finetune, ctx=ctx, pass_name=ctx.pass_name)
+                               config=self.finetune, ctx=ctx, pass_name=ctx.pass_name, runtime=LocalRuntime())
         measured = Measured(macs_kept=details["macs_kept"], pruned_accuracy=pruned_accuracy,
                             accuracy=trained.result.best_val_accuracy, seconds=time.perf_counter() - started,
                             payload=(trained.module, details))

@@ -47,10 +47,11 @@ def train_settings(config, ctx, augment: Augment) -> TrainSettings:
 
 
 def train_module(module, settings: TrainSettings, objective, hooks: Hooks, *, config, ctx,
-                 pass_name: str):
-    """``finetune`` on ``ctx.data``, its failures turned into PassErrors (``config``: a FinetuneConfig)."""
+                 pass_name: str, runtime=None):
+    """``finetune`` on ``ctx.data``, its failures turned into PassErrors (``config``: a FinetuneConfig;
+    ``runtime`` None: data-parallel under torchrun, for a pass every process runs)."""
     try:
-        return finetune(module, ctx.data, settings, objective, hooks)
+        return finetune(module, ctx.data, settings, objective, hooks, runtime)
     except FinetuneFailure as failure:
         raise PassError(failure.what, pass_name=pass_name, step=ctx.step, got=failure.got,
                         expected=failure.expected,
