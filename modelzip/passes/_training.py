@@ -24,19 +24,34 @@ def run_finetune(artifact, config, ctx, *, pass_name: str):
     data = ctx.data
     objective = objective_for(config.distill, config.label_smoothing, artifact, ctx, pass_name)
     augment = augment_for(config.augment, ctx.recipe.data)
-    settings = TrainSettings(
-        epochs=config.epochs, steps=config.steps, optimizer=config.optimizer, lr=config.lr,
-        weight_decay=config.weight_decay, momentum=config.momentum, schedule=config.schedule,
-        warmup=config.warmup, grad_clip=config.grad_clip, batch_size=config.batch_size,
-        patience=config.patience, seed=ctx.seed + SEED_OFFSET, device=ctx.device, augment=augment)
+    settings = train_settings(config, ctx, augment)
     store = None
     if ctx.resume_dir is not None:
         store = CheckpointStore(ctx.resume_dir, fingerprint=_fingerprint(artifact, config, ctx))
     if config.patience is not None and len(data.train) and not len(data.validation):
         ctx.log("patience is set but the validation split is empty (data.val_samples): no early stopping")
+    trained = train_module(artifact.module, settings, objective,
+                           Hooks(log=ctx.log, track=ctx.track, checkpoints=store),
+                           config=config, ctx=ctx, pass_name=pass_name)
+    _record(ctx, config, settings, trained.result, augment, objective)
+    return artifact.evolve(module=trained.module)
+
+
+def train_settings(config, ctx, augment: Augment) -> TrainSettings:
+    """A FinetuneConfig's training settings on the context's device and seed."""
+    return TrainSettings(
+        epochs=config.epochs, steps=config.steps, optimizer=config.optimizer, lr=config.lr,
+        weight_decay=config.weight_decay, momentum=config.momentum, schedule=config.schedule,
+        warmup=config.warmup, grad_clip=config.grad_clip, batch_size=config.batch_size,
+        patience=config.patience, seed=ctx.seed + SEED_OFFSET, device=ctx.device, augment=augment)
+
+
+def train_module(module, settings: TrainSettings, objective, hooks: Hooks, *, config, ctx,
+                 pass_name: str, runtime=None):
+    """``finetune`` on ``ctx.data``, its failures turned into PassErrors (``config``: a FinetuneConfig;
+    ``runtime`` None: data-parallel under torchrun, for a pass every process runs)."""
     try:
-        trained = finetune(artifact.module, data, settings, objective,
-                           Hooks(log=ctx.log, track=ctx.track, checkpoints=store))
+        return finetune(module, ctx.data, settings, objective, hooks, runtime)
     except FinetuneFailure as failure:
         raise PassError(failure.what, pass_name=pass_name, step=ctx.step, got=failure.got,
                         expected=failure.expected,
@@ -45,8 +60,6 @@ def run_finetune(artifact, config, ctx, *, pass_name: str):
         raise teacher_mismatch_error(exc, ctx, pass_name) from exc
     except NonFiniteLoss as exc:
         raise _non_finite_error(exc, config, ctx, pass_name) from exc
-    _record(ctx, config, settings, trained.result, augment, objective)
-    return artifact.evolve(module=trained.module)
 
 
 def _non_finite_error(exc: NonFiniteLoss, config, ctx, pass_name: str) -> PassError:

@@ -10,18 +10,27 @@ Light module: the work lives in ``modelzip.pruning`` and is imported in ``run``.
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from modelzip.envinfo import AUTO_ROUND_TO
 from modelzip.passes._bn import RECALIBRATE_IMAGES, RecalibrateBN, recalibrated
 from modelzip.plugin import Pass, PassConfig
+from modelzip.registry import suggest
 
 Glob = Annotated[str, Field(min_length=1)]
 # A channel multiple, "auto" (resolved at run time from the runtime and CPU), or null: none.
 RoundTo = Literal["auto"] | Annotated[int, Field(ge=1, le=512)] | None
 Sparsity = Annotated[float, Field(ge=0, lt=1)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 # Which parameters belong to which choice: one written under another choice is an error
 # (PassConfig.applies_to), not a silently ignored key.
@@ -30,6 +39,8 @@ _APPLIES_TO = {
     **{name: {"method": ("channel",)}
        for name in ("importance", "ratio", "target_macs", "allocation", "round_to", "steps", "check_speed")},
     "taylor_batches": {"method": ("channel",), "importance": ("taylor",)},
+    **{name: {"method": ("channel",), "target_macs": ("auto",)}
+       for name in ("max_accuracy_drop", "finetune_epochs", "search_steps", "search_range")},
 }
 
 
@@ -55,9 +66,10 @@ class PruneConfig(PassConfig):
         "l1", description="channel: how channels are ranked; taylor uses gradients on training batches")
     ratio: float | None = Field(
         None, gt=0, le=0.9, description="channel: fraction of each layer's channels removed")
-    target_macs: float | None = Field(
-        None, gt=0, lt=1, description="channel: fraction of the input model's MACs to keep; the "
-                                      "ratio is searched so the result lands at or just below it")
+    target_macs: Fraction | Literal["auto"] | None = Field(
+        None, description="channel: fraction of the input model's MACs to keep; the ratio is searched "
+                          "so the result lands at or just below it. auto: the smallest fraction whose "
+                          "briefly fine-tuned model stays within `max_accuracy_drop` (a search)")
     allocation: Literal["uniform", "global"] = Field(
         "uniform", description="channel: the same ratio in every layer, or one ranking across all layers "
                                "(global can thin some layers to a single channel)")
@@ -74,6 +86,19 @@ class PruneConfig(PassConfig):
         True, description="channel: time the pruned model against its input in onnxruntime (at "
                           "data.batch_size, a few seconds); if it is not faster and round_to is auto, "
                           "prune again with coarser rounding (x2, twice at most); the report says why")
+    # target_macs: auto (the search: modelzip/pruning/budget.py, trials: passes/_prune_search.py)
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, lt=1, validate_default=True,
+        description="target_macs auto (required): the largest validation-accuracy drop allowed, as a "
+                    "fraction (0.01 = 1 percentage point below the input model)")
+    finetune_epochs: int = Field(
+        1, ge=1, le=100, description="target_macs auto: epochs of distilled fine-tuning per trial (the "
+                                     "finetune pass's defaults, teacher: input); the output has them too")
+    search_steps: int = Field(
+        4, ge=1, le=20, description="target_macs auto: bisection halvings after both ends of "
+                                    "search_range are tried (at most search_steps + 2 trials)")
+    search_range: tuple[Fraction, Fraction] = Field(
+        (0.1, 0.9), description="target_macs auto: [lowest, highest] fraction of MACs searched")
 
     @field_validator("sparsity")
     @classmethod
@@ -82,11 +107,36 @@ class PruneConfig(PassConfig):
             raise ValueError("method: magnitude needs `sparsity`, the fraction of weights to zero")
         return value
 
+    @field_validator("target_macs", mode="wrap")
+    @classmethod
+    def _fraction_or_auto(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> float | str | None:
+        try:
+            return handler(value)
+        except ValidationError:  # one message instead of one per member of the union
+            hint = suggest(value, ["auto"]) if isinstance(value, str) else None
+            raise ValueError("target_macs is the fraction of the MACs to keep, 0 < t < 1, or auto"
+                             + (f" ({hint})" if hint else "")) from None
+
     @field_validator("target_macs")
     @classmethod
     def _one_target(cls, value: float | None, info: ValidationInfo) -> float | None:
         if value is not None and info.data.get("ratio") is not None:
             raise ValueError("give either `ratio` or `target_macs`, not both")
+        return value
+
+    @field_validator("max_accuracy_drop")
+    @classmethod
+    def _budget_given(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is None and info.data.get("target_macs") == "auto":
+            raise ValueError("target_macs: auto needs `max_accuracy_drop`, the validation accuracy the "
+                             "search may give up, e.g. 0.01 (1 percentage point)")
+        return value
+
+    @field_validator("search_range")
+    @classmethod
+    def _range_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] >= value[1]:
+            raise ValueError(f"search_range is [lowest, highest] with lowest < highest, got {list(value)}")
         return value
 
     @model_validator(mode="after")
@@ -137,6 +187,12 @@ class PrunePass(Pass):
         from modelzip.pruning import check_reloadable
         from modelzip.pruning.channel import prune_channels
 
+        round_to, auto = auto_round_to(config.round_to)
+        if config.target_macs == "auto":  # trials of prune + short fine-tune (checks reload itself)
+            from modelzip.passes._prune_search import prune_within_budget
+
+            module, details = prune_within_budget(artifact, config, ctx, channel_settings(config, round_to))
+            return module, ({**details, "round_to": auto} if auto else details)
         batches = lambda: ctx.data.batches("train", shuffle=True, seed=ctx.seed)  # noqa: E731
 
         def prune(round_to: int | None):
@@ -146,7 +202,6 @@ class PrunePass(Pass):
             check_reloadable(module, ctx.build_module)
             return module, details
 
-        round_to, auto = auto_round_to(config.round_to)
         if auto:
             prune = finer_when_unreachable(prune, round_to, ctx.log)
         if not config.check_speed:
