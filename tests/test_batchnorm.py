@@ -160,4 +160,5 @@ def test_lowrank_step_key_covers_the_data_only_when_it_recalibrates(tmp_path):
     lowrank = LowRankPass()
     assert runner.step_inputs(lowrank, LowRankConfig(rank_ratio=0.5, recalibrate_bn=0))["data"] is None
     assert runner.step_inputs(lowrank, LowRankConfig(rank_ratio=0.5))["data"] is not None
-    assert lowrank.reads_for(LowRankConfig(rank_ratio=0.5)) == lowrank.reads == {"data"}
+    assert lowrank.reads_for(LowRankConfig(rank_ratio=0.5)) == lowrank.reads == {"data", "cpu"}
+    assert lowrank.reads_for(LowRankConfig(rank_ratio=0.5, round_to=16, recalibrate_bn=0)) == frozenset()

@@ -63,6 +63,14 @@ class Hooks:
     track: Callable[[int, str], Any] | None = None  # (total, description) -> context giving advance(n)
     checkpoints: CheckpointStore | None = None
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None  # after the epoch's checkpoint
+    # Per optimizer step (e.g. gradual pruning), on the unwrapped model being trained:
+    # on_train_start(model, steps taken, total steps) once before the first batch, also after
+    # a resume (steps taken > 0); on_step(steps taken) after every optimizer step, after the
+    # zero masks; selectable(steps taken) at an epoch's end: False keeps that epoch from
+    # being chosen as the best (e.g. before the final sparsity is reached).
+    on_train_start: Callable[[nn.Module, int, int], None] | None = None
+    on_step: Callable[[int], None] | None = None
+    selectable: Callable[[int], bool] | None = None
 
 
 @dataclass
@@ -125,6 +133,8 @@ class _Trainer:
     def run(self) -> FitResult:
         started = time.perf_counter()
         self._resume()
+        if self.hooks.on_train_start is not None:
+            self.hooks.on_train_start(self.model, self.step, self.total_steps)
         for epoch in range(self.start_epoch, self.epochs + 1):
             if self.stopped or self.step >= self.total_steps:
                 break
@@ -195,6 +205,8 @@ class _Trainer:
         self.schedule.step()
         self.step += 1
         self.masks.apply()  # after the step: pruned weights must stay exactly zero
+        if self.hooks.on_step is not None:
+            self.hooks.on_step(self.step)
         return loss
 
     def _check_finite(self, losses: Tensor, start: int, end: int, epoch: int) -> None:
@@ -221,7 +233,9 @@ class _Trainer:
         return torch_accuracy(self.model, self.data.batches("validation"))
 
     def _select(self, epoch: int, accuracy: float | None) -> None:
-        """Keep the best validation epoch (the earliest one on ties)."""
+        """Keep the best validation epoch (the earliest one on ties) among the selectable ones."""
+        if self.hooks.selectable is not None and not self.hooks.selectable(self.step):
+            return
         if accuracy is None or (self.best["accuracy"] is not None and accuracy <= self.best["accuracy"]):
             return
         state = snapshot(self.model.state_dict()) if self.settings.restore_best else None

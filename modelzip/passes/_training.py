@@ -3,6 +3,9 @@
 Imports torch, so the pass modules import it inside ``run`` only. The teacher of a
 distillation (``baseline``, ``input`` or a checkpoint file) is resolved here, for the
 finetune pass and for quantize's qat mode alike; the machinery receives the module.
+Pruning while fine-tuning (``prune:``) meets the loop here too: modelzip.pruning's
+GradualPruner is handed to the loop's per-step hooks (finetuning and pruning never
+import each other).
 """
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ from modelzip.finetuning.checkpoint import CheckpointStore
 from modelzip.finetuning.distill import TeacherMismatch, make_objective
 from modelzip.finetuning.loop import FitResult, Hooks, NonFiniteLoss, TrainSettings
 from modelzip.finetuning.train import FinetuneFailure, finetune
+from modelzip.passes._gradual import gradual_settings
+from modelzip.pruning import PruneFailure
+from modelzip.pruning.gradual import GradualPruner
 from modelzip.sources.models import load_state, read_state_dict
 
 SEED_OFFSET = 7919  # fine-tuning's own random stream, apart from other passes seeded by ctx.seed
@@ -30,10 +36,16 @@ def run_finetune(artifact, config, ctx, *, pass_name: str):
         store = CheckpointStore(ctx.resume_dir, fingerprint=_fingerprint(artifact, config, ctx))
     if config.patience is not None and len(data.train) and not len(data.validation):
         ctx.log("patience is set but the validation split is empty (data.val_samples): no early stopping")
-    trained = train_module(artifact.module, settings, objective,
-                           Hooks(log=ctx.log, track=ctx.track, checkpoints=store),
-                           config=config, ctx=ctx, pass_name=pass_name)
-    _record(ctx, config, settings, trained.result, augment, objective)
+    pruner = _pruner(config.prune, artifact, ctx, pass_name)
+    hooks = Hooks(log=ctx.log, track=ctx.track, checkpoints=store)
+    if pruner is not None:
+        # Masks follow the schedule after every optimizer step; only epochs at the final
+        # sparsity may be kept as the best one (an earlier, denser epoch is not the result).
+        hooks.on_train_start, hooks.on_step, hooks.selectable = pruner.start, pruner.update, pruner.at_final
+    trained = train_module(artifact.module, settings, objective, hooks, config=config, ctx=ctx,
+                           pass_name=pass_name)
+    pruning = pruner.details(trained.module) if pruner is not None else None
+    _record(ctx, config, settings, trained.result, augment, objective, pruning)
     return artifact.evolve(module=trained.module)
 
 
@@ -60,6 +72,16 @@ def train_module(module, settings: TrainSettings, objective, hooks: Hooks, *, co
         raise teacher_mismatch_error(exc, ctx, pass_name) from exc
     except NonFiniteLoss as exc:
         raise _non_finite_error(exc, config, ctx, pass_name) from exc
+
+
+def _pruner(prune, artifact, ctx, pass_name: str) -> GradualPruner | None:
+    """The pruner of ``prune:`` (a GradualPruneConfig), checked against the model before training."""
+    if prune is None:
+        return None
+    try:
+        return GradualPruner(artifact.module, gradual_settings(prune))
+    except PruneFailure as failure:
+        raise PassError(failure.what, pass_name=pass_name, step=ctx.step, **failure.fields()) from failure
 
 
 def _non_finite_error(exc: NonFiniteLoss, config, ctx, pass_name: str) -> PassError:
@@ -129,7 +151,11 @@ def _fingerprint(artifact, config, ctx) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def _record(ctx, config, settings: TrainSettings, result: FitResult, augment: Augment, objective) -> None:
+def _record(ctx, config, settings: TrainSettings, result: FitResult, augment: Augment, objective,
+            pruning: dict[str, Any] | None) -> None:
+    if pruning is not None:
+        # Top level, as prune records it: findings warn about a layer left entirely zero.
+        ctx.record(layer_sparsity=pruning.pop("layer_sparsity"), pruning=pruning)
     distill = None
     if config.distill is not None:
         distill = config.distill.model_dump()
@@ -141,15 +167,17 @@ def _record(ctx, config, settings: TrainSettings, result: FitResult, augment: Au
         wall_time_s=round(result.wall_time_s, 3), distilled=objective.distills, distill=distill,
         augment=augment.describe(), device=settings.device,
         mixed_precision=settings.device.startswith("cuda"), sparsity_preserved=sparsity,
-        summary=_summary(config, result, sparsity))
+        summary=_summary(config, result, sparsity, pruning))
 
 
-def _summary(config, result: FitResult, sparsity: dict[str, Any]) -> str:
+def _summary(config, result: FitResult, sparsity: dict[str, Any], pruning: dict[str, Any] | None) -> str:
     parts = [f"{len(result.history)} epoch{'s' if len(result.history) != 1 else ''} "
              f"{config.optimizer} lr {config.lr:g} {config.schedule}"]
     if config.distill is not None:
         d = config.distill
         parts.append(f"distilled from {d.teacher} (alpha {d.alpha:g}, T {d.temperature:g})")
+    if pruning is not None:
+        parts.append(pruning["summary"])
     if result.best_epoch is not None:
         parts.append(f"best val {result.best_val_accuracy:.4f} at epoch {result.best_epoch}")
     if result.stopped_early:

@@ -10,9 +10,11 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from modelzip.passes._distill import TEACHERS, DistillConfig, teacher_files
+from modelzip.passes._gradual import GradualPruneConfig
 from modelzip.plugin import Pass, PassConfig
 
-__all__ = ["DistillConfig", "FinetuneConfig", "FinetunePass", "TEACHERS", "teacher_files"]
+__all__ = ["DistillConfig", "FinetuneConfig", "FinetunePass", "GradualPruneConfig", "TEACHERS",
+           "teacher_files"]
 
 DEFAULT_EPOCHS = 2  # when neither epochs nor steps is given
 DEFAULT_LR = {"sgd": 0.01, "adamw": 0.001}  # peak lr when `lr` is not given
@@ -49,6 +51,11 @@ class FinetuneConfig(PassConfig):
     distill: DistillConfig | None = Field(
         None, description="knowledge distillation, e.g. {teacher: baseline, alpha: 0.5, temperature: 4}; "
                           "null: plain fine-tuning on the labels")
+    prune: GradualPruneConfig | None = Field(
+        None, exclude_if=lambda value: value is None,  # unset: params, and so cache keys, as before
+        description="prune while training, e.g. {method: magnitude, sparsity: 0.9, schedule: gradual}: "
+                    "sparsity rises on a cubic ramp over `start`..`end` of the steps (the way to high "
+                    "sparsity); null: no pruning (exact zeros already there stay zero either way)")
 
     @model_validator(mode="before")
     @classmethod

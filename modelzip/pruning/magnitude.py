@@ -29,8 +29,7 @@ def prune_magnitude(module: nn.Module, input_shape: tuple[int, ...], *, sparsity
     pruned on its own); ``ignore`` patterns keep layers dense.
     """
     pruned = copy.deepcopy(module)
-    candidates = prunable_layers(pruned)
-    ignored = {name for hits in resolve_patterns(ignore, candidates, key="ignore").values() for name in hits}
+    candidates, ignored = covered_layers(pruned, ignore)
     override = _overrides(layers, [n for n in candidates if n not in ignored])
     shared = [n for n in candidates if n not in ignored and n not in override]
     with torch.no_grad():
@@ -54,24 +53,38 @@ def _overrides(layers: Mapping[str, float], names: list[str]) -> dict[str, float
     return chosen
 
 
+def covered_layers(module: nn.Module, ignore: Sequence[str]) -> tuple[dict[str, nn.Module], set[str]]:
+    """Every Conv/Linear layer by name, and the names ``ignore`` keeps dense (a PruneFailure
+    for a pattern that covers none). The final classifier is a layer like any other."""
+    candidates = prunable_layers(module)
+    ignored = {name for hits in resolve_patterns(ignore, candidates, key="ignore").values() for name in hits}
+    return candidates, ignored
+
+
+def smallest_entries(weights: Sequence[torch.Tensor], fraction: float) -> list[torch.Tensor]:
+    """Per tensor of ``weights``, a bool mask of its entries among the round(fraction * n)
+    smallest |w| of all n entries together (one threshold across the tensors)."""
+    magnitudes = torch.cat([w.detach().abs().flatten() for w in weights])
+    count = round(fraction * magnitudes.numel())
+    doomed = torch.zeros_like(magnitudes, dtype=torch.bool)
+    if count:
+        # A stable sort breaks ties (e.g. weights that are already zero) by position,
+        # so the same model always loses the same weights.
+        doomed[torch.argsort(magnitudes, stable=True)[:count]] = True
+    masks, offset = [], 0
+    for weight in weights:
+        masks.append(doomed[offset:offset + weight.numel()].view_as(weight))
+        offset += weight.numel()
+    return masks
+
+
 def _zero_smallest(weights: list[torch.Tensor], fraction: float) -> None:
     """Zero exactly round(fraction * n) of the n entries of ``weights``, smallest |w| first."""
     if not weights:
         return
-    magnitudes = torch.cat([w.detach().abs().flatten() for w in weights])
-    count = round(fraction * magnitudes.numel())
-    if count == 0:
-        return
-    # A stable sort breaks ties (e.g. weights that are already zero) by position,
-    # so the same model always loses the same weights.
-    doomed = torch.zeros_like(magnitudes, dtype=torch.bool)
-    doomed[torch.argsort(magnitudes, stable=True)[:count]] = True
-    offset = 0
-    for weight in weights:
-        size = weight.numel()
+    for weight, doomed in zip(weights, smallest_entries(weights, fraction)):
         # masked_fill writes +0.0; multiplying by a mask would leave -0.0 for negative weights.
-        weight.masked_fill_(doomed[offset:offset + size].view_as(weight), 0.0)
-        offset += size
+        weight.masked_fill_(doomed, 0.0)
 
 
 def _details(original: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...],
@@ -79,7 +92,7 @@ def _details(original: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...
              scope: str) -> dict[str, Any]:
     before = model_stats(original, input_shape, zipped=True)
     after = model_stats(pruned, input_shape, zipped=True)
-    per_layer = {name: _zero_fraction(layer.weight) for name, layer in candidates.items()}
+    per_layer = {name: zero_fraction(layer.weight) for name, layer in candidates.items()}
     covered = [layer.weight for name, layer in candidates.items() if name not in ignored]
     total = sum(w.numel() for w in covered)
     zeroed = sum(w.numel() - int(w.count_nonzero()) for w in covered)
@@ -92,5 +105,5 @@ def _details(original: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...
             **before_after(before, after), "summary": summary}
 
 
-def _zero_fraction(weight: torch.Tensor) -> float:
+def zero_fraction(weight: torch.Tensor) -> float:
     return round(1.0 - int(weight.count_nonzero()) / weight.numel(), 6)
