@@ -139,6 +139,7 @@ def test_exact_zeros_stay_zero(harness):
     tuned = dict(produced.module.named_parameters())
     for name, was_zero in zeros.items():
         assert torch.equal(tuned[name] == 0, was_zero), name  # none revived, none newly zeroed
+        assert not torch.signbit(tuned[name][was_zero]).any(), name  # +0.0, never -0.0 (it zips worse)
     kept = ctx.details["sparsity_preserved"]
     assert kept["masked_tensors"] == 3 and kept["zeros_kept"] and 0.4 < kept["zero_fraction"] < 0.6
     assert "zeros kept in 3 tensors" in ctx.details["summary"]

@@ -47,6 +47,9 @@ class ZeroMasks:
     def apply(self) -> None:
         if self.weights:
             torch._foreach_mul_(self.weights, self.masks)
+            # A negative weight times 0 is -0.0, which compresses worse than +0.0 in the exported
+            # file (164k of them cost 14% more zip on fashion_cnn at 90%); -0.0 + 0.0 is +0.0.
+            torch._foreach_add_(self.weights, 0.0)
 
     def summary(self) -> dict:
         """Per masked tensor and overall: the zero fraction now (equal to the one captured)."""

@@ -91,7 +91,7 @@ class FinetunePass(Pass):
     summary = "Fine-tune the torch model (optionally distilled from a teacher), keeping pruned zeros"
     Config = FinetuneConfig
     consumes = ("torch",)
-    version = "1"
+    version = "2"  # 2: kept zeros are +0.0 (they were -0.0 for negative weights)
     distributed = True  # under torchrun: DistributedDataParallel across the processes
 
     def input_files(self, config: FinetuneConfig) -> list[str]:
