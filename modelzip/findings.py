@@ -108,7 +108,7 @@ def final_slower(steps: Sequence[StepRecord], latency: LatencyResult | None) -> 
     fix = ("magnitude pruning keeps dense shapes and brings no speedup by itself: use method: channel"
            if any(step.details.get("effect") == "masked" for step in steps) else
            "see the steps' details for the one that slowed it (prune records slower_than_input); try "
-           "round_to: 16 or 32 on prune and lowrank, fewer steps, or pruning less"
+           "round_to: auto (or twice the value it chose) on prune and lowrank, fewer steps, or pruning less"
            if passes & {"prune", "lowrank"} else
            "try fewer steps, or quantize with prefer: faster")
     message = (f"the final model is SLOWER than the input model: {pair.ratio:.2f}x its speed at batch "

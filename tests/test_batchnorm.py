@@ -97,7 +97,11 @@ def _skewed_stats(artifact):
     (PrunePass, {"method": "magnitude", "sparsity": 0.3}),
     (LowRankPass, {"rank_ratio": 0.5, "round_to": 1}),
 ])
-def test_passes_recalibrate_and_report(pass_cls, params, tmp_path):
+def test_passes_recalibrate_and_report(pass_cls, params, tmp_path, monkeypatch):
+    import modelzip.evaluation.accuracy as accuracy
+
+    # The tiny model is untrained: its accuracy is noise, which must not decide which statistics stay.
+    monkeypatch.setattr(accuracy, "torch_accuracy", lambda module, batches: 0.5)
     ctx = make_context(pass_cls.name, work_dir=tmp_path)
     produced = pass_cls().run(_skewed_stats(tiny_artifact()), pass_cls.Config(**params), ctx)
     entry = ctx.details["bn_recalibration"]
@@ -162,3 +166,33 @@ def test_lowrank_step_key_covers_the_data_only_when_it_recalibrates(tmp_path):
     assert runner.step_inputs(lowrank, LowRankConfig(rank_ratio=0.5))["data"] is not None
     assert lowrank.reads_for(LowRankConfig(rank_ratio=0.5)) == lowrank.reads == {"data", "cpu"}
     assert lowrank.reads_for(LowRankConfig(rank_ratio=0.5, round_to=16, recalibrate_bn=0)) == frozenset()
+
+
+def test_statistics_that_validate_worse_are_not_kept(tmp_path, monkeypatch):
+    """Recalibration that makes validation accuracy fall clearly leaves the pass's statistics in place."""
+    import modelzip.evaluation.accuracy as accuracy
+    import modelzip.finetuning.batchnorm as machinery
+
+    def ruin(module, batches, images):
+        for layer in batchnorm_layers(module):
+            layer.running_mean.fill_(1e3)
+        return images
+
+    def validated(module, batches):  # ruined statistics score 10%, any others 90%
+        return 0.1 if float(batchnorm_layers(module)[0].running_mean.max()) >= 1e3 else 0.9
+
+    monkeypatch.setattr(machinery, "recalibrate_batchnorm", ruin)
+    monkeypatch.setattr(accuracy, "torch_accuracy", validated)
+    ctx = make_context("prune", work_dir=tmp_path)
+    produced = PrunePass().run(tiny_artifact(), PruneConfig(method="magnitude", sparsity=0.1, recalibrate_bn=64), ctx)
+    entry = ctx.details["bn_recalibration"]
+    assert (entry["accuracy_before"], entry["accuracy_after"], entry["kept"]) == (0.9, 0.1, "previous")
+    assert float(batchnorm_layers(produced.module)[0].running_mean.abs().max()) < 1e3
+    assert "previous statistics kept" in ctx.details["summary"]
+
+
+def test_lowrank_that_changed_nothing_keeps_the_statistics(tmp_path):
+    ctx = make_context("lowrank", work_dir=tmp_path)
+    LowRankPass().run(tiny_artifact(), LowRankConfig(rank_ratio=1.0), ctx)
+    entry = ctx.details["bn_recalibration"]
+    assert ctx.details["factorized"] == 0 and entry["images"] == 0 and entry["note"] == "the pass changed no layer"

@@ -125,10 +125,10 @@ AUTO = PruneConfig(method="channel", target_macs="auto", max_accuracy_drop=0.05,
 
 
 def test_pass_prunes_and_finetunes_at_the_chosen_target():
-    # An untrained tiny_cnn scores ~chance; a 1-epoch distilled fine-tune on synthetic data
-    # cannot fall below that, so both ends are within budget and the lowest wins (2 trials).
+    # An untrained tiny_cnn scores near chance and its accuracy is noise: a budget of 90 pp puts
+    # both ends within it, so the lowest wins after 2 trials.
     ctx = make_context("prune", step=1)
-    result = PrunePass().run(tiny_artifact(), AUTO, ctx)
+    result = PrunePass().run(tiny_artifact(), AUTO.model_copy(update={"max_accuracy_drop": 0.9}), ctx)
     search = ctx.details["search"]
     assert search["chosen"] == 0.3 and search["within_budget"] and len(search["trials"]) == 2
     assert [t["target_macs"] for t in search["trials"]] == [0.7, 0.3]

@@ -76,7 +76,13 @@ def test_passes_key_on_the_cpu():
     from modelzip.passes.lowrank import LowRankPass
 
     assert {"timing", "cpu"} <= PrunePass.reads and "cpu" in LowRankPass.reads
-    assert PrunePass.version == LowRankPass.version == "2"
+    channel = PrunePass().reads_for(PruneConfig(method="channel", ratio=0.5))
+    assert {"timing", "cpu"} <= channel
+    explicit = PrunePass().reads_for(PruneConfig(method="channel", ratio=0.5, round_to=16, check_speed=False))
+    assert not {"timing", "cpu"} & explicit
+    magnitude = PrunePass().reads_for(PruneConfig(method="magnitude", sparsity=0.5, recalibrate_bn=0))
+    assert magnitude == frozenset()
+    assert "cpu" in LowRankPass().reads_for(LowRankConfig(rank_ratio=0.5))
 
 
 # ----------------------------------------------------------------- the speed check's decisions
@@ -139,6 +145,19 @@ def test_keeps_the_fastest_when_none_is_faster():
 def test_a_coarser_rounding_that_cannot_reach_the_target_ends_the_retries():
     module, trials, kept, pruned = _run({16: 0.65}, fail_at=(32,))
     assert pruned == [16] and module == "module@16" and len(trials) == 1
+
+
+def test_a_narrow_model_that_fell_back_to_finer_rounding_is_not_coarsened_again():
+    """round_to auto asked 16, the fallback used 8: doubling 8 back to 16 would prune the same
+    model again (three identical prunings, exports and timings)."""
+    calls = []
+
+    def prune(round_to):
+        calls.append(round_to)
+        return "module@8", {"round_to": 8}
+
+    _, _, trials, _ = speed.prune_until_faster(prune, lambda m, d: trial(d["round_to"], 0.7), 16, _check(True))
+    assert calls == [16] and [t.round_to for t in trials] == [8]
 
 
 def test_a_first_failure_is_the_pass_failure():

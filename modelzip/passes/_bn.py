@@ -5,6 +5,7 @@ Light (no torch): both pass modules import it at module level; ``recalibrated`` 
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
@@ -29,24 +30,28 @@ RecalibrateBN = Annotated[int, Field(
                 "after; 0: off")]
 
 
-def recalibrated(details: dict[str, Any], module: nn.Module, images: int, ctx: PassContext) -> dict[str, Any]:
+def recalibrated(details: dict[str, Any], module: nn.Module, images: int, ctx: PassContext, *,
+                 changed: bool = True) -> dict[str, Any]:
     """``details`` plus a ``bn_recalibration`` entry, after recalibrating ``module`` in place on
     ``images`` shuffled training images (the step's seed); the outcome is appended to the summary.
 
     The entry: ``layers`` (BatchNorm layers with running statistics), ``images`` (used; 0: none),
     ``accuracy_split``/``accuracy_images``/``accuracy_before``/``accuracy_after`` (torch, on the
     first :data:`ACCURACY_IMAGES` of the validation split; None when it is empty) and ``note``
-    (why something was skipped, else None).
+    (why something was skipped, else None). ``changed`` False: the pass left every layer as it
+    was, so the statistics are kept.
     """
     from modelzip.finetuning.batchnorm import batchnorm_layers
 
     layers = len(batchnorm_layers(module))
     entry = {"layers": layers, "images": 0, "accuracy_split": None, "accuracy_images": 0,
-             "accuracy_before": None, "accuracy_after": None, "note": None}
+             "accuracy_before": None, "accuracy_after": None, "kept": None, "note": None}
     if not layers:
         entry["note"] = "no BatchNorm layers with running statistics"
     elif images == 0:
         entry["note"] = "off (recalibrate_bn: 0)"
+    elif not changed:  # the statistics still describe the layers: nothing to mend
+        entry["note"] = "the pass changed no layer"
     else:
         entry.update(_recalibrate(module, images, ctx))
         phrase = _phrase(entry)
@@ -69,11 +74,20 @@ def _recalibrate(module: nn.Module, images: int, ctx: PassContext) -> dict[str, 
     try:
         accuracy = (lambda: torch_accuracy(module, data.loader(validation))) if len(validation) else None
         before = accuracy() if accuracy else None
+        saved = _statistics(module)
         used = recalibrate_batchnorm(module, data.batches("train", shuffle=True, seed=ctx.seed), images)
         after = accuracy() if accuracy and used else before
+        # Where the pass left the statistics valid (e.g. an untouched first layer), fresh ones from a
+        # few hundred images can be worse: keep the previous ones when they validate clearly better
+        # (by more than twice the standard error of the measurement, so noise decides nothing).
+        kept_original = after is not None and before is not None and after < before - _noise(before, len(validation))
+        if kept_original:
+            _restore(module, saved)
     finally:
         module.to(home)
     notes = []
+    if kept_original:
+        notes.append("the recalibrated statistics validated worse: the previous ones were kept")
     if not used:
         notes.append("the training split is empty: statistics kept")
     elif used < images:
@@ -82,7 +96,30 @@ def _recalibrate(module: nn.Module, images: int, ctx: PassContext) -> dict[str, 
         notes.append("the validation split is empty (data.val_samples: 0): accuracy not measured")
     return {"images": used, "accuracy_split": "validation" if len(validation) else None,
             "accuracy_images": len(validation), "accuracy_before": before, "accuracy_after": after,
-            "note": "; ".join(notes) or None}
+            "kept": "previous" if kept_original else "recalibrated", "note": "; ".join(notes) or None}
+
+
+def _noise(accuracy: float, images: int) -> float:
+    """Twice the standard error of an accuracy measured on ``images`` images."""
+    return 2 * math.sqrt(max(accuracy * (1 - accuracy), 0.01) / max(images, 1))
+
+
+def _statistics(module: nn.Module) -> list[dict[str, Any]]:
+    from modelzip.finetuning.batchnorm import batchnorm_layers
+
+    return [{name: buffer.detach().clone() for name, buffer in layer.named_buffers()}
+            for layer in batchnorm_layers(module)]
+
+
+def _restore(module: nn.Module, saved: list[dict[str, Any]]) -> None:
+    import torch
+
+    from modelzip.finetuning.batchnorm import batchnorm_layers
+
+    with torch.no_grad():
+        for layer, buffers in zip(batchnorm_layers(module), saved, strict=True):
+            for name, buffer in layer.named_buffers():
+                buffer.copy_(buffers[name])
 
 
 def _phrase(entry: dict[str, Any]) -> str:
@@ -91,4 +128,5 @@ def _phrase(entry: dict[str, Any]) -> str:
     head = f"BN recalibrated on {entry['images']} images"
     if entry["accuracy_before"] is None:
         return f"{head} (no validation split to measure it)"
-    return f"{head}: val {entry['accuracy_before']:.1%} -> {entry['accuracy_after']:.1%}"
+    phrase = f"{head}: val {entry['accuracy_before']:.1%} -> {entry['accuracy_after']:.1%}"
+    return phrase + (" (worse: previous statistics kept)" if entry.get("kept") == "previous" else "")

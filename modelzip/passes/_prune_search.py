@@ -1,7 +1,8 @@
 """prune's ``target_macs: auto`` at run time: the context mapped onto modelzip.pruning.budget.
 
 Imports torch, so prune.py imports it inside ``run`` only. One trial at ``target_macs`` t:
-prune a fresh copy of the input to t (as a fixed ``target_macs: t`` would), fine-tune it
+prune a fresh copy of the input to t and recalibrate its BatchNorm statistics (as a fixed
+``target_macs: t`` would; no speed check: the final latency and its warning still apply), fine-tune it
 for ``finetune_epochs`` distilled from the input model with the finetune pass's defaults
 (what ``- finetune: {epochs: E, distill: {teacher: input}}`` would do), and read its
 accuracy on the validation split. Decisions never look at the eval split: it is what the
@@ -24,20 +25,21 @@ from modelzip.errors import PassError
 from modelzip.evaluation.accuracy import torch_accuracy
 from modelzip.finetuning.loop import Hooks
 from modelzip.finetuning.runtime import LocalRuntime
+from modelzip.passes._bn import recalibrated
 from modelzip.passes._distill import DistillConfig
 from modelzip.passes._training import augment_for, objective_for, train_module, train_settings
 from modelzip.passes.finetune import FinetuneConfig
-from modelzip.pruning import check_reloadable
+from modelzip.pruning import PruneFailure
 from modelzip.pruning.budget import BudgetSearch, Measured, pp, search_budget
-from modelzip.pruning.channel import prune_channels
 
 TABLE_HEADER = ["target_macs", "MACs kept", "val after pruning", "val after fine-tuning", "drop",
                 "within budget", "seconds"]
 
 
-def prune_within_budget(artifact, config, ctx, settings):
+def prune_within_budget(artifact, config, ctx, prune_at):
     """(module, details) at the smallest ``target_macs`` within ``config.max_accuracy_drop``;
-    ``settings`` is the pass's ChannelSettings (its target_macs is replaced per trial)."""
+    ``prune_at(t)`` is the pass's channel pruning of the input to ``target_macs`` t, (module, details)
+    (with round_to auto's fallback to finer rounding), or a PruneFailure when t is out of reach."""
     data = ctx.data
     if not len(data.validation):
         raise PassError("target_macs: auto decides on the validation split, which is empty",
@@ -47,7 +49,7 @@ def prune_within_budget(artifact, config, ctx, settings):
     reference = _accuracy(artifact.module, data, ctx.device)
     ctx.log(f"target_macs auto: the input model scores {reference:.2%} on {len(data.validation):,} "
             f"validation images; budget {pp(config.max_accuracy_drop)}")
-    trials = _Trials(artifact, config, ctx, settings)
+    trials = _Trials(artifact, config, ctx, prune_at)
     low, high = config.search_range
     search = search_budget(trials.measure, reference=reference, max_drop=config.max_accuracy_drop,
                            low=low, high=high, steps=config.search_steps, log=ctx.log)
@@ -56,8 +58,7 @@ def prune_within_budget(artifact, config, ctx, settings):
     chosen = search.chosen
     if chosen is None:
         raise _over_budget(search, config, ctx)
-    module, details = chosen.measured.payload
-    check_reloadable(module, ctx.build_module)
+    module, details = chosen.measured.payload  # prune_at checked that it reloads
     epochs = f"{config.finetune_epochs} epoch{'s' if config.finetune_epochs != 1 else ''}"
     summary = (f"target_macs auto: chose {chosen.target_macs:g} (val {chosen.measured.accuracy:.2%}, "
                f"drop {pp(chosen.drop)} <= {pp(config.max_accuracy_drop)}) after {len(search.trials)} "
@@ -69,8 +70,9 @@ def prune_within_budget(artifact, config, ctx, settings):
 class _Trials:
     """``measure(t)`` for the search: prune, fine-tune briefly, validate; memoized by the pruned weights."""
 
-    def __init__(self, artifact, config, ctx, settings) -> None:
-        self.artifact, self.ctx, self.settings = artifact, ctx, settings
+    def __init__(self, artifact, config, ctx, prune_at) -> None:
+        self.artifact, self.ctx, self.prune_at = artifact, ctx, prune_at
+        self.recalibrate_bn = config.recalibrate_bn
         # The finetune pass's defaults, distilled from the input model: what a following
         # `finetune` step would do, so the search predicts it.
         self.finetune = FinetuneConfig(epochs=config.finetune_epochs, distill=DistillConfig(teacher="input"))
@@ -82,10 +84,14 @@ class _Trials:
 
     def measure(self, target: float) -> Measured:
         ctx, started = self.ctx, time.perf_counter()
-        batches = lambda: ctx.data.batches("train", shuffle=True, seed=ctx.seed)  # noqa: E731
-        module, details = prune_channels(self.artifact.module, self.artifact.input_shape,
-                                         replace(self.settings, target_macs=target),
-                                         batches=batches, seed=ctx.seed, log=ctx.log)
+        try:
+            module, details = self.prune_at(target)
+        except PruneFailure as failure:  # e.g. below what the widths can reach: over budget, not fatal
+            ctx.log(f"target_macs {target:g}: {failure.what}; counted as over budget")
+            return Measured(macs_kept=1.0, pruned_accuracy=0.0, accuracy=0.0,
+                            seconds=time.perf_counter() - started, payload=None)
+        # As a fixed target_macs would: BatchNorm statistics re-estimated before fine-tuning.
+        details = recalibrated(details, module, self.recalibrate_bn, ctx)
         digest = _digest(module)
         if digest in self.seen:  # the same model as an earlier target: its fine-tune is the same
             ctx.log(f"target_macs {target:g} prunes to the same model as an earlier trial")

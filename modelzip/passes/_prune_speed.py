@@ -97,8 +97,10 @@ def prune_until_faster(prune: Callable[[int | None], tuple[Any, dict]], timed: C
             log(f"round_to {round_to}: {failure.what}; keeping the earlier attempts")
             break
         trials.append(timed(*results[-1]))
-        log(f"round_to {round_to}: widths {trials[-1].widths}, {trials[-1].speedup:.2f}x the input's "
-            f"speed at batch {check.batch} ({trials[-1].verdict})")
+        log(f"round_to {trials[-1].round_to}: widths {trials[-1].widths}, {trials[-1].speedup:.2f}x the "
+            f"input's speed at batch {check.batch} ({trials[-1].verdict})")
+        if trials[-1].round_to != round_to:  # round_to auto fell back to finer rounding: too narrow to coarsen
+            break
         round_to = next_round_to(trials, check.retry)
         if round_to is None:
             break

@@ -155,7 +155,8 @@ def _record(ctx, config, settings: TrainSettings, result: FitResult, augment: Au
             pruning: dict[str, Any] | None) -> None:
     if pruning is not None:
         # Top level, as prune records it: findings warn about a layer left entirely zero.
-        ctx.record(layer_sparsity=pruning.pop("layer_sparsity"), pruning=pruning)
+        # effect "masked", as prune's magnitude method records: zeros in dense shapes, no speedup.
+        ctx.record(layer_sparsity=pruning.pop("layer_sparsity"), pruning=pruning, effect="masked")
     distill = None
     if config.distill is not None:
         distill = config.distill.model_dump()

@@ -61,7 +61,7 @@ class LowRankPass(Pass):
         summary = _summary(layers, changed) + (f"; ranks in multiples of {round_to} (auto)" if auto else "")
         details = {"layers": layers, "factorized": len(changed), "round_to": auto or round_to or 1,
                    "summary": summary}
-        details = recalibrated(details, module, config.recalibrate_bn, ctx)
+        details = recalibrated(details, module, config.recalibrate_bn, ctx, changed=bool(changed))
         ctx.record(**details)
         ctx.log(details["summary"])
         ctx.record_table("per layer", LAYER_HEADER, [_layer_row(record) for record in records])

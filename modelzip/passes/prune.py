@@ -23,6 +23,7 @@ from pydantic import (
 
 from modelzip.envinfo import AUTO_ROUND_TO
 from modelzip.passes._bn import RECALIBRATE_IMAGES, RecalibrateBN, recalibrated
+from modelzip.passes.finetune import FinetunePass
 from modelzip.plugin import Pass, PassConfig
 from modelzip.registry import suggest
 
@@ -153,7 +154,8 @@ class PrunePass(Pass):
     Config = PruneConfig
     # 3: BatchNorm statistics recalibrated, round_to auto, and the speed check, all by default
     # (each changes results for the same params).
-    version = "3"
+    # target_macs: auto fine-tunes with the finetune pass's machinery: its version is part of ours.
+    version = f"4+finetune{FinetunePass.version}"
     # "timing" and "cpu": the speed check times models, and round_to auto follows the CPU's flags.
     reads = frozenset({"data", "timing", "cpu"})
 
@@ -161,7 +163,7 @@ class PrunePass(Pass):
         channel = config.method == "channel"
         return frozenset(
             ({"data"} if channel or config.recalibrate_bn else set())
-            | ({"timing"} if channel and config.check_speed else set())
+            | ({"timing"} if channel and config.check_speed and config.target_macs != "auto" else set())
             | ({"cpu"} if channel and config.round_to == AUTO_ROUND_TO else set()))
 
     def run(self, artifact, config: PruneConfig, ctx):
@@ -172,7 +174,8 @@ class PrunePass(Pass):
             module, details = self._prune(artifact, config, ctx)
         except PruneFailure as failure:
             raise PassError(failure.what, pass_name=self.name, step=ctx.step, **failure.fields()) from failure
-        details = recalibrated(details, module, config.recalibrate_bn, ctx)
+        if config.target_macs != "auto":  # the search recalibrated each trial before fine-tuning it
+            details = recalibrated(details, module, config.recalibrate_bn, ctx)
         ctx.record(**details)
         ctx.log(details["summary"])
         return artifact.evolve(module=module)
@@ -183,25 +186,35 @@ class PrunePass(Pass):
 
             return prune_magnitude(artifact.module, artifact.input_shape, sparsity=config.sparsity,
                                    scope=config.scope, layers=config.layers, ignore=config.ignore)
+        from dataclasses import replace
+        from functools import partial
+
         from modelzip.envinfo import auto_record, auto_round_to
         from modelzip.pruning import check_reloadable
         from modelzip.pruning.channel import prune_channels
 
         round_to, auto = auto_round_to(config.round_to)
-        if config.target_macs == "auto":  # trials of prune + short fine-tune (checks reload itself)
-            from modelzip.passes._prune_search import prune_within_budget
-
-            module, details = prune_within_budget(artifact, config, ctx, channel_settings(config, round_to))
-            return module, ({**details, "round_to": auto} if auto else details)
         batches = lambda: ctx.data.batches("train", shuffle=True, seed=ctx.seed)  # noqa: E731
 
-        def prune(round_to: int | None):
-            module, details = prune_channels(artifact.module, artifact.input_shape,
-                                             channel_settings(config, round_to), batches=batches,
-                                             seed=ctx.seed, log=ctx.log)
+        def prune(round_to: int | None, target_macs: float | None = None):
+            settings = channel_settings(config, round_to)
+            if target_macs is not None:  # a trial of target_macs: auto
+                settings = replace(settings, target_macs=target_macs)
+            module, details = prune_channels(artifact.module, artifact.input_shape, settings,
+                                             batches=batches, seed=ctx.seed, log=ctx.log)
             check_reloadable(module, ctx.build_module)
             return module, details
 
+        if config.target_macs == "auto":  # trials of prune + short fine-tune; no speed check
+            from modelzip.passes._prune_search import prune_within_budget
+
+            def prune_at(target: float):
+                attempt = partial(prune, target_macs=target)
+                return (finer_when_unreachable(attempt, round_to, ctx.log) if auto else attempt)(round_to)
+
+            module, details = prune_within_budget(artifact, config, ctx, prune_at)
+            return module, ({**details, "round_to": auto_record(auto, details.get("round_to"))} if auto
+                            else details)
         if auto:
             prune = finer_when_unreachable(prune, round_to, ctx.log)
         if not config.check_speed:
