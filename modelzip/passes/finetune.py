@@ -17,7 +17,9 @@ __all__ = ["DistillConfig", "FinetuneConfig", "FinetunePass", "GradualPruneConfi
            "teacher_files"]
 
 DEFAULT_EPOCHS = 2  # when neither epochs nor steps is given
-DEFAULT_LR = {"sgd": 0.01, "adamw": 0.001}  # peak lr when `lr` is not given
+# Peak lr when `lr` is not given. sgd 0.05 and no augmentation: measured on four architectures
+# for short recovery fine-tunes (BENCHMARKS.md, "Fine-tuning defaults"; scripts/bench_unseen.py --sweep).
+DEFAULT_LR = {"sgd": 0.05, "adamw": 0.001}
 
 
 class FinetuneConfig(PassConfig):
@@ -28,7 +30,7 @@ class FinetuneConfig(PassConfig):
     steps: int | None = Field(None, ge=1, le=100_000_000, description="optimizer steps instead of epochs")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (Nesterov momentum) or adamw")
     lr: float = Field(DEFAULT_LR["sgd"], gt=0,
-                      description="peak learning rate (default 0.01 for sgd, 0.001 for adamw)")
+                      description="peak learning rate (default 0.05 for sgd, 0.001 for adamw)")
     weight_decay: float = Field(5e-4, ge=0, description="L2 penalty (sgd) / decoupled decay (adamw)")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum (Nesterov when > 0); sgd only")
     schedule: Literal["cosine", "onecycle", "constant"] = Field(
@@ -41,8 +43,10 @@ class FinetuneConfig(PassConfig):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
     grad_clip: float | None = Field(None, gt=0, description="max global L2 norm of the gradients (null: off)")
     augment: Literal["auto", "none"] = Field(
-        "auto", description="auto: random crop (2-px padding) + flip on fashion-mnist, 4-px on cifar10, "
-                            "nothing on mnist or other datasets; none: no augmentation")
+        "none", description="none (default): the training images as they are, which recovered a pruned, "
+                            "trained model better in 2-epoch fine-tunes (BENCHMARKS.md); auto: random crop "
+                            "(2-px padding) + flip on fashion-mnist, 4-px on cifar10, nothing on mnist or "
+                            "other datasets")
     batch_size: int | None = Field(
         None, ge=1, le=65536, description="training batch (default data.batch_size)")
     patience: int | None = Field(
