@@ -37,7 +37,7 @@ ARCHITECTURES = {
     "fashion_cnn": ({"source": "modelzip.zoo:fashion_cnn"}, 4),
     "resnet20": ({"source": "modelzip.zoo:resnet20"}, 3),
     "dsresnet": ({"source": "modelzip.zoo:dsresnet"}, 6),
-    "mobilenet_v2": ({"source": "torchvision:mobilenet_v2", "in_channels": 1}, 6),
+    "mobilenet_v2": ({"source": "torchvision:mobilenet_v2", "in_channels": 1}, 4),
 }
 BASELINE_MODEL = {"mobilenet_v2": "torchvision:mobilenet_v2"}  # train_baseline.py's --model
 

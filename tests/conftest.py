@@ -45,6 +45,44 @@ def pass_context(recipe, data, *, pass_name: str, work_dir: Path, build_module, 
                         build_module=build_module, resume_dir=resume_dir)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Two busy shared cores: one torch thread is both faster and steadier here."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def finetune_harness(recipe_path: Path, registry):
+    """``run(params, artifact=None, resume_dir=None) -> (artifact, ctx)``: the finetune pass run
+    directly (no export, no measurement) on a seeded tiny_cnn with 4 classes, on the recipe's data;
+    ``run.bundle`` and ``run.baseline`` are that data and model."""
+    import torch
+
+    from modelzip.artifacts import Artifact
+    from modelzip.passes.finetune import FinetunePass
+    from modelzip.recipe import load_recipe
+    from modelzip.sources.data import load_data
+    from modelzip.zoo import tiny_cnn
+
+    recipe = load_recipe(recipe_path, registry=registry)
+    bundle = load_data(recipe.data, base_dir=recipe.base_dir, seed=recipe.seed)
+    torch.manual_seed(1)
+    baseline = Artifact(kind="torch", input_shape=(1, 1, 28, 28), id="base", module=tiny_cnn(num_classes=4).eval())
+
+    def run(params: dict, artifact: Artifact | None = None, resume_dir: Path | None = None):
+        config = FinetunePass.Config.model_validate(params)
+        ctx = pass_context(recipe, bundle, pass_name="finetune", work_dir=recipe.base_dir, baseline=baseline,
+                           build_module=lambda: tiny_cnn(num_classes=4), resume_dir=resume_dir)
+        return FinetunePass().run(artifact or baseline, config, ctx), ctx
+
+    run.bundle, run.baseline = bundle, baseline
+    return run
+
+
 needs_fashion = pytest.mark.skipif(
     not (FASHION / "t10k-images-idx3-ubyte.gz").exists() and not os.environ.get("MODELZIP_DATA"),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +26,7 @@ from modelzip.pipeline import RunOptions
 from modelzip.registry import PassRegistry
 from modelzip.sources.data import load_data
 from modelzip.zoo import fashion_cnn, tiny_cnn
-from tests.conftest import REPO, needs_fashion, pass_context, synthetic_recipe
+from tests.conftest import REPO, finetune_harness, needs_fashion, pass_context, synthetic_recipe
 
 RECIPE = synthetic_recipe("  - finetune: {epochs: 3, lr: 0.05}", name="ft", checkpoint="tiny.pt",
                           data_args="{train: 384, eval: 128}", val_samples=64,
@@ -35,12 +34,8 @@ RECIPE = synthetic_recipe("  - finetune: {epochs: 3, lr: 0.05}", name="ft", chec
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Two busy shared cores: one torch thread is both faster and steadier here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    pass
 
 
 @pytest.fixture
@@ -55,22 +50,7 @@ def recipe_path(tiny_checkpoint, recipe_file):
 
 @pytest.fixture
 def harness(recipe_path, registry):
-    """Runs the pass directly (no export/measurement): fast, and the context is inspectable."""
-    recipe = load_recipe(recipe_path, registry=registry)
-    bundle = load_data(recipe.data, base_dir=recipe.base_dir, seed=recipe.seed)
-    torch.manual_seed(1)
-    baseline = Artifact(kind="torch", input_shape=(1, 1, 28, 28), id="base",
-                        module=tiny_cnn(num_classes=4).eval())
-
-    def run(params: dict, artifact: Artifact | None = None, resume_dir: Path | None = None):
-        config = FinetunePass.Config.model_validate(params)
-        ctx = pass_context(recipe, bundle, pass_name="finetune", work_dir=recipe.base_dir, baseline=baseline,
-                           build_module=lambda: tiny_cnn(num_classes=4), resume_dir=resume_dir)
-        produced = FinetunePass().run(artifact or baseline, config, ctx)
-        return produced, ctx
-
-    run.bundle, run.baseline = bundle, baseline
-    return run
+    return finetune_harness(recipe_path, registry)
 
 
 def states_equal(a: nn.Module, b: nn.Module) -> bool:
@@ -367,7 +347,7 @@ def test_one_epoch_lifts_an_untrained_fashion_cnn(tmp_path, recipe_file, registr
         name: fashion-ft
         model: {source: "modelzip.zoo:fashion_cnn", checkpoint: untrained.pt, input_shape: [1, 1, 28, 28]}
         data: {dataset: fashion-mnist, limit_train: 3000, limit_eval: 1000, val_samples: 500, batch_size: 64}
-        passes: [{finetune: {epochs: 1, lr: 0.05}}]
+        passes: [{finetune: {epochs: 1, lr: 0.05, augment: auto}}]
         """, name="fashion.yaml")
     recipe = load_recipe(path, registry=registry)
     bundle = load_data(recipe.data, base_dir=recipe.base_dir, seed=0)

@@ -4,14 +4,11 @@ The schedule's values, exact final sparsity with zeros that stay zero, best-epoc
 only at the final sparsity, resume, the contract, and config validation."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 from modelzip import load_recipe
-from modelzip.artifacts import Artifact
 from modelzip.errors import PassError, RecipeError
 from modelzip.finetuning import loop as loop_module
 from modelzip.finetuning import train as train_module
@@ -20,10 +17,9 @@ from modelzip.passes.finetune import FinetunePass
 from modelzip.pruning import PruneFailure, prunable_layers
 from modelzip.pruning.gradual import GradualPruner, GradualSettings, cubic_sparsity, plan
 from modelzip.registry import PassRegistry
-from modelzip.sources.data import load_data
 from modelzip.testing import check_pass_contract
 from modelzip.zoo import tiny_cnn
-from tests.conftest import pass_context, synthetic_recipe
+from tests.conftest import finetune_harness, synthetic_recipe
 
 # 320 training images (384 minus 64 for validation) in batches of 64: 5 optimizer steps per epoch.
 RECIPE = synthetic_recipe("  - finetune: {epochs: 3, lr: 0.05}", name="ft-prune", checkpoint="tiny.pt",
@@ -33,11 +29,8 @@ GRADUAL = {"method": "magnitude", "sparsity": 0.8}
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    pass
 
 
 @pytest.fixture
@@ -52,20 +45,7 @@ def recipe_path(tiny_checkpoint, recipe_file):
 
 @pytest.fixture
 def harness(recipe_path, registry):
-    """Runs the finetune pass directly on a seeded tiny_cnn; returns (artifact, ctx)."""
-    recipe = load_recipe(recipe_path, registry=registry)
-    bundle = load_data(recipe.data, base_dir=recipe.base_dir, seed=recipe.seed)
-    torch.manual_seed(1)
-    baseline = Artifact(kind="torch", input_shape=(1, 1, 28, 28), id="base", module=tiny_cnn(num_classes=4).eval())
-
-    def run(params: dict, resume_dir: Path | None = None):
-        config = FinetunePass.Config.model_validate(params)
-        ctx = pass_context(recipe, bundle, pass_name="finetune", work_dir=recipe.base_dir, baseline=baseline,
-                           build_module=lambda: tiny_cnn(num_classes=4), resume_dir=resume_dir)
-        return FinetunePass().run(baseline, config, ctx), ctx
-
-    run.baseline = baseline
-    return run
+    return finetune_harness(recipe_path, registry)
 
 
 def weights(module: nn.Module) -> dict[str, torch.Tensor]:
