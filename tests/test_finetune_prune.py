@@ -215,6 +215,6 @@ def test_prune_is_left_out_of_params_when_unset():
     """Recipes without `prune:` dump (and so key their cached steps) exactly as before."""
     assert "prune" not in FinetunePass.Config().model_dump(mode="json")
     dumped = FinetunePass.Config(prune=GRADUAL).model_dump(mode="json")["prune"]
-    assert dumped == {"method": "magnitude", "sparsity": 0.8, "schedule": "gradual", "scope": "global",
+    assert dumped == {"method": "magnitude", "sparsity": 0.8, "schedule": "gradual", "scope": "lamp",
                       "ignore": [], "start": 0.0, "end": 0.75, "updates": 16}
     assert FinetunePass.Config.model_validate({"prune": dumped}).prune == FinetunePass.Config(prune=GRADUAL).prune

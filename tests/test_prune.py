@@ -21,7 +21,7 @@ from modelzip.passes.prune import PruneConfig, PrunePass, channel_settings
 from modelzip.pipeline import RunOptions
 from modelzip.pruning import PruneFailure, check_reloadable
 from modelzip.pruning.channel import prune_channels
-from modelzip.pruning.magnitude import prune_magnitude
+from modelzip.pruning.magnitude import lamp_scores, prune_magnitude
 from modelzip.recipe import ModelSpec
 from modelzip.registry import PassRegistry
 from modelzip.sources.models import build_model
@@ -350,6 +350,26 @@ def test_magnitude_global_sparsity_is_exact_and_leaves_plain_weights():
         if not key.endswith("weight") or key.startswith("features.1") or key.startswith("features.5"):
             assert torch.equal(value, original[key]), key
     assert int((_weights(model)["features.0"] == 0).sum()) == 0  # the input model is not touched
+
+
+def test_lamp_scores_order_a_layer_by_magnitude_and_give_its_largest_weight_one():
+    weight = torch.tensor([[0.5, -2.0], [1.0, 0.0]])
+    scores = lamp_scores(weight)
+    # ascending w^2 = 0, 0.25, 1, 4; each over the sum of itself and the larger ones
+    torch.testing.assert_close(scores, torch.tensor([0.25 / 5.25, 1.0, 1 / 5, 0.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("scope, emptied", [("global", True), ("lamp", False)])
+def test_lamp_does_not_empty_a_layer_of_small_weights(scope, emptied):
+    """Two layers, one with weights 100x smaller (a wide fan-in's init scale): one raw |w| threshold
+    at 60% takes all of it; LAMP's layer-normalized scores leave it some weights."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32))
+    with torch.no_grad():
+        model[1].weight.mul_(0.01)
+    module, details = prune_magnitude(model, (1, 32), sparsity=0.6, scope=scope, layers={}, ignore=())
+    assert details["weights_zeroed"] == round(0.6 * 2 * 32 * 32)
+    assert (details["layer_sparsity"]["1"] == 1.0) is emptied
 
 
 def test_magnitude_layer_scope_overrides_and_ignore():

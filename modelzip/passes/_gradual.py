@@ -26,8 +26,11 @@ class GradualPruneConfig(PassConfig):
         "gradual", description="gradual: sparsity rises from 0 on Zhu & Gupta's cubic ramp between "
                                "`start` and `end`, masks recomputed `updates` times; oneshot: all at "
                                "once at `start`")
-    scope: Literal["global", "layer"] = Field(
-        "global", description="one |w| threshold across layers, or `sparsity` in every layer")
+    scope: Literal["lamp", "global", "layer"] = Field(
+        "lamp", description="lamp (default): one threshold across layers on layer-normalized "
+                            "magnitudes (LAMP, Lee et al. 2021), which never empties a layer whose weights "
+                            "are small by construction; global: one threshold on |w|; layer: `sparsity` in "
+                            "every layer")
     ignore: tuple[Glob, ...] = Field(
         (), description="globs on module names kept dense; a block's name covers its layers")
     start: float = Field(

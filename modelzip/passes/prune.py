@@ -58,8 +58,11 @@ class PruneConfig(PassConfig):
     sparsity: Sparsity | None = Field(
         None, validate_default=True,
         description="magnitude: fraction of the covered weights set to zero, 0 <= s < 1")
-    scope: Literal["global", "layer"] = Field(
-        "global", description="magnitude: one threshold across layers, or `sparsity` in every layer")
+    scope: Literal["lamp", "global", "layer"] = Field(
+        "lamp", description="magnitude: lamp (default): one threshold across layers on layer-normalized "
+                            "magnitudes (LAMP, Lee et al. 2021), which never empties a layer whose weights "
+                            "are small by construction; global: one threshold on |w|; layer: `sparsity` in "
+                            "every layer")
     layers: dict[Glob, Sparsity] = Field(
         {},  # pydantic copies a mutable default per instance
         description="magnitude: per-layer sparsity, {glob: s}; the first matching glob wins")

@@ -37,7 +37,7 @@ from modelzip.pruning.magnitude import covered_layers, smallest_entries, zero_fr
 class GradualSettings:
     sparsity: float  # final fraction of the covered weights at zero, 0 < s < 1
     schedule: str = "gradual"  # gradual (cubic) | oneshot
-    scope: str = "global"  # global: one |w| threshold across layers; layer: s in every layer
+    scope: str = "lamp"  # lamp / global: one threshold across layers on LAMP scores / |w|; layer: s in each
     ignore: tuple[str, ...] = ()  # globs on layer names kept dense
     start: float = 0.0  # fraction of the optimizer steps where pruning begins (t0)
     end: float = 0.75  # fraction where the final sparsity is reached (t1); gradual only
@@ -117,8 +117,8 @@ class GradualPruner:
 
     @torch.no_grad()
     def _recompute(self, level: float) -> None:
-        if self.settings.scope == "global":
-            doomed = smallest_entries(self.weights, level)
+        if self.settings.scope in ("lamp", "global"):
+            doomed = smallest_entries(self.weights, level, normalized=self.settings.scope == "lamp")
         else:
             doomed = [smallest_entries([w], level)[0] for w in self.weights]
         if self.doomed is not None:  # pruned weights are zero, so the smallest: this only guards that
