@@ -60,9 +60,15 @@ def finetune_no_gain(step: StepRecord, before: Metrics) -> list[Finding]:
         return []
     if step.metrics.accuracy >= before.accuracy:
         return []
-    message = f"finetune ended at {_pct(step.metrics.accuracy)}, below its input's {_pct(before.accuracy)}"
-    return [Finding(step.index, step.pass_name, "finetune_no_gain", message,
-                    "try a lower lr, `distill: {teacher: baseline}`, or more epochs")]
+    pruning = step.details.get("pruning")
+    if isinstance(pruning, dict):  # it also pruned: below the dense input is a cost, not a failure to train
+        message = (f"finetune pruned to {_pct(pruning.get('sparsity', 0))} sparsity and ended at "
+                   f"{_pct(step.metrics.accuracy)}, below its dense input's {_pct(before.accuracy)}")
+        fix = "try more epochs, `distill: {teacher: input}`, or a lower sparsity"
+    else:
+        message = f"finetune ended at {_pct(step.metrics.accuracy)}, below its input's {_pct(before.accuracy)}"
+        fix = "try a lower lr, `distill: {teacher: baseline}`, or more epochs"
+    return [Finding(step.index, step.pass_name, "finetune_no_gain", message, fix)]
 
 
 def zeroed_layers(step: StepRecord) -> list[Finding]:

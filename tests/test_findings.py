@@ -50,6 +50,13 @@ def test_finetune_below_its_input_fires_on_the_same_backend_only() -> None:
     assert finetune_no_gain(step("prune", 0.80), metrics(0.85)) == []
 
 
+def test_a_finetune_that_also_pruned_says_so_and_suggests_distilling_from_the_dense_input() -> None:
+    pruned = step("finetune", 0.86, details={"pruning": {"sparsity": 0.9}})
+    [found] = finetune_no_gain(pruned, metrics(0.92))
+    assert found.message == "finetune pruned to 90.0% sparsity and ended at 86.0%, below its dense input's 92.0%"
+    assert "distill: {teacher: input}" in found.fix and "lower sparsity" in found.fix
+
+
 def test_a_layer_recorded_entirely_zero_is_named() -> None:
     details = {"layer_sparsity": {"features.0": 0.5, "features.3": 1.0}}
     [found] = zeroed_layers(step("prune", 0.9, index=1, details=details))
