@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from modelzip.evaluation.latency import SLOWER
-from modelzip.evaluation.records import Finding, LatencyResult, Metrics, StepRecord
+from modelzip.evaluation.records import Finding, LatencyResult, Metrics, StepRecord, accuracy_noise
 
 # "At chance": at most 1.5x the accuracy of guessing (15% with 10 classes, 37.5% with 4), so a
 # model that predicts one class, or a near-random one, is caught while a weak but working one is not.
@@ -55,10 +55,11 @@ def at_chance(step: StepRecord, before: Metrics, num_classes: int | None) -> lis
 
 
 def finetune_no_gain(step: StepRecord, before: Metrics) -> list[Finding]:
-    """A finetune that ended below its input (compared only on the same backend: torch -> torch)."""
+    """A finetune that ended below its input by more than the measurement's noise (compared only on
+    the same backend: torch -> torch)."""
     if step.pass_name != "finetune" or step.metrics.accuracy_backend != before.accuracy_backend:
         return []
-    if step.metrics.accuracy >= before.accuracy:
+    if step.metrics.accuracy >= before.accuracy - accuracy_noise(before.accuracy, step.metrics.eval_samples):
         return []
     pruning = step.details.get("pruning")
     if isinstance(pruning, dict):  # it also pruned: below the dense input is a cost, not a failure to train

@@ -16,7 +16,7 @@ from tests.conftest import synthetic_recipe
 
 
 def metrics(accuracy: float, backend: str = "torch") -> Metrics:
-    return Metrics(accuracy, backend, 100, 1000, 1000, 5000, 4000)
+    return Metrics(accuracy, backend, 10_000, 1000, 1000, 5000, 4000)
 
 
 def step(name: str, accuracy: float, *, index: int = 0, backend: str = "torch", details=None) -> StepRecord:
@@ -46,6 +46,8 @@ def test_finetune_below_its_input_fires_on_the_same_backend_only() -> None:
     assert found.message == "finetune ended at 80.0%, below its input's 85.0%"
     assert "distill: {teacher: baseline}" in found.fix
     assert finetune_no_gain(step("finetune", 0.86), metrics(0.85)) == []
+    # 10,000 eval images at 85%: twice the standard error is 0.71 pp, so 0.5 pp lower is noise
+    assert finetune_no_gain(step("finetune", 0.845), metrics(0.85)) == []
     assert finetune_no_gain(step("finetune", 0.80), metrics(0.85, "onnxruntime")) == []
     assert finetune_no_gain(step("prune", 0.80), metrics(0.85)) == []
 

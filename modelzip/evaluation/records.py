@@ -7,6 +7,7 @@ No heavy imports: the CLI prints from these records.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,13 @@ from modelzip.evaluation.latency import SAME_MODEL
 
 REPORT_SCHEMA = "modelzip.report/1"
 _BATCH = "batch_"
+
+
+def accuracy_noise(accuracy: float, samples: int) -> float:
+    """Twice the standard error of a top-1 accuracy measured on ``samples`` images (binomial, with
+    a floor for accuracies near 0 or 1): smaller differences are not evidence of a change
+    (0.57 pp at 91% on 10,000 images, 2.5 pp at 90% on 2,000)."""
+    return 2 * math.sqrt(max(accuracy * (1 - accuracy), 0.01) / max(samples, 1))
 
 
 def batch_key(batch: int) -> str:

@@ -5,7 +5,6 @@ Light (no torch): both pass modules import it at module level; ``recalibrated`` 
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
@@ -63,6 +62,7 @@ def _recalibrate(module: nn.Module, images: int, ctx: PassContext) -> dict[str, 
     import torch
 
     from modelzip.evaluation.accuracy import torch_accuracy
+    from modelzip.evaluation.records import accuracy_noise
     from modelzip.evaluation.runtime import module_device
     from modelzip.finetuning.batchnorm import recalibrate_batchnorm
     from modelzip.sources.data import subset
@@ -80,7 +80,8 @@ def _recalibrate(module: nn.Module, images: int, ctx: PassContext) -> dict[str, 
         # Where the pass left the statistics valid (e.g. an untouched first layer), fresh ones from a
         # few hundred images can be worse: keep the previous ones when they validate clearly better
         # (by more than twice the standard error of the measurement, so noise decides nothing).
-        kept_original = after is not None and before is not None and after < before - _noise(before, len(validation))
+        kept_original = (after is not None and before is not None
+                         and after < before - accuracy_noise(before, len(validation)))
         if kept_original:
             _restore(module, saved)
     finally:
@@ -97,11 +98,6 @@ def _recalibrate(module: nn.Module, images: int, ctx: PassContext) -> dict[str, 
     return {"images": used, "accuracy_split": "validation" if len(validation) else None,
             "accuracy_images": len(validation), "accuracy_before": before, "accuracy_after": after,
             "kept": "previous" if kept_original else "recalibrated", "note": "; ".join(notes) or None}
-
-
-def _noise(accuracy: float, images: int) -> float:
-    """Twice the standard error of an accuracy measured on ``images`` images."""
-    return 2 * math.sqrt(max(accuracy * (1 - accuracy), 0.01) / max(images, 1))
 
 
 def _statistics(module: nn.Module) -> list[dict[str, Any]]:
