@@ -155,9 +155,9 @@ class PrunePass(Pass):
     name = "prune"
     summary = "Remove channels (smaller, faster) or zero the smallest weights (smaller zip)"
     Config = PruneConfig
-    # 3: BatchNorm statistics recalibrated, round_to auto, and the speed check, all by default
-    # (each changes results for the same params).
-    # target_macs: auto fine-tunes with the finetune pass's machinery: its version is part of ours.
+    # 4: BatchNorm recalibration, round_to auto and the speed check by default (each changes results
+    # for the same params); target_macs: auto fine-tunes with the finetune pass's machinery, so its
+    # version is part of ours.
     version = f"4+finetune{FinetunePass.version}"
     # "timing" and "cpu": the speed check times models, and round_to auto follows the CPU's flags.
     reads = frozenset({"data", "timing", "cpu"})
@@ -189,44 +189,50 @@ class PrunePass(Pass):
 
             return prune_magnitude(artifact.module, artifact.input_shape, sparsity=config.sparsity,
                                    scope=config.scope, layers=config.layers, ignore=config.ignore)
-        from dataclasses import replace
-        from functools import partial
+        return _prune_channels(artifact, config, ctx, pass_name=self.name)
 
-        from modelzip.envinfo import auto_record, auto_round_to
-        from modelzip.pruning import check_reloadable
-        from modelzip.pruning.channel import prune_channels
 
-        round_to, auto = auto_round_to(config.round_to)
-        batches = lambda: ctx.data.batches("train", shuffle=True, seed=ctx.seed)  # noqa: E731
+def _prune_channels(artifact, config: PruneConfig, ctx, *, pass_name: str):
+    """``method: channel``: a fixed target with the speed check (or without), or target_macs: auto's
+    search; round_to auto resolved here, with its fallback to finer rounding on a narrow model."""
+    from dataclasses import replace
+    from functools import partial
 
-        def prune(round_to: int | None, target_macs: float | None = None):
-            settings = channel_settings(config, round_to)
-            if target_macs is not None:  # a trial of target_macs: auto
-                settings = replace(settings, target_macs=target_macs)
-            module, details = prune_channels(artifact.module, artifact.input_shape, settings,
-                                             batches=batches, seed=ctx.seed, log=ctx.log)
-            check_reloadable(module, ctx.build_module)
-            return module, details
+    from modelzip.envinfo import auto_record, auto_round_to
+    from modelzip.pruning import check_reloadable
+    from modelzip.pruning.channel import prune_channels
 
-        if config.target_macs == "auto":  # trials of prune + short fine-tune; no speed check
-            from modelzip.passes._prune_search import prune_within_budget
+    round_to, auto = auto_round_to(config.round_to)
+    batches = lambda: ctx.data.batches("train", shuffle=True, seed=ctx.seed)  # noqa: E731
 
-            def prune_at(target: float):
-                attempt = partial(prune, target_macs=target)
-                return (finer_when_unreachable(attempt, round_to, ctx.log) if auto else attempt)(round_to)
+    def prune(round_to: int | None, target_macs: float | None = None):
+        settings = channel_settings(config, round_to)
+        if target_macs is not None:  # a trial of target_macs: auto
+            settings = replace(settings, target_macs=target_macs)
+        module, details = prune_channels(artifact.module, artifact.input_shape, settings,
+                                         batches=batches, seed=ctx.seed, log=ctx.log)
+        check_reloadable(module, ctx.build_module)
+        return module, details
 
-            module, details = prune_within_budget(artifact, config, ctx, prune_at)
-            return module, ({**details, "round_to": auto_record(auto, details.get("round_to"))} if auto
-                            else details)
-        if auto:
-            prune = finer_when_unreachable(prune, round_to, ctx.log)
-        if not config.check_speed:
-            module, details = prune(round_to)
-            return module, ({**details, "round_to": auto_record(auto, details.get("round_to"))} if auto
-                            else details)
-        from modelzip.passes._prune_speed import prune_checked
+    def with_rounding(pruned):  # round_to auto's record, with the value actually used
+        module, details = pruned
+        return module, ({**details, "round_to": auto_record(auto, details.get("round_to"))} if auto else details)
 
-        return prune_checked(prune, round_to, auto, artifact, ctx, pass_name=self.name)
+    def at_auto(attempt):
+        return finer_when_unreachable(attempt, round_to, ctx.log) if auto else attempt
+
+    if config.target_macs == "auto":  # trials of prune + short fine-tune; no speed check
+        from modelzip.passes._prune_search import prune_within_budget
+
+        def prune_at(target: float):
+            return at_auto(partial(prune, target_macs=target))(round_to)
+
+        return with_rounding(prune_within_budget(artifact, config, ctx, prune_at))
+    if not config.check_speed:
+        return with_rounding(at_auto(prune)(round_to))
+    from modelzip.passes._prune_speed import prune_checked
+
+    return prune_checked(at_auto(prune), round_to, auto, artifact, ctx, pass_name=pass_name)
 
 
 def finer_when_unreachable(prune, auto_value: int, log):
