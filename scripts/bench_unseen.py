@@ -51,8 +51,7 @@ RECIPES = {
 TARGETS = {"channel": (1.0, 1.2, None), "gradual": (1.5, None, 5.0)}
 
 # The fine-tuning settings compared for the defaults, each replacing the channel recipe's finetune
-# (every setting spelled out, so that the rows keep their meaning when the defaults change; the
-# first was the default before this sweep, the last is the default it chose).
+# (every setting spelled out, so that the rows keep their meaning when the defaults change).
 _DISTILL = "distill: {teacher: baseline}"
 SWEEP = {
     "sgd 0.01, augment (old default)": f"finetune: {{epochs: 2, lr: 0.01, augment: auto, {_DISTILL}}}",
@@ -64,8 +63,8 @@ SWEEP = {
                                      "distill: {teacher: baseline, alpha: 0.9}}"),
     "adamw 1e-3, augment": f"finetune: {{epochs: 2, optimizer: adamw, augment: auto, {_DISTILL}}}",
     "adamw 3e-3, augment": f"finetune: {{epochs: 2, optimizer: adamw, lr: 0.003, augment: auto, {_DISTILL}}}",
-    "sgd 0.01, no augment": f"finetune: {{epochs: 2, lr: 0.01, augment: none, {_DISTILL}}}",
-    "sgd 0.05, no augment (new default)": f"finetune: {{epochs: 2, lr: 0.05, augment: none, {_DISTILL}}}",
+    "sgd 0.01, no augment (new default)": f"finetune: {{epochs: 2, lr: 0.01, augment: none, {_DISTILL}}}",
+    "sgd 0.05, no augment": f"finetune: {{epochs: 2, lr: 0.05, augment: none, {_DISTILL}}}",
 }
 LIMIT_TRAIN = 20_000
 
@@ -206,7 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         sweep_recipes = {name: [RECIPES["channel"][0], finetune] for name, finetune in SWEEP.items()}
         sweep = run_all(args.sweep_arch or archs, sweep_recipes, trained)
-    probe = [] if args.no_probe else probe_widths()
+    # Rows of earlier invocations that this one did not rerun are kept (e.g. a sweep run on some
+    # architectures only); what ran now replaces them.
+    earlier = json.loads(args.json.read_text()) if args.json.exists() else {}
+    trained = {**earlier.get("baselines", {}), **trained}
+    rows = {**earlier.get("runs", {}), **rows}
+    sweep = {**earlier.get("sweep", {}), **sweep}
+    probe = earlier.get("probe_widths", []) if args.no_probe else probe_widths()
     args.json.write_text(json.dumps({"baselines": trained, "runs": rows, "sweep": sweep, "probe_widths": probe,
                                      "wall_s": round(time.perf_counter() - started)}, indent=1))
     write_section(args.out, markdown(trained, rows, sweep, probe))

@@ -302,7 +302,7 @@ def test_config_errors_name_the_key(recipe_path, registry, params, path, message
 
 def test_config_defaults_depend_on_the_choice():
     config = FinetunePass.Config()
-    assert (config.epochs, config.steps, config.lr, config.distill) == (2, None, 0.05, None)
+    assert (config.epochs, config.steps, config.lr, config.distill) == (2, None, 0.01, None)
     assert config.augment == "none"  # short recovery fine-tunes did better without (BENCHMARKS.md)
     adamw = FinetunePass.Config(optimizer="adamw", steps=50)
     assert (adamw.epochs, adamw.steps, adamw.lr) == (None, 50, 0.001)

@@ -17,9 +17,10 @@ __all__ = ["DistillConfig", "FinetuneConfig", "FinetunePass", "GradualPruneConfi
            "teacher_files"]
 
 DEFAULT_EPOCHS = 2  # when neither epochs nor steps is given
-# Peak lr when `lr` is not given. sgd 0.05 and no augmentation: measured on four architectures
-# for short recovery fine-tunes (BENCHMARKS.md, "Fine-tuning defaults"; scripts/bench_unseen.py --sweep).
-DEFAULT_LR = {"sgd": 0.05, "adamw": 0.001}
+# Peak lr when `lr` is not given. sgd 0.01 without augmentation had the smallest mean and worst-case
+# drop over three architectures in 2-epoch recoveries after channel pruning (0.05 was better on two
+# and lost 4 pp on ResNet-20): BENCHMARKS.md, "Fine-tuning defaults"; scripts/bench_unseen.py --sweep.
+DEFAULT_LR = {"sgd": 0.01, "adamw": 0.001}
 
 
 class FinetuneConfig(PassConfig):
@@ -30,7 +31,7 @@ class FinetuneConfig(PassConfig):
     steps: int | None = Field(None, ge=1, le=100_000_000, description="optimizer steps instead of epochs")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (Nesterov momentum) or adamw")
     lr: float = Field(DEFAULT_LR["sgd"], gt=0,
-                      description="peak learning rate (default 0.05 for sgd, 0.001 for adamw)")
+                      description="peak learning rate (default 0.01 for sgd, 0.001 for adamw)")
     weight_decay: float = Field(5e-4, ge=0, description="L2 penalty (sgd) / decoupled decay (adamw)")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum (Nesterov when > 0); sgd only")
     schedule: Literal["cosine", "onecycle", "constant"] = Field(
