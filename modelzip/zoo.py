@@ -99,10 +99,12 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # so 28x28 and 32x32 inputs both work
         self.fc = nn.Linear(4 * width, num_classes)
 
-    @staticmethod
-    def _stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
-        first = BasicBlock(in_channels, out_channels, stride)
-        return nn.Sequential(first, *(BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)))
+    block: type[nn.Module] = BasicBlock  # the residual block every stage is made of
+
+    @classmethod
+    def _stage(cls, in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
+        first = cls.block(in_channels, out_channels, stride)
+        return nn.Sequential(first, *(cls.block(out_channels, out_channels) for _ in range(blocks - 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -141,29 +143,11 @@ class SeparableBlock(nn.Module):
         return self.relu(self.bn2(self.pointwise(out)) + shortcut)
 
 
-class SeparableResNet(nn.Module):
-    """A stem conv and 3 stages of SeparableBlocks (widths w/2w/4w), global pooling, a linear head."""
+class SeparableResNet(ResNet):
+    """ResNet's layout (stem conv, 3 stages of widths w/2w/4w, global pooling, a linear head) built
+    from SeparableBlocks."""
 
-    def __init__(self, blocks_per_stage: int, num_classes: int, in_channels: int, width: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.layer1 = self._stage(width, width, blocks_per_stage, stride=1)
-        self.layer2 = self._stage(width, 2 * width, blocks_per_stage, stride=2)
-        self.layer3 = self._stage(2 * width, 4 * width, blocks_per_stage, stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(4 * width, num_classes)
-
-    @staticmethod
-    def _stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
-        first = SeparableBlock(in_channels, out_channels, stride)
-        return nn.Sequential(first, *(SeparableBlock(out_channels, out_channels) for _ in range(blocks - 1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    block = SeparableBlock
 
 
 def dsresnet(num_classes: int = 10, in_channels: int = 1, width: int = 32) -> nn.Module:
