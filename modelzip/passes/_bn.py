@@ -65,6 +65,7 @@ def _recalibrate(module: nn.Module, images: int, ctx: PassContext) -> dict[str, 
     from modelzip.evaluation.records import accuracy_noise
     from modelzip.evaluation.runtime import module_device
     from modelzip.finetuning.batchnorm import recalibrate_batchnorm
+    from modelzip.finetuning.checkpoint import snapshot
     from modelzip.sources.data import subset
 
     data = ctx.data
@@ -74,7 +75,7 @@ def _recalibrate(module: nn.Module, images: int, ctx: PassContext) -> dict[str, 
     try:
         accuracy = (lambda: torch_accuracy(module, data.loader(validation))) if len(validation) else None
         before = accuracy() if accuracy else None
-        saved = _statistics(module)
+        saved = snapshot(dict(module.named_buffers()))
         used = recalibrate_batchnorm(module, data.batches("train", shuffle=True, seed=ctx.seed), images)
         after = accuracy() if accuracy and used else before
         # Where the pass left the statistics valid (e.g. an untouched first layer), fresh ones from a
@@ -100,22 +101,13 @@ def _recalibrate(module: nn.Module, images: int, ctx: PassContext) -> dict[str, 
             "kept": "previous" if kept_original else "recalibrated", "note": "; ".join(notes) or None}
 
 
-def _statistics(module: nn.Module) -> list[dict[str, Any]]:
-    from modelzip.finetuning.batchnorm import batchnorm_layers
-
-    return [{name: buffer.detach().clone() for name, buffer in layer.named_buffers()}
-            for layer in batchnorm_layers(module)]
-
-
-def _restore(module: nn.Module, saved: list[dict[str, Any]]) -> None:
+def _restore(module: nn.Module, saved: dict[str, Any]) -> None:
+    """Put back the buffers (BatchNorm running statistics) saved by ``snapshot``."""
     import torch
 
-    from modelzip.finetuning.batchnorm import batchnorm_layers
-
     with torch.no_grad():
-        for layer, buffers in zip(batchnorm_layers(module), saved, strict=True):
-            for name, buffer in layer.named_buffers():
-                buffer.copy_(buffers[name])
+        for name, buffer in module.named_buffers():
+            buffer.copy_(saved[name])
 
 
 def _phrase(entry: dict[str, Any]) -> str:

@@ -245,14 +245,12 @@ def finer_when_unreachable(prune, auto_value: int, log):
         if round_to != auto_value:
             return prune(round_to)
         finer = [auto_value >> shift for shift in range(1, auto_value.bit_length()) if auto_value >> shift > 1]
-        for candidate in [round_to, *finer, None]:
+        for candidate in [round_to, *finer]:
             try:
                 return prune(candidate)
             except PruneFailure as failure:
-                if candidate is None:
-                    raise
                 log(f"round_to {candidate} (auto): {failure.what}; trying finer rounding")
-        raise AssertionError("unreachable")  # the loop returns or raises at None
+        return prune(None)  # no rounding at all: its failure is the pass's
 
     return attempt
 
