@@ -134,6 +134,14 @@ class StepCache:
         record = {"key": key, "digest": _json_digest(metrics), "value": metrics}
         write_text(self.root / "metrics" / f"{key}.json", json.dumps(record, indent=1))
 
+    # A small fact worth not recomputing, e.g. which file defines a factory (sources.identity).
+    def recall(self, token: str) -> str | None:
+        found = self.load_metrics(content_key(what="memo", token=token))
+        return found.get("value") if found is not None else None
+
+    def remember(self, token: str, value: str) -> None:
+        self.save_metrics(content_key(what="memo", token=token), {"value": value})
+
 
 def file_record(path: Path) -> dict[str, Any]:
     """What a manifest says of a file: {"size", "sha256"}."""

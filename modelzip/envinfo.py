@@ -30,10 +30,14 @@ RELEVANT_CPU_FLAGS = (
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 _PACKAGES = ("modelzip", "torch", "torchvision", "onnx", "onnxruntime")
 _CPUINFO = Path("/proc/cpuinfo")
+_ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
+# NVIDIA's driver, AMD's ROCm driver (torch.cuda covers both), WSL's GPU bridge.
+_GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 
 
-def environment(threads: int) -> dict:
-    """A JSON-ready description of this machine; ``threads`` is what latency used."""
+def environment(threads: int, memo=None) -> dict:
+    """A JSON-ready description of this machine; ``threads`` is what latency used.
+    ``memo`` (the step cache) remembers onnxruntime's providers per installed version."""
     flags = cpu_flags()
     return {
         "python": platform.python_version(),
@@ -44,7 +48,7 @@ def environment(threads: int) -> dict:
         "cpu_flags": flags,
         "vnni": any(flag in flags for flag in VNNI_FLAGS),
         "threads": threads,
-        "ort_providers": _ort_providers(),
+        "ort_providers": ort_providers(memo),
     }
 
 
@@ -129,12 +133,32 @@ def _cpuinfo_fields() -> list[tuple[str, str]]:
     return fields
 
 
-def _ort_providers() -> list[str]:
+def ort_providers(memo=None) -> list[str]:
+    """onnxruntime's execution providers. Importing onnxruntime to ask takes a third of a
+    second, so ``memo`` keeps the answer per installed onnxruntime distribution and version
+    (a GPU build is another distribution: onnxruntime-gpu)."""
+    import json
+
+    installed = [f"{name}=={package_version(name)}" for name in _ORT_DISTRIBUTIONS
+                 if package_version(name) != "unknown"]
+    token = "ort_providers|" + ",".join(installed)
+    recalled = memo.recall(token) if memo is not None and installed else None
+    if recalled is not None:
+        return json.loads(recalled)
     try:
         import onnxruntime
     except ImportError:
         return []
-    return list(onnxruntime.get_available_providers())
+    providers = list(onnxruntime.get_available_providers())
+    if memo is not None and installed:
+        memo.remember(token, json.dumps(providers))
+    return providers
+
+
+def cuda_possible() -> bool:
+    """Whether a CUDA (or ROCm) device could be present: its driver's device files exist.
+    Without them torch.cuda.is_available() is False, and asking costs the import of torch."""
+    return any(Path(p).exists() for p in _GPU_DRIVER_FILES)
 
 
 if __name__ == "__main__":  # handy when filing a latency bug: python -m modelzip.envinfo

@@ -12,10 +12,13 @@ by (path, size, modification time) instead.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelzip.cache import file_sha256
 from modelzip.recipe import DataSpec, Recipe
+
+if TYPE_CHECKING:
+    from modelzip.sources.identity import Memo
 
 # Data keys that only decide which images are evaluated: measurements read them, steps do not.
 EVAL_ONLY_KEYS = ("limit_eval",)
@@ -33,9 +36,10 @@ def data_fingerprint(spec: DataSpec, base_dir: Path, *, for_eval: bool,
     return {"spec": fields, "files": dataset_digests(spec, base_dir) if files is None else files}
 
 
-def dataset_digests(spec: DataSpec, base_dir: Path) -> dict[str, str]:
-    """Digest per file the dataset is read from ({} when none are found: loading fails later)."""
-    from modelzip.sources import data as sources
+def dataset_digests(spec: DataSpec, base_dir: Path, memo: Memo | None = None) -> dict[str, str]:
+    """Digest per file the dataset is read from ({} when none are found: loading fails later).
+    ``memo`` remembers which file defines a ``module:callable`` dataset (sources.identity)."""
+    from modelzip.sources import locations as sources
 
     searched = sources.dataset_search_paths(spec.dataset, spec.root, base_dir)
     if spec.dataset in sources.TORCHVISION_FOLDERS:
@@ -52,7 +56,7 @@ def dataset_digests(spec: DataSpec, base_dir: Path) -> dict[str, str]:
     if spec.dataset == "imagefolder":
         root = next((p for p in searched if (p / "train").is_dir()), None)
         return {} if root is None else {"listing": _listing_digest(root)}
-    return _callable_digest(spec.dataset, base_dir)
+    return _callable_digest(spec.dataset, base_dir, memo)
 
 
 def _content_digests(folder: Path) -> dict[str, str]:
@@ -70,11 +74,11 @@ def _listing_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
-def _callable_digest(ref: str, base_dir: Path) -> dict[str, str]:
+def _callable_digest(ref: str, base_dir: Path, memo) -> dict[str, str]:
     """A ``module:callable`` dataset: the digest of the file defining it (its args are in the spec)."""
-    from modelzip.sources.models import callable_source_file
+    from modelzip.sources.identity import defining_file
 
-    source = callable_source_file(ref, base_dir, what="dataset", where="data.dataset")
+    source = defining_file(ref, base_dir, what="dataset", where="data.dataset", memo=memo)
     return {} if source is None else {source.name: file_sha256(source)}
 
 

@@ -3,6 +3,10 @@ through the cache, measure the final ONNX, check gates, write the report.
 
 Passes only transform artifacts; everything else (caching, lineage,
 evaluation, reporting) happens here.
+
+A fully cached rerun imports neither torch nor onnxruntime: cache keys come from file
+digests (sources.identity), cached torch artifacts load only when a step must run on them
+(artifacts.load_artifact(lazy=True)), and measurements are cached records.
 """
 from __future__ import annotations
 
@@ -10,18 +14,16 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from modelzip import artifacts as art
 from modelzip import distributed, inputs, locking
 from modelzip.cache import StepCache, content_key
 from modelzip.console import UI, SilentUI
 from modelzip.context import PassContext
-from modelzip.errors import ModelzipError, PassError
+from modelzip.errors import InputError, ModelzipError, PassError
 from modelzip.evaluation.measure import Measurer
 from modelzip.evaluation.records import Baseline, Final, GateResult, Metrics, Report, StepRecord
 from modelzip.findings import find_problems
@@ -74,14 +76,29 @@ def run_recipe(recipe: Recipe, options: RunOptions | None = None) -> RunResult |
 
 
 def resolve_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        from modelzip.errors import InputError
+    if requested == "cpu":
+        return requested
+    from modelzip.envinfo import cuda_possible
 
+    available = cuda_possible() and _torch_sees_cuda()  # torch is imported only where a GPU may be
+    if requested == "auto":
+        return "cuda" if available else "cpu"
+    if requested == "cuda" and not available:
         raise InputError("--device cuda was requested but CUDA is not available", got="cuda",
                          expected="auto or cpu on this machine", fix="use --device auto")
     return requested
+
+
+def _torch_sees_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _seed_torch(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
 
 
 class _Runner:
@@ -118,12 +135,12 @@ class _Runner:
 
     def _dataset_digests(self) -> dict[str, str]:
         spec = self.recipe.data
-        digests = inputs.dataset_digests(spec, self.recipe.base_dir)
+        digests = inputs.dataset_digests(spec, self.recipe.base_dir, memo=self.cache)
         if not digests and spec.download:
             # The files are not there yet: fetch them first, or this run's keys would lack their
             # digests and the next run (which finds them) would redo every step.
             self.data  # noqa: B018 - loading is what downloads
-            digests = inputs.dataset_digests(spec, self.recipe.base_dir)
+            digests = inputs.dataset_digests(spec, self.recipe.base_dir, memo=self.cache)
         return digests
 
     def _fingerprints(self, name, compute):
@@ -193,15 +210,15 @@ class _Runner:
         cached rerun does not load the data just for it. Returns the classes the labels
         need (for the at-chance warning), None from a cache entry without them.
         """
-        from dataclasses import asdict
-
-        from modelzip.preflight import preflight
-
         key = content_key(what="preflight", model=source.id, data=self._data_key(for_eval=True),
                           seed=self.recipe.seed)
         seen = self.cache.load_metrics(key)
         if seen is None:
-            seen = asdict(preflight(source.module, self.data, self.recipe.model))
+            from dataclasses import asdict
+
+            from modelzip.preflight import preflight
+
+            seen = asdict(preflight(source.loaded().module, self.data, self.recipe.model))
             self.cache.save_metrics(key, seen)
         return seen.get("label_classes")
 
@@ -211,13 +228,20 @@ class _Runner:
         self.folder.stage_text(RESOLVED_RECIPE, yaml.safe_dump(self.recipe.to_data(), sort_keys=False))
 
     def _load_input(self) -> art.Artifact:
-        from modelzip.sources.models import load_input_model, model_fingerprint
+        """The input model, loaded when first needed (its id comes from file digests)."""
+        from modelzip.sources.identity import model_fingerprint
+
+        spec = self.recipe.model
+        model_id = model_fingerprint(spec, self.recipe.base_dir, memo=self.cache)
+        return art.Artifact(kind="torch", input_shape=tuple(spec.input_shape), id=model_id,
+                            loader=cache(self._load_input_module))
+
+    def _load_input_module(self):
+        from modelzip.sources.models import load_input_model
 
         spec = self.recipe.model
         self.ui.log(f"loading model: {spec.source}" + (f" + {spec.checkpoint}" if spec.checkpoint else ""))
-        module = load_input_model(spec, self.recipe.base_dir)
-        return art.Artifact(kind="torch", input_shape=tuple(spec.input_shape), module=module,
-                            id=model_fingerprint(spec, self.recipe.base_dir))
+        return load_input_model(spec, self.recipe.base_dir)
 
     def _baseline(self, source: art.Artifact) -> Baseline:
         """The input model in torch, and as an fp32 ONNX in onnxruntime (the reference for ratios)."""
@@ -239,7 +263,7 @@ class _Runner:
             self.ui.log(f"[{label or index}] {step.name}: running")
             entry = self._execute(index, step, pass_obj, parent, key, baseline_model)
             self.executed.add(key)
-            loaded = art.load_artifact(entry, self.build_module), _read_json(entry / "step.json")
+            loaded = self._lazy_artifact(key, entry), _read_json(entry / "step.json")
         elif cached:
             self.ui.log(f"[{label or index}] {step.name}: cached")
         artifact, meta = loaded
@@ -256,26 +280,42 @@ class _Runner:
             if entry is None:
                 return None
         try:
-            return art.load_artifact(entry, self.build_module), _read_json(entry / "step.json")
+            return self._lazy_artifact(key, entry), _read_json(entry / "step.json")
         except (OSError, ValueError, KeyError, RuntimeError) as exc:  # intact files that do not load
             self.cache.discard(key, f"{type(exc).__name__}: {exc}")
             return None
 
+    def _lazy_artifact(self, key: str, entry: Path) -> art.Artifact:
+        """The artifact in cache entry ``entry``; a torch module loads when first needed."""
+        artifact = art.load_artifact(entry, self.build_module, lazy=True)
+        if artifact.loader is None:
+            return artifact
+
+        def load():
+            try:
+                return artifact.loader()
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:  # intact files that do not load
+                self.cache.discard(key, f"{type(exc).__name__}: {exc}")
+                raise ModelzipError(f"a cached step's model could not be loaded ({type(exc).__name__}: {exc})",
+                                    where=f"cache entry {key}", fix="run again: the entry was removed") from exc
+        return replace(artifact, loader=cache(load))
+
     def _context(self, index: int, step: PassStep, work_dir: Path, baseline_model, resume_dir: Path,
                  key: str):
         return PassContext(step=index, pass_name=step.name, work_dir=work_dir, seed=self.recipe.seed,
-                           device=self.device, recipe=self.recipe, ui=self.ui, baseline=baseline_model,
+                           device=self.device, recipe=self.recipe, ui=self.ui, baseline=baseline_model.loaded(),
                            load_data=lambda: self.data, build_module=self.build_module,
                            resume_dir=resume_dir, key=key)
 
     def _execute(self, index, step, pass_obj, parent, key, baseline_model) -> Path:
+        parent = parent.loaded()
         with self.cache.store(key) as work_dir:
             ctx = self._context(index, step, work_dir, baseline_model, self.cache.resume_dir(key), key)
             if self.layout.active and pass_obj.distributed:
                 distributed.broadcast({"op": "run", "index": index, "name": step.name, "params": step.params(),
                                        "key": key, "parent": None if not parent.lineage else
                                        str(self.cache.entry(parent.id))})
-            torch.manual_seed(self.recipe.seed + max(index, 0))
+            _seed_torch(self.recipe.seed + max(index, 0))
             started = time.perf_counter()
             produced = _run_pass(pass_obj, parent, step, ctx)
             wall = time.perf_counter() - started
@@ -291,7 +331,7 @@ class _Runner:
 
         source = None
         while (message := distributed.broadcast())["op"] == "run":
-            source = source or self._load_input()
+            source = source or self._load_input().loaded()
             parent = source if message["parent"] is None else art.load_artifact(
                 Path(message["parent"]), self.build_module)
             pass_obj = self.registry.get(message["name"])()
@@ -299,7 +339,7 @@ class _Runner:
             with tempfile.TemporaryDirectory() as scratch:  # the follower's output is discarded
                 ctx = self._context(message["index"], step, Path(scratch), source,
                                     self.cache.root / "partial" / message["key"], message["key"])
-                torch.manual_seed(self.recipe.seed + max(message["index"], 0))
+                _seed_torch(self.recipe.seed + max(message["index"], 0))
                 _run_pass(pass_obj, parent, step, ctx)
 
     def _final(self, artifact: art.Artifact, baseline: Baseline, metrics: Metrics) -> Final:

@@ -12,7 +12,7 @@ import torch
 
 from modelzip.errors import InputError
 from modelzip.recipe import DataSpec, Normalize
-from modelzip.sources import data
+from modelzip.sources import data, locations
 from modelzip.sources.data import InMemoryDataset, dataset_search_paths, load_data, read_idx
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -42,8 +42,8 @@ def write_fake_mnist(directory: Path, *, train: int = 40, test: int = 20, side: 
 @pytest.fixture
 def no_system_data(tmp_path, monkeypatch):
     """Point the system and download directories at empty folders, and unset MODELZIP_DATA."""
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", tmp_path / "system")
-    monkeypatch.setattr(data, "DOWNLOAD_DIR", tmp_path / "cache")
+    monkeypatch.setattr(locations, "SYSTEM_DATA_DIR", tmp_path / "system")
+    monkeypatch.setattr(locations, "DOWNLOAD_DIR", tmp_path / "cache")
     monkeypatch.delenv(data.DATA_ENV, raising=False)
 
 

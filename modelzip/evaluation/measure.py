@@ -32,7 +32,8 @@ class Measurer:
         found = _cached(self.cache, key, Metrics.from_json)
         if found is not None:
             return found
-        measured = self._torch_metrics(artifact) if artifact.kind == "torch" else self._onnx_metrics(artifact)
+        measured = (self._torch_metrics(artifact.loaded()) if artifact.kind == "torch"
+                    else self._onnx_metrics(artifact))
         self.cache.save_metrics(key, measured.to_json())
         return measured
 
@@ -109,7 +110,7 @@ class Measurer:
     def environment(self) -> dict[str, Any]:
         from modelzip.envinfo import environment
 
-        return environment(self.threads)
+        return environment(self.threads, memo=self.cache)
 
 
 def _cached(cache: StepCache, key: str, from_json):

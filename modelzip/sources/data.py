@@ -16,7 +16,6 @@ one behind a reported accuracy.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +29,21 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from modelzip.errors import InputError
 from modelzip.recipe import DataSpec
 from modelzip.sources.idx import corrupt_idx, read_idx
-from modelzip.sources.models import check_arguments, import_callable, user_code
+from modelzip.sources.locations import (  # noqa: F401 - re-exported: where the dataset files are
+    APT_PACKAGES,
+    DATA_ENV,
+    DOWNLOAD_DIR,
+    IDX_FILES,
+    SYSTEM_DATA_DIR,
+    TORCHVISION_FOLDERS,
+    dataset_not_found,
+    dataset_search_paths,
+    download_dir,
+    find_idx_dir,
+    find_idx_file,
+)
+from modelzip.sources.user_code import check_arguments, import_callable, user_code
 
-DATA_ENV = "MODELZIP_DATA"
-SYSTEM_DATA_DIR = Path("/usr/share/datasets")
-DOWNLOAD_DIR = Path("~/.cache/modelzip/data")
 SPLITS = ("train", "validation", "eval")
 
 IMAGENET_NORMALIZE = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -46,16 +55,6 @@ DEFAULT_NORMALIZE: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "imagefolder": IMAGENET_NORMALIZE,
 }
-
-# MNIST-format file stems per split (each may also end in .gz) and the folder
-# torchvision downloads them into: <root>/<folder>/raw/.
-IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "eval": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-TORCHVISION_FOLDERS = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}
-APT_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}
-
 
 # Seeds are mixed with a per-purpose stream number, so that e.g. a calibration
 # subset is not the validation subset whenever their sizes happen to match.
@@ -197,56 +196,10 @@ def _split_validation(train: Dataset, val_samples: int, seed: int) -> tuple[Data
 # --------------------------------------------------------------------------- where files are
 
 
-def dataset_search_paths(name: str, root: str | None, base_dir: Path) -> list[Path]:
-    """Directories searched for a built-in dataset's files, in order (see module doc)."""
-    if root is not None:
-        path = Path(root).expanduser()
-        return [path if path.is_absolute() else Path(base_dir) / path]
-    paths = []
-    if os.environ.get(DATA_ENV):
-        paths.append(Path(os.environ[DATA_ENV]).expanduser() / name)
-    paths += [SYSTEM_DATA_DIR / name, DOWNLOAD_DIR.expanduser() / name]
-    return paths
-
-
-def _download_dir(name: str, root: str | None, base_dir: Path) -> Path:
-    """Where ``download: true`` writes: the first writable-by-intent search path."""
-    if root is not None or os.environ.get(DATA_ENV):
-        return dataset_search_paths(name, root, base_dir)[0]
-    return DOWNLOAD_DIR.expanduser() / name
-
-
-def _not_found(name: str, searched: list[Path], expected: str) -> InputError:
-    fixes = [f"`apt-get install {APT_PACKAGES[name]}`"] if name in APT_PACKAGES else []
-    fixes += ["set `data.root` to a directory holding the files", "set `data.download: true`"]
-    return InputError(
-        f"dataset {name!r} not found", where="data.dataset",
-        got="searched " + ", ".join(str(p) for p in searched), expected=expected,
-        fix=", or ".join(fixes),
-    )
-
-
-def find_idx_file(directory: Path, stem: str) -> Path | None:
-    for candidate in (directory / stem, directory / f"{stem}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def find_idx_dir(name: str, searched: list[Path]) -> Path | None:
-    """The first directory holding all four files, flat or in torchvision's layout."""
-    stems = [stem for pair in IDX_FILES.values() for stem in pair]
-    for path in searched:
-        for directory in (path, path / TORCHVISION_FOLDERS[name] / "raw"):
-            if all(find_idx_file(directory, stem) for stem in stems):
-                return directory
-    return None
-
-
 def _download_idx(spec: DataSpec, base_dir: Path) -> Path:
     from torchvision import datasets
 
-    root = _download_dir(spec.dataset, spec.root, base_dir)
+    root = download_dir(spec.dataset, spec.root, base_dir)
     dataset_class = {"fashion-mnist": datasets.FashionMNIST, "mnist": datasets.MNIST}[spec.dataset]
     try:
         dataset_class(root=str(root), train=True, download=True)
@@ -262,7 +215,7 @@ def _load_idx_dataset(spec: DataSpec, base_dir: Path) -> tuple[Dataset, Dataset,
     directory = find_idx_dir(spec.dataset, searched)
     if directory is None and not spec.download:
         stems = [stem for pair in IDX_FILES.values() for stem in pair]
-        raise _not_found(spec.dataset, searched,
+        raise dataset_not_found(spec.dataset, searched,
                          f"{', '.join(stems)} (each optionally .gz), directly in a searched directory "
                          f"or in its {TORCHVISION_FOLDERS[spec.dataset]}/raw/")
     if directory is None:
@@ -315,9 +268,9 @@ def _load_cifar10(spec: DataSpec, base_dir: Path) -> tuple[Dataset, Dataset, int
     candidates = [p.parent if p.name == "cifar-10-batches-py" else p for p in searched]
     root = next((p for p in candidates if (p / "cifar-10-batches-py").is_dir()), None)
     if root is None and not spec.download:
-        raise _not_found(spec.dataset, searched,
+        raise dataset_not_found(spec.dataset, searched,
                          "cifar-10-batches-py/ (the python version) in a searched directory")
-    root = root or _download_dir(spec.dataset, spec.root, base_dir)
+    root = root or download_dir(spec.dataset, spec.root, base_dir)
     mean, std = _normalization(spec, channels=3)
     splits = []
     for is_train in (True, False):

@@ -3,120 +3,37 @@
 Checkpoints are state_dicts loaded with ``weights_only=True``; a pickled module
 loads only when the recipe says ``trust_checkpoint: true``.
 
-User code (a factory, the module that defines it, a dataset callable) can fail
-in any way; ``user_code`` turns whatever it raises, ``sys.exit`` included, into
-an InputError that names the recipe key, so it is never reported as a bug in
-modelzip. Ctrl-C (KeyboardInterrupt) passes through.
+Importing and calling user code lives in ``sources.user_code``; the model's content id,
+computed without torch, in ``sources.identity``.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
-import inspect
-import json
 import pickle
 import re
-import sys
-import traceback
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from modelzip.cache import file_sha256
 from modelzip.errors import InputError, ModelzipError
 from modelzip.recipe import ModelSpec
 from modelzip.registry import suggest
+from modelzip.sources.identity import model_fingerprint  # noqa: F401 - re-exported
+from modelzip.sources.locations import checkpoint_file, resolve_checkpoint
+from modelzip.sources.user_code import (  # noqa: F401 - re-exported
+    callable_source_file,
+    check_arguments,
+    describe_exception,
+    import_callable,
+    user_code,
+)
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 # torch.save's legacy (pre-1.6, non-zip) format starts with this pickled magic number.
 _LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]  # without the STOP opcode
-
-
-@contextmanager
-def user_code(what: str, *, where: str, fix: str) -> Iterator[None]:
-    """Run user code; anything it raises (``sys.exit`` too) becomes an InputError at ``where``.
-
-    Our own errors and KeyboardInterrupt pass through unchanged.
-    """
-    try:
-        yield
-    except ModelzipError:
-        raise
-    except (Exception, SystemExit) as exc:
-        raise InputError(f"{what} raised {type(exc).__name__}", where=where,
-                         got=describe_exception(exc), fix=fix) from exc
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``Type: message (file:line in function)``, located at the innermost frame."""
-    if isinstance(exc, SystemExit):
-        text = f"SystemExit: sys.exit({exc.code!r}) was called"
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    frames = traceback.extract_tb(exc.__traceback__)
-    if frames and not isinstance(exc, SyntaxError):  # a SyntaxError's message already says where
-        last = frames[-1]
-        text += f" (at {Path(last.filename).name}:{last.lineno} in {last.name})"
-    return text
-
-
-@contextmanager
-def _importable_from(directory: Path):
-    """Let ``import`` find modules that sit beside the recipe, for this call only."""
-    entry = str(Path(directory).resolve())
-    sys.path.insert(0, entry)
-    try:
-        yield
-    finally:
-        if entry in sys.path:
-            sys.path.remove(entry)
-
-
-def import_callable(ref: str, base_dir: Path, *, what: str, where: str) -> Callable[..., Any]:
-    """Resolve ``"package.module:name"``; modules beside the recipe take precedence."""
-    module_name, _, attr = ref.partition(":")
-    with _importable_from(base_dir):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if not _is_module_or_parent(exc.name, module_name):
-                raise _import_failed(exc, module_name, what, where) from exc
-            raise InputError(
-                f"cannot import module {module_name!r} for the {what}", where=where,
-                got=f"{type(exc).__name__}: {exc}", expected="a module on sys.path or beside the recipe",
-                fix=f"check the spelling, or put {module_name.replace('.', '/')}.py beside the recipe",
-            ) from exc
-        except (Exception, SystemExit) as exc:  # a SyntaxError, or any error in the module's own code
-            raise _import_failed(exc, module_name, what, where) from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
-        hint = suggest(attr, names)
-        raise InputError(
-            f"{module_name!r} has no callable {attr!r}", where=where, got=ref,
-            expected=f"one of: {', '.join(names[:20])}",
-            fix=hint or "name a function or class that builds the model",
-        )
-    return factory
-
-
-def _is_module_or_parent(missing: str | None, module_name: str) -> bool:
-    return missing is not None and (module_name == missing or module_name.startswith(missing + "."))
-
-
-def _import_failed(exc: BaseException, module_name: str, what: str, where: str) -> InputError:
-    """The module exists, but importing it failed (its code raised, or it imports something absent)."""
-    if isinstance(exc, ModuleNotFoundError):
-        fix = f"install {exc.name!r} (module {module_name!r} imports it)"
-    else:
-        fix = f"fix the error in {module_name!r}; `python -c 'import {module_name}'` shows the traceback"
-    return InputError(f"importing module {module_name!r} for the {what} raised {type(exc).__name__}",
-                      where=where, got=describe_exception(exc), fix=fix)
 
 
 def build_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
@@ -138,21 +55,6 @@ def build_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
     if spec.in_channels is not None:
         adapt_input_channels(model, spec.in_channels)
     return model
-
-
-def check_arguments(factory: Callable[..., Any], args: dict[str, Any], *, what: str, where: str) -> None:
-    """Arguments the factory's signature cannot take are the recipe's mistake (``where``), found
-    before the call, so that a TypeError raised inside the factory is not blamed on them."""
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):  # some builtins have no signature; the call decides
-        return
-    try:
-        signature.bind(**args)
-    except TypeError as exc:
-        raise InputError(f"the {what} factory does not take these arguments: {exc}", where=where,
-                         got=args, expected=f"arguments of {signature}",
-                         fix=f"match `{where}` to the factory's parameters") from exc
 
 
 def _torchvision_factory(name: str) -> Callable[..., nn.Module]:
@@ -194,7 +96,7 @@ def adapt_input_channels(model: nn.Module, in_channels: int) -> None:
 
 def load_input_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
     """Build the architecture and load its checkpoint, if any; eval mode."""
-    checkpoint = _resolve(spec.checkpoint, base_dir)
+    checkpoint = resolve_checkpoint(spec.checkpoint, base_dir)
     if checkpoint is not None and spec.trust_checkpoint:
         loaded = read_checkpoint(checkpoint, trusted=True)
         if isinstance(loaded, nn.Module):
@@ -204,28 +106,6 @@ def load_input_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
         state = loaded if spec.trust_checkpoint else read_checkpoint(checkpoint)
         load_state(model, _unwrap(state, checkpoint, "model.checkpoint"), checkpoint)
     return model.eval()
-
-
-def _resolve(path: str | None, base_dir: Path) -> Path | None:
-    if path is None:
-        return None
-    p = Path(path).expanduser()
-    return checkpoint_file(p if p.is_absolute() else base_dir / p, where="model.checkpoint")
-
-
-def checkpoint_file(path: Path, *, where: str) -> Path:
-    """``path`` when it is a file; an InputError at ``where`` when it is missing or a directory."""
-    if path.is_dir():
-        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".ckpt"))[:5]
-        raise InputError("the checkpoint path is a directory, not a file", where=where, got=str(path),
-                         expected="a state_dict file saved with torch.save(model.state_dict(), path)",
-                         fix=f"name a file inside it ({', '.join(inside)})" if inside
-                         else "name the checkpoint file, not its folder")
-    if not path.is_file():
-        raise InputError("checkpoint file not found", where=where, got=str(path),
-                         expected="a state_dict saved with torch.save(model.state_dict(), path)",
-                         fix="check the path (relative paths start at the recipe's directory)")
-    return path
 
 
 def read_checkpoint(path: Path, *, where: str = "model.checkpoint", trusted: bool = False,
@@ -334,29 +214,3 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path | st
     model.load_state_dict(state, strict=True)
 
 
-def model_fingerprint(spec: ModelSpec, base_dir: Path) -> str:
-    """Content id of the input model: spec, checkpoint bytes and the factory's source file."""
-    digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode())
-    checkpoint = _resolve(spec.checkpoint, base_dir)
-    if checkpoint is not None:
-        digest.update(file_sha256(checkpoint).encode())
-    source_file = _factory_file(spec, base_dir)
-    if source_file is not None:
-        digest.update(file_sha256(source_file).encode())
-    return digest.hexdigest()[:16]
-
-
-def _factory_file(spec: ModelSpec, base_dir: Path) -> Path | None:
-    if spec.source.startswith("torchvision:"):
-        return None
-    return callable_source_file(spec.source, base_dir, what="model", where="model.source")
-
-
-def callable_source_file(ref: str, base_dir: Path, *, what: str, where: str) -> Path | None:
-    """The file defining the ``module:callable`` ``ref`` (None for builtins): part of cache keys."""
-    factory = import_callable(ref, base_dir, what=what, where=where)
-    try:
-        source = inspect.getsourcefile(factory)
-    except TypeError:  # builtins and C extensions have no source file
-        return None
-    return Path(source) if source and Path(source).is_file() else None
