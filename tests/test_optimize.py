@@ -225,3 +225,12 @@ def test_settings_switch_each_edit_off(tmp_path):
     assert len(after.graph.value_info) == len(before.graph.value_info)
     assert (result.stripped, result.folded, result.shared_initializers, result.domains_removed,
             result.names_shortened) == (None, None, None, None, None)
+
+
+def test_tensor_data_bytes_counts_initializers_and_constant_tensors(tmp_path):
+    source = _with_constants(tmp_path)
+    # Initializers: q 4 + q_scale 4 + one 4 + big_shape 16 + q_copy 4; Constants: a 16 + b 4 + shape 8.
+    assert tensor_data_bytes(source) == 32 + 28
+    result = optimize_onnx(source, tmp_path / "out", OptimizeSettings())
+    assert result.after.tensor_bytes == tensor_data_bytes(result.path)
+    assert result.after.overhead_bytes == result.after.file_bytes - result.after.tensor_bytes

@@ -1,11 +1,12 @@
 """Constant folding: compute once, while writing the file, what every inference would recompute.
 
-A small folder of our own rather than onnxruntime's offline optimizer: a model saved by ORT
-at ORT_ENABLE_BASIC is standard ONNX today, but what it folds, fuses or rewrites follows the
-ORT version (and above BASIC it writes com.microsoft and NCHWc ops, hardware-specific), while
-the artifact must stay a portable ONNX file any runtime loads. Here each foldable node is
-evaluated with onnx.reference (the ONNX spec's own numpy implementation), one node at a time
-in graph order, so chains of constant nodes fold too.
+A small folder of our own rather than onnxruntime's offline optimizer (a session's
+optimized_model_filepath): at ORT_ENABLE_BASIC it keeps to standard ops, but what it rewrites
+follows the ORT version, and one level up it writes com.microsoft and NCHWc ops that ORT itself
+says "should only be used in the same environment the model was optimized in"; the artifact
+must stay a portable ONNX file that any runtime loads, rewritten the same way by every install.
+Here each foldable node is evaluated with onnx.reference (the ONNX spec's own numpy
+implementation), one node at a time in graph order, so chains of constant nodes fold too.
 
 Not folded:
 - DequantizeLinear and QuantizeLinear: a quantized weight feeding DequantizeLinear is the

@@ -105,24 +105,33 @@ def strip(model: onnx.ModelProto) -> dict[str, int]:
             value.doc_string = ""
             counts["metadata_props"] += len(value.metadata_props)
             del value.metadata_props[:]
-    opsets = {entry.domain or "": entry.version for entry in model.opset_import}
     for node in all_nodes(model):
         node.doc_string = ""
         counts["metadata_props"] += len(node.metadata_props)
         del node.metadata_props[:]
-        counts["default_attributes"] += _drop_default_attributes(node, opsets)
+    # Graphs only: a local function's nodes may take attribute values from the call (ref_attr_name)
+    # and follow the function's own opset imports.
+    opsets = {entry.domain or "": entry.version for entry in model.opset_import}
+    schemas: dict[tuple[str, str], dict[str, Any]] = {}
     for graph in all_graphs(model.graph):
+        for node in graph.node:
+            key = (node.op_type, node.domain)
+            if key not in schemas:
+                schemas[key] = _schema_defaults(node.op_type, node.domain, opsets)
+            counts["default_attributes"] += _drop_default_attributes(node, schemas[key])
         counts["zero_points"] += _drop_zero_int32_zero_points(graph)
     return counts
 
 
-def _drop_default_attributes(node: onnx.NodeProto, opsets: Mapping[str, int]) -> int:
+def _drop_default_attributes(node: onnx.NodeProto, defaults: Mapping[str, Any]) -> int:
     from onnx import helper
 
-    defaults = _schema_defaults(node.op_type, node.domain, opsets)
     spatial = node.op_type in _SPATIAL_OPS and node.domain in DEFAULT_DOMAINS
     keep = []
     for attribute in node.attribute:
+        if attribute.ref_attr_name:
+            keep.append(attribute)
+            continue
         value = helper.get_attribute_value(attribute)
         if attribute.name in defaults and _same(value, defaults[attribute.name]):
             continue

@@ -62,5 +62,6 @@ class OptimizePass(Pass):
         except OptimizeFailure as failure:
             step = ctx.step if ctx.step >= 0 else None  # -1: the baseline's optimization
             raise PassError(failure.what, pass_name=self.name, step=step, **failure.fields()) from failure
+        ctx.log(result.summary)
         ctx.record(**result.to_json())
         return artifact.evolve(kind="onnx", path=result.path, module=None)
