@@ -234,3 +234,23 @@ def test_tensor_data_bytes_counts_initializers_and_constant_tensors(tmp_path):
     result = optimize_onnx(source, tmp_path / "out", OptimizeSettings())
     assert result.after.tensor_bytes == tensor_data_bytes(result.path)
     assert result.after.overhead_bytes == result.after.file_bytes - result.after.tensor_bytes
+
+
+def test_export_optimize_quantize_still_finds_layers_by_module_name(tmp_path):
+    from modelzip.onnx_export import export_onnx
+    from modelzip.passes.optimize import OptimizePass
+    from modelzip.passes.quantize import QuantizePass
+    from modelzip.testing import make_context
+
+    torch_model = tiny_artifact("torch")
+    (tmp_path / "export").mkdir()
+    path = tmp_path / "export" / "model.onnx"  # dynamo: it records each node's module (node_modules.json)
+    export_onnx(torch_model.module, torch_model.input_shape, path, opset=18, exporter="dynamo", dynamic_batch=True,
+                pass_name="export", step=None)
+    exported = torch_model.evolve(kind="onnx", path=path, module=None)
+    optimized = OptimizePass().run(exported, OptimizePass.Config(), make_context("optimize", work_dir=tmp_path / "o"))
+    modules = json.loads((tmp_path / "o" / "node_modules.json").read_text())
+    assert "classifier.1" in modules.values() and all(len(node) <= 2 for node in modules)
+    ctx = make_context("quantize", work_dir=tmp_path / "q")
+    QuantizePass().run(optimized, QuantizePass.Config(mode="dynamic", exclude=("classifier.1",)), ctx)
+    assert ctx.details["exclude"] == {"classifier.1": ["classifier.1"]}

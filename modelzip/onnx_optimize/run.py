@@ -111,6 +111,7 @@ def optimize_onnx(source: Path, out_dir: Path, settings: OptimizeSettings) -> Op
     if name_map is not None:
         map_path = out_dir / NAME_MAP_FILE
         map_path.write_text(json.dumps(name_map.to_json(NAME_MAP_SCHEMA), indent=1))
+    _carry_module_map(source.parent, out_dir, shortened.nodes if shortened else {})
     parity = check_parity(source, path, settings)
     counts = None if shortened is None else {"tensors": len(shortened.tensors) - len(aliases),
                                              "nodes": len(shortened.nodes)}
@@ -131,6 +132,20 @@ def _earlier_map(source: Path):
     except (OSError, ValueError) as exc:
         raise OptimizeFailure(f"the name map beside the input model is unreadable: {exc}", got=str(path),
                               fix="run without the cache (--no-cache) to rebuild it") from exc
+
+
+def _carry_module_map(source_dir: Path, out_dir: Path, nodes: dict[str, str]) -> None:
+    """The exporter's node -> torch module map, under the new node names: a later `quantize`
+    still finds layers (and `exclude:` patterns) by their torch module names."""
+    from modelzip.onnx_export import MODULE_MAP_FILE
+
+    path = source_dir / MODULE_MAP_FILE
+    if not path.is_file() or source_dir.resolve() == out_dir.resolve():
+        return
+    modules = json.loads(path.read_text())
+    if nodes:  # renamed: nodes the optimization removed drop out
+        modules = {nodes[node]: module for node, module in modules.items() if node in nodes}
+    (out_dir / MODULE_MAP_FILE).write_text(json.dumps(modules, indent=1))
 
 
 def _check(path: Path) -> None:
