@@ -16,6 +16,7 @@ from modelzip.errors import PassError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+MODULE_MAP_FILE = "node_modules.json"  # node name -> torch module, beside every exported file
 
 
 def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: Path, *, opset: int,
@@ -77,7 +78,7 @@ def _strip_debug_metadata(path: Path) -> None:
     for info in model.graph.value_info:
         del info.metadata_props[:]
     onnx.save(model, str(path))
-    (path.parent / "node_modules.json").write_text(json.dumps(mapping, indent=1))
+    (path.parent / MODULE_MAP_FILE).write_text(json.dumps(mapping, indent=1))
 
 
 def _export(module, example, path: Path, opset: int, exporter: str, dynamic_batch: bool) -> None:

@@ -28,10 +28,11 @@ from modelzip.evaluation.measure import Measurer
 from modelzip.evaluation.records import Baseline, Final, GateResult, Metrics, Report, StepRecord
 from modelzip.findings import find_problems
 from modelzip.gates import check_gates
+from modelzip.onnx_optimize import NAME_MAP_FILE
 from modelzip.recipe import PassStep, Recipe
 from modelzip.registry import PassRegistry, default_registry
 from modelzip.report import write_report
-from modelzip.run_folder import MODEL, RESOLVED_RECIPE, RunFolder
+from modelzip.run_folder import MODEL, NAME_MAP, RESOLVED_RECIPE, RunFolder
 
 
 @dataclass
@@ -192,11 +193,15 @@ class _Runner:
             implicit = PassStep(name="export", config=self.registry.get("export").Config())
             artifact, record = self._step(len(steps), implicit, artifact, baseline_model=source)
             steps.append(replace(record, implicit=True))
+        if self.recipe.optimize and steps[-1].pass_name != "optimize":  # the written file is lean
+            artifact, record = self._step(len(steps), self._optimize_step(), artifact, baseline_model=source)
+            steps.append(replace(record, implicit=True))
         final = self._final(artifact, baseline, steps[-1].metrics)
         gates = check_gates(self.recipe.gates, final)
+        staged = (MODEL, RESOLVED_RECIPE) + ((NAME_MAP,) if final.name_map else ())
         record = Report(self.recipe.name, self.recipe.seed, time.perf_counter() - started, baseline, tuple(steps),
                         final, tuple(gates), self.measurer.environment(),
-                        files=self.folder.digests(MODEL, RESOLVED_RECIPE),
+                        files=self.folder.digests(*staged),
                         warnings=tuple(find_problems(baseline.torch, steps, classes, final.latency)))
         report = record.to_json()
         write_report(self.folder.staging, report)
@@ -244,15 +249,37 @@ class _Runner:
         return load_input_model(spec, self.recipe.base_dir)
 
     def _baseline(self, source: art.Artifact) -> Baseline:
-        """The input model in torch, and as an fp32 ONNX in onnxruntime (the reference for ratios)."""
+        """The input model in torch, and as an fp32 ONNX in onnxruntime (the reference for ratios),
+        written as this recipe writes its final file: optimized unless `optimize: false`."""
         self.ui.log("measuring the baseline")
         export = PassStep(name="export", config=self.registry.get("export").Config())
-        onnx_artifact, record = self._step(-1, export, source, baseline_model=source, label="baseline")
-        return Baseline(torch=self.measurer.metrics(source), onnx=record.metrics, export=record.details,
-                        onnx_artifact=onnx_artifact)
+        if not self.recipe.optimize:
+            onnx_artifact, record = self._step(-1, export, source, baseline_model=source, label="baseline")
+            return Baseline(torch=self.measurer.metrics(source), onnx=record.metrics, export=record.details,
+                            onnx_artifact=onnx_artifact)
+        exported, meta, _, _ = self._produce(-1, export, source, baseline_model=source, label="baseline")
+        onnx_artifact, record = self._step(-1, self._optimize_step(), exported, baseline_model=source,
+                                           label="baseline")
+        return Baseline(torch=self.measurer.metrics(source), onnx=record.metrics, export=meta["details"],
+                        optimize=record.details, onnx_artifact=onnx_artifact)
+
+    def _optimize_step(self) -> PassStep:
+        """The recipe's final `optimize` (so the baseline is optimized alike), else one with defaults."""
+        passes = self.recipe.passes
+        if passes and passes[-1].name == "optimize":
+            return passes[-1]
+        return PassStep(name="optimize", config=self.registry.get("optimize").Config())
 
     def _step(self, index: int, step: PassStep, parent: art.Artifact, *, baseline_model: art.Artifact,
               label: str | None = None) -> tuple[art.Artifact, StepRecord]:
+        artifact, meta, key, cached = self._produce(index, step, parent, baseline_model=baseline_model, label=label)
+        record = StepRecord(index, step.name, step.params(), key, cached, artifact.kind, meta["wall_time_s"],
+                            meta["details"], self.measurer.metrics(artifact))
+        return artifact, record
+
+    def _produce(self, index: int, step: PassStep, parent: art.Artifact, *, baseline_model: art.Artifact,
+                 label: str | None = None) -> tuple[art.Artifact, dict[str, Any], str, bool]:
+        """Run one step through the cache, unmeasured: (artifact, step.json, key, cached)."""
         pass_obj = self.registry.get(step.name)()
         params = step.params()
         key = content_key(parent=parent.id, pass_name=step.name, params=params, version=pass_obj.version,
@@ -267,9 +294,7 @@ class _Runner:
         elif cached:
             self.ui.log(f"[{label or index}] {step.name}: cached")
         artifact, meta = loaded
-        record = StepRecord(index, step.name, params, key, cached, artifact.kind, meta["wall_time_s"],
-                            meta["details"], self.measurer.metrics(artifact))
-        return artifact, record
+        return artifact, meta, key, cached
 
     def _load_cached(self, key: str) -> tuple[art.Artifact, dict[str, Any]] | None:
         """The artifact and step record of a verified cache entry; a damaged one is a miss."""
@@ -344,7 +369,14 @@ class _Runner:
 
     def _final(self, artifact: art.Artifact, baseline: Baseline, metrics: Metrics) -> Final:
         self.folder.stage_copy(MODEL, artifact.path)
-        return self.measurer.final(artifact, metrics, baseline, name=MODEL,
+        # An `optimize` step leaves its name map beside the file it wrote (passed through unchanged
+        # by a later export); nothing else writes one there.
+        name_map = Path(artifact.path).parent / NAME_MAP_FILE
+        staged_map = None
+        if name_map.is_file():
+            self.folder.stage_copy(NAME_MAP, name_map)
+            staged_map = NAME_MAP
+        return self.measurer.final(artifact, metrics, baseline, name=MODEL, name_map=staged_map,
                                    lineage=tuple(e.to_json() for e in artifact.lineage))
 
 

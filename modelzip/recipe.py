@@ -174,6 +174,12 @@ class Recipe(Section):
     passes: list[PassStep] = Field(default_factory=list, description="ordered passes, each {name: {params}}")
     gates: Gates = Field(default_factory=Gates)
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    # The written file is lean by default: the pipeline ends the run with an `optimize` step (its
+    # defaults) unless the last pass is `optimize`, and measures the fp32 baseline ONNX optimized
+    # the same way, so size ratios compare like with like.
+    optimize: bool = Field(
+        True, description="end with an `optimize` step (short names, no unused domains, constants folded) "
+                          "unless the last pass is `optimize`; false: write the file as the last pass left it")
     output: PathText | None = Field(None, description="output directory (default runs/<name>)")
     cache_dir: PathText | None = Field(None, description="step cache (default <output>/.cache)")
     base_dir: Path = Field(Path("."), exclude=True)  # the recipe file's directory
@@ -362,6 +368,11 @@ class _Validator:
             self.add_pydantic(exc, (), Recipe)
             return None
         if steps is None:
+            return None
+        if not recipe.optimize and steps and steps[-1].name == "optimize":
+            self.problem(("optimize",), "`optimize: false` turns off the final optimize step the pipeline "
+                         "adds, but the last pass is `optimize`, which runs anyway",
+                         "remove `optimize: false`, or remove the last pass to write the file unoptimized")
             return None
         recipe = recipe.model_copy(update={"passes": steps})
         recipe._registry = self.registry

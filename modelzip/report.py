@@ -39,8 +39,10 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     """One row per measured artifact: name, backend, accuracy, params (non-zero), MACs, size, time."""
     rows = []
     base = report["baseline"]
-    for label, m in (("input model", base["torch"]), ("baseline fp32 ONNX", base["onnx"])):
-        rows.append(_row(label, m, None, cached=False, note=""))
+    optimized = base.get("optimize")  # absent from a report.json written before the optimize step
+    rows.append(_row("input model", base["torch"], None, cached=False, note=""))
+    rows.append(_row("baseline fp32 ONNX", base["onnx"], None, cached=False,
+                     note=f"optimized as the final file: {optimized['summary']}" if optimized else ""))
     for step in report["steps"]:
         label = f"{step['index']}: {step['pass']}" + (" (implicit)" if step.get("implicit") else "")
         rows.append(_row(label, step["metrics"], step["wall_time_s"], cached=step["cached"],

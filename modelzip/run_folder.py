@@ -1,6 +1,7 @@
 """The output folder's final files, committed together at the end of a run.
 
-A run stages model.onnx, recipe.resolved.yaml, report.md and report.json in
+A run stages model.onnx, recipe.resolved.yaml, report.md and report.json (and
+model.names.json when the final step shortened names) in
 ``<output>/.staging/`` and moves them into place only when all are written:
 report.json goes last and is removed first, so its presence marks a complete
 set from one run. It records the sha256 of the files beside it ("files"), so
@@ -18,10 +19,12 @@ from modelzip.cache import file_record, file_sha256
 
 MODEL = "model.onnx"
 RESOLVED_RECIPE = "recipe.resolved.yaml"
+NAME_MAP = "model.names.json"  # the optimize step's old -> new names of model.onnx, when there is one
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 # report.json is the commit marker: moved in last.
 FINAL_FILES = (MODEL, RESOLVED_RECIPE, REPORT_MD, REPORT_JSON)
+OPTIONAL_FILES = (NAME_MAP,)  # committed when staged; an earlier run's copy is removed when not
 STAGING = ".staging"
 
 
@@ -51,6 +54,11 @@ class RunFolder:
     def commit(self) -> None:
         """Move the staged set into place, report.json last (see the module doc)."""
         (self.out / REPORT_JSON).unlink(missing_ok=True)
+        for name in OPTIONAL_FILES:  # never an earlier run's name map beside this run's model
+            if (self.staging / name).is_file():
+                os.replace(self.staging / name, self.out / name)
+            else:
+                (self.out / name).unlink(missing_ok=True)
         for name in FINAL_FILES:
             os.replace(self.staging / name, self.out / name)
         remove_tree(self.staging)
@@ -74,8 +82,11 @@ def check_consistent(out: Path) -> str | None:
             return f"{name} is missing"
         if file_sha256(path) != expected["sha256"]:
             return f"{name} does not match report.json"
-    if set(files) != {MODEL, RESOLVED_RECIPE}:
+    if set(files) - set(OPTIONAL_FILES) != {MODEL, RESOLVED_RECIPE}:
         return f"report.json lists {sorted(files)}"
+    for name in OPTIONAL_FILES:
+        if name not in files and (Path(out) / name).exists():
+            return f"{name} is not listed in report.json"
     from modelzip.report import render_markdown
 
     markdown = Path(out) / REPORT_MD

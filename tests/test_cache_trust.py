@@ -105,7 +105,7 @@ def test_truncated_onnx_in_cache_is_recomputed(tiny):
     model.write_bytes(model.read_bytes()[:100])
     ui = SilentUI()
     second = _run(tiny, ui=ui)
-    assert [s["cached"] for s in second["steps"]] == [True, False]
+    assert [s["cached"] for s in second["steps"]] == [True, False, True]  # optimize: same input key
     assert any("damaged" in m and "model.onnx" in m for m in ui.messages)
     onnx.checker.check_model(str(tiny.parent / "out" / "model.onnx"), full_check=True)
     assert second["final"]["accuracy"] == first["final"]["accuracy"]
@@ -118,7 +118,7 @@ def test_truncated_weights_and_garbage_manifest_are_recomputed(tiny):
     weights.write_bytes(weights.read_bytes()[:50])
     second = _run(tiny)
     # The export's key names its input by key, not by bytes: the intact export entry is reused.
-    assert [s["cached"] for s in second["steps"]] == [False, True]
+    assert [s["cached"] for s in second["steps"]] == [False, True, True]
     (_entry(tiny, second, 0) / "complete.json").write_text("{not json")
     third = _run(tiny)
     assert not third["steps"][0]["cached"]
@@ -152,7 +152,7 @@ def test_interrupted_leftovers_are_cleaned(tiny):
 
 def test_report_lists_the_digests_of_the_files_beside_it(tiny):
     report = _run(tiny)
-    assert set(report["files"]) == {"model.onnx", "recipe.resolved.yaml"}
+    assert set(report["files"]) == {"model.onnx", "recipe.resolved.yaml", "model.names.json"}
     out = tiny.parent / "out"
     assert check_consistent(out) is None
     (out / "model.onnx").write_bytes(b"another model")

@@ -41,7 +41,7 @@ def test_two_process_finetune_matches_single_process(tmp_path):
     one, two = _report(single), _report(double)
     # Same artifact format, written once, by rank 0.
     assert (double.parent / "out" / "model.onnx").is_file()
-    assert [s["pass"] for s in two["steps"]] == ["finetune", "export"]
+    assert [s["pass"] for s in two["steps"]] == ["finetune", "export", "optimize"]
     curve_one, curve_two = one["steps"][0]["details"]["curve"], two["steps"][0]["details"]["curve"]
     assert len(curve_two) == len(curve_one) == 3
     # batch_size is the global batch: each process trains on its half of every batch, so the

@@ -90,5 +90,5 @@ def test_real_recipe_end_to_end_then_cached(trained):
     second, second_s = _run(trained)
     assert second.returncode == 0, second.stderr
     again = json.loads((trained / "out" / "report.json").read_text())
-    assert [s["cached"] for s in again["steps"]] == [True]
+    assert [s["cached"] for s in again["steps"]] == [True, True]  # export, the implicit optimize
     assert again["final"]["accuracy"] == final["accuracy"]

@@ -128,7 +128,7 @@ def test_pipeline_factorizes_exports_and_reloads(tiny_checkpoint, recipe_file):
     assert step["metrics"]["macs"] < first["baseline"]["torch"]["macs"]
     assert first["steps"][1]["details"]["parity"]["top1_agreement"] == 1.0
     again = run_recipe(recipe).report  # reloads the factorized module from the cache
-    assert [s["cached"] for s in again["steps"]] == [True, True]
+    assert [s["cached"] for s in again["steps"]] == [True, True, True]  # lowrank, export, optimize
     assert again["steps"][0]["metrics"] == step["metrics"]
 
 
@@ -140,7 +140,7 @@ def test_composes_with_prune_finetune_and_static_int8(tmp_path, tiny_checkpoint,
               "  - finetune: {steps: 2}\n"
               "  - quantize: {mode: static}\n")
     report = run_recipe(load_recipe(recipe_file(TINY.replace("  - export: {}\n", passes)))).report
-    prune, lowrank, finetune, quantize = report["steps"]
+    prune, lowrank, finetune, quantize, optimize = report["steps"]
     assert lowrank["details"]["factorized"] >= 1
     assert lowrank["metrics"]["macs"] < prune["metrics"]["macs"]
     assert finetune["metrics"]["macs"] == lowrank["metrics"]["macs"]  # finetune keeps the factorized shapes
@@ -148,3 +148,4 @@ def test_composes_with_prune_finetune_and_static_int8(tmp_path, tiny_checkpoint,
     assert sum(node.op_type == "Conv" for node in graph.node) > 2  # at least one conv became two
     assert any(init.data_type == onnx.TensorProto.INT8 for init in graph.initializer)
     assert quantize["kind"] == "onnx" and report["final"]["accuracy"] > 0
+    assert optimize["implicit"] and optimize["metrics"]["accuracy"] == quantize["metrics"]["accuracy"]

@@ -48,11 +48,11 @@ def test_second_run_reuses_every_step(tiny_recipe):
     recipe = load_recipe(tiny_recipe)
     first = run_recipe(recipe)
     second = run_recipe(recipe)
-    assert [s["cached"] for s in second.report["steps"]] == [True]
+    assert [s["cached"] for s in second.report["steps"]] == [True, True]  # export, the implicit optimize
     assert second.report["final"]["latency"]["cached"] is True
     assert second.report["steps"][0]["key"] == first.report["steps"][0]["key"]
     forced = run_recipe(recipe, RunOptions(use_cache=False))
-    assert [s["cached"] for s in forced.report["steps"]] == [False]
+    assert [s["cached"] for s in forced.report["steps"]] == [False, False]
     assert forced.report["final"]["latency"]["cached"] is False
 
 
@@ -98,7 +98,7 @@ def test_changing_pass_k_reruns_from_k(tiny_recipe, registry):
     recipe = load_recipe(tiny_recipe, ["passes.1.tag.tag=c"], registry=registry)
     result = run_recipe(recipe, RunOptions(registry=registry))
     assert TagPass.runs == ["c"]
-    assert [s["cached"] for s in result.report["steps"]] == [True, False, False]
+    assert [s["cached"] for s in result.report["steps"]] == [True, False, False, False]  # + optimize
     assert result.report["steps"][1]["details"] == {"tag": "c"}
 
 
@@ -121,7 +121,8 @@ def test_failed_pass_keeps_finished_steps_and_writes_no_artifact(tiny_recipe, re
 def test_torch_final_artifact_is_exported_implicitly(tiny_recipe, registry):
     _with_passes(tiny_recipe, "  - tag: {}\n")
     result = run_recipe(load_recipe(tiny_recipe, registry=registry), RunOptions(registry=registry))
-    assert result.report["steps"][-1]["implicit"] is True
+    assert [(s["pass"], s.get("implicit")) for s in result.report["steps"][-2:]] == [
+        ("export", True), ("optimize", True)]
     assert (result.output_dir / "model.onnx").is_file()
 
 
@@ -228,3 +229,39 @@ def test_export_records_which_module_each_node_came_from(tiny_recipe):
     mapping = json.loads((entry / "node_modules.json").read_text())
     assert "features.3" in mapping.values()  # the MaxPool, by its torch module name
     assert "classifier.1" in mapping.values()
+
+
+def test_written_file_is_optimized_with_its_name_map_and_optimize_false_opts_out(tiny_recipe):
+    from modelzip.run_folder import NAME_MAP, check_consistent
+
+    result = run_recipe(load_recipe(tiny_recipe))
+    out, report = result.output_dir, result.report
+    optimize = report["steps"][-1]
+    assert optimize["pass"] == "optimize" and optimize["implicit"] is True
+    details = optimize["details"]
+    assert details["saved_bytes"] > 0 and details["after"]["overhead"] < details["before"]["overhead"]
+    assert optimize["metrics"]["size_bytes"] == details["after"]["file_bytes"] == report["final"]["size_bytes"]
+    # The map beside the file, listed and checked like the other files, and named by the final record.
+    assert report["final"]["name_map"] == NAME_MAP and NAME_MAP in report["files"]
+    names = json.loads((out / NAME_MAP).read_text())
+    assert names["schema"] == "modelzip.names/1" and names["tensors"]
+    assert check_consistent(out) is None
+    # The baseline is optimized alike: `export` alone still writes the baseline's very bytes.
+    assert report["baseline"]["optimize"]["after"] == details["after"]
+    assert report["final"]["latency"]["batch_1"]["verdict"] == "same model"
+
+    plain = run_recipe(load_recipe(tiny_recipe, ["optimize=false"])).report
+    assert [s["pass"] for s in plain["steps"]] == ["export"] and plain["baseline"]["optimize"] is None
+    assert plain["final"]["name_map"] is None and NAME_MAP not in plain["files"]
+    assert not (out / NAME_MAP).exists()  # the earlier run's map went with its model
+    assert plain["final"]["size_bytes"] == details["before"]["file_bytes"]
+    assert check_consistent(out) is None
+
+
+def test_a_final_optimize_pass_is_not_repeated_and_sets_the_baselines(tiny_recipe):
+    _with_passes(tiny_recipe, "  - export: {}\n  - optimize: {shorten_names: false}\n")
+    report = run_recipe(load_recipe(tiny_recipe)).report
+    assert [(s["pass"], s.get("implicit", False)) for s in report["steps"]] == [
+        ("export", False), ("optimize", False)]
+    assert report["final"]["name_map"] is None and report["baseline"]["optimize"]["names_shortened"] is None
+    assert report["final"]["ratios"]["size"] == 1.0

@@ -471,7 +471,7 @@ def test_recipe_prunes_then_zeroes_then_exports(recipe_file):
     """)
     registry = _registry()
     result = run_recipe(load_recipe(path, registry=registry), RunOptions(registry=registry))
-    channel, magnitude, export = result.report["steps"]
+    channel, magnitude, export, _optimize = result.report["steps"]
     details = channel["details"]
     assert details["effect"] == "removed" and details["method"] == "channel"
     assert details["after"]["macs"] <= 0.5 * details["before"]["macs"]

@@ -448,3 +448,13 @@ def test_recipe_remembers_its_registry(recipe_file):
     recipe = load_recipe(recipe_file(VALID), registry=registry)
     assert recipe.registry is registry
     assert "registry" not in recipe.to_data() and recipe.model_copy().registry is registry
+
+
+def test_optimize_false_with_a_final_optimize_pass_is_an_error(recipe_file):
+    path = recipe_file(synthetic_recipe("  - export: {}\n  - optimize: {}") + "optimize: false\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    (problem,) = info.value.problems
+    assert problem.path == "optimize" and problem.line is not None
+    assert "runs anyway" in problem.message and "remove `optimize: false`" in problem.suggestion
+    assert load_recipe(path, ["passes=[{export: {}}]"]).optimize is False

@@ -28,6 +28,8 @@ RECIPE = synthetic_recipe("  - export: {}", checkpoint="tiny.pt") + (
 VOLATILE = {"wall_time_s", "median_ms", "p90_ms", "mean_ms", "runs", "threads", "key", "id", "parent",
             "sha256", "max_abs_diff"}
 _DIFF = re.compile(r"max \|diff\| \S+")  # in export's summary line and report.md
+# optimize's summary: sizes and overhead shares follow the library versions like the byte counts.
+_LEAN = re.compile(r"\S+ [kM]B -> \S+ [kM]B \(-\S+%\), graph overhead \S+% -> \S+%")
 # Sizes depend on the torch/onnx versions that wrote the files (a few bytes of metadata).
 SIZE_TOLERANCE = 0.05
 
@@ -44,7 +46,7 @@ def normalize_json(value, key: str | None = None):
     if isinstance(value, list):
         return [normalize_json(v) for v in value]
     if isinstance(value, str):
-        return _DIFF.sub("max |diff| <diff>", value)
+        return _LEAN.sub("<sizes>", _DIFF.sub("max |diff| <diff>", value))
     return value
 
 
@@ -64,7 +66,7 @@ def assert_matches(got, expected, path: str = "report") -> None:
     else:
         assert isinstance(got, (int, float)) and not isinstance(got, bool), f"{path}: {got!r}"
         assert type(got) is type(expected), f"{path}: {type(got).__name__} != {type(expected).__name__}"
-        rel = SIZE_TOLERANCE if path.endswith(("_bytes", ".size")) else 1e-6
+        rel = SIZE_TOLERANCE if path.endswith(("_bytes", ".size", ".overhead")) else 1e-6
         assert math.isclose(got, expected, rel_tol=rel, abs_tol=1e-9), f"{path}: {got} != {expected}"
         assert math.copysign(1, got) == math.copysign(1, expected), f"{path}: {got} != {expected}"  # -0.0
 
@@ -74,6 +76,7 @@ _MD_RULES = [
     (re.compile(r"\d+\.\d{3} / \d+\.\d{3}"), "<ms> / <p90 ms>"),
     (re.compile(r"\d+ threads"), "<n> threads"),
     (_DIFF, "max |diff| <diff>"),
+    (_LEAN, "<sizes>"),
 ]
 
 

@@ -66,11 +66,12 @@ class Measurer:
                        params_total=total, params_nonzero=nonzero, macs=onnx_stats.onnx_macs(path),
                        size_bytes=path.stat().st_size, zip_bytes=onnx_stats.zip_bytes(path))
 
-    def final(self, final, metrics: Metrics, baseline: Baseline, *, lineage: tuple, name: str) -> Final:
+    def final(self, final, metrics: Metrics, baseline: Baseline, *, lineage: tuple, name: str,
+              name_map: str | None = None) -> Final:
         """The final ONNX compared with the fp32 baseline ONNX: sizes (measured with its metrics),
-        the latency of both, and the ratios."""
+        the latency of both, and the ratios. ``name_map``: the file beside it mapping names."""
         latency = self.latency(final, baseline.onnx_artifact) if self.recipe.evaluation.latency else None
-        return Final(artifact=name, id=final.id, metrics=metrics, lineage=lineage,
+        return Final(artifact=name, id=final.id, metrics=metrics, lineage=lineage, name_map=name_map,
                      baseline_size_bytes=baseline.onnx.size_bytes, baseline_zip_bytes=baseline.onnx.zip_bytes,
                      latency=latency, threads=self.threads,
                      ratios=Ratios.between(metrics, baseline, latency, self.recipe.data.batch_size))

@@ -209,6 +209,43 @@ def _load_onnx(path_or_model: OnnxSource, *, with_data: bool) -> onnx.ModelProto
     return onnx.load(str(path_or_model), load_external_data=with_data)
 
 
+def tensor_data_bytes(path_or_model: OnnxSource) -> int:
+    """Bytes of tensor payload the file stores, in every graph of the model: initializers (sparse
+    ones too) and Constant nodes' values (4 bytes a float, 8 an int in value_float(s)/value_int(s)).
+    The rest of the file (names, nodes, types, metadata) is its *graph overhead*: file bytes minus
+    this. Data stored outside the file (external data) is not counted, as it is not in the file's
+    bytes either."""
+    model = _load_onnx(path_or_model, with_data=False)
+    total = 0
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        total += sum(_payload_bytes(init) for init in graph.initializer)
+        total += sum(_payload_bytes(s.values) + _payload_bytes(s.indices) for s in graph.sparse_initializer)
+        for node in graph.node:
+            if node.op_type == "Constant":  # value_float(s) and value_int(s) hold data too
+                total += sum(4 * len(a.floats) + 8 * len(a.ints) + (4 if a.name == "value_float" else 0)
+                             + (8 if a.name == "value_int" else 0) for a in node.attribute)
+            for attribute in node.attribute:
+                total += _payload_bytes(attribute.t) if attribute.HasField("t") else 0
+                total += sum(_payload_bytes(tensor) for tensor in attribute.tensors)
+                graphs += [attribute.g] if attribute.HasField("g") else []
+                graphs += list(attribute.graphs)
+    return total
+
+
+def _payload_bytes(tensor: onnx.TensorProto) -> int:
+    if tensor.data_location == tensor.EXTERNAL:
+        return 0
+    if tensor.raw_data:
+        return len(tensor.raw_data)
+    from onnx import numpy_helper
+
+    if tensor.string_data:
+        return sum(len(item) for item in tensor.string_data)
+    return int(numpy_helper.to_array(tensor).nbytes)
+
+
 # ---------------------------------------------------------------- MACs (ONNX)
 
 

@@ -200,12 +200,14 @@ class Baseline:
     """The input model in torch and its fp32 ONNX export in onnxruntime: the reference for ratios."""
 
     torch: Metrics
-    onnx: Metrics
+    onnx: Metrics  # of the exported file, optimized as the recipe writes its final file
     export: dict[str, Any]  # what the export pass recorded (opset, exporter, parity, summary)
-    onnx_artifact: Any = field(default=None, compare=False)  # the exported Artifact (not in the report)
+    optimize: dict[str, Any] | None = None  # what the optimize pass recorded; None under `optimize: false`
+    onnx_artifact: Any = field(default=None, compare=False)  # the measured Artifact (not in the report)
 
     def to_json(self) -> dict[str, Any]:
-        return {"torch": self.torch.to_json(), "onnx": self.onnx.to_json(), "export": self.export}
+        return {"torch": self.torch.to_json(), "onnx": self.onnx.to_json(), "export": self.export,
+                "optimize": self.optimize}
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,7 @@ class StepRecord:
     wall_time_s: float  # of the run that produced it
     details: dict[str, Any]  # what the pass recorded (ctx.record, ctx.record_table)
     metrics: Metrics
-    implicit: bool = False  # the export the pipeline adds after a final torch model
+    implicit: bool = False  # a step the pipeline added: export after a final torch model, the final optimize
 
     def to_json(self) -> dict[str, Any]:
         out = {"index": self.index, "pass": self.pass_name, "params": self.params, "key": self.key,
@@ -245,20 +247,21 @@ class Final:
     latency: LatencyResult | None  # None when evaluation.latency is false
     threads: int  # onnxruntime intra-op threads for accuracy and latency
     ratios: Ratios
+    name_map: str | None = None  # file beside the artifact: old -> new names (an optimize step's)
 
     def to_json(self) -> dict[str, Any]:
         return {"artifact": self.artifact, "id": self.id, **self.metrics.to_json(), "lineage": list(self.lineage),
                 "baseline_size_bytes": self.baseline_size_bytes, "baseline_zip_bytes": self.baseline_zip_bytes,
                 "latency": None if self.latency is None else self.latency.to_json(), "threads": self.threads,
-                "ratios": self.ratios.to_json()}
+                "ratios": self.ratios.to_json(), "name_map": self.name_map}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Final:
-        """report.json's ``final`` (e.g. for ``modelzip compare``)."""
+        """report.json's ``final`` (e.g. for ``modelzip compare``; reports before name maps lack one)."""
         latency = d["latency"]
         return cls(d["artifact"], d["id"], Metrics.from_json(d), tuple(d["lineage"]), d["baseline_size_bytes"],
                    d["baseline_zip_bytes"], None if latency is None else LatencyResult.from_json(latency),
-                   d["threads"], Ratios.from_json(d["ratios"]))
+                   d["threads"], Ratios.from_json(d["ratios"]), d.get("name_map"))
 
 
 @dataclass(frozen=True)
