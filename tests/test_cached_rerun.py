@@ -80,7 +80,7 @@ def test_a_changed_parameter_reruns_from_the_cached_parent(tmp_path):
     options = RunOptions(ui=SilentUI(), device="cpu")
     run_recipe(load_recipe(recipe), options)
     report = run_recipe(load_recipe(recipe, ["passes.1.export.opset=17"]), options).report
-    assert [s["cached"] for s in report["steps"]] == [True, False]
+    assert [s["cached"] for s in report["steps"]] == [True, False, False]  # prune, export, optimize
 
 
 def test_a_cached_model_that_no_longer_loads_is_removed_and_reported(tmp_path, monkeypatch):
@@ -97,7 +97,7 @@ def test_a_cached_model_that_no_longer_loads_is_removed_and_reported(tmp_path, m
     assert "run again" in caught.value.format()
     monkeypatch.undo()
     report = run_recipe(load_recipe(recipe, ["passes.1.export.opset=17"]), options).report
-    assert [s["cached"] for s in report["steps"]] == [False, False]  # the broken entry was removed
+    assert [s["cached"] for s in report["steps"]] == [False, False, False]  # the broken entry was removed
 
 
 # --------------------------------------------------------------------------- which file defines a factory
