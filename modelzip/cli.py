@@ -349,6 +349,96 @@ def _print_comparison(comparison) -> None:
             console.print(line, markup=False)
 
 
+@app.command()
+def sweep(
+    recipe: RecipeArg,
+    grid: Annotated[list[str], typer.Option(
+        "--grid", help="KEY=V1,V2,... a recipe key (as in --set) and its values; repeat it for the "
+                       "cartesian product", show_default=False)],
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(
+        help="sweep folder: sweep.json, sweep.html, a run folder per point, the shared step cache "
+             "(default: the recipe's output + '-sweep')")] = None,
+    emit_matrix: Annotated[bool, typer.Option(
+        "--emit-matrix", help="print the points as a JSON matrix (CI matrix job, cluster job array) "
+                              "instead of running them; `modelzip collect` reports on their runs")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="rerun every step of every point")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print one line per point")] = False,
+) -> None:
+    """Run a recipe over a grid of overrides, sharing one step cache; write sweep.json and
+    sweep.html with the Pareto fronts (accuracy vs size, accuracy vs latency)."""
+    try:
+        _terminate_like_interrupt()
+        from modelzip import sweep as sw
+
+        plan = sw.plan_sweep(recipe, sw.parse_grid(grid), sets=tuple(set_ or ()), out=out)
+        if emit_matrix:
+            typer.echo(json.dumps(sw.emit_matrix(plan, str(recipe)), indent=2))
+            return
+        result = _run_sweep(plan, no_cache, device, quiet)
+        _finish_sweep(plan.out, sw.sweep_report(plan, result))
+    except (typer.Exit, typer.BadParameter):
+        raise
+    except BaseException as exc:
+        raise _fail(exc) from None
+
+
+def _run_sweep(plan, no_cache: bool, device: str, quiet: bool):
+    from modelzip import sweep as sw
+    from modelzip.console import RichUI
+    from modelzip.pipeline import RunOptions, run_recipe
+
+    ui = RichUI(quiet=True) if quiet else RichUI()
+    console = _err_console()
+    total = len(plan.points)
+
+    def run(recipe, folder):
+        return run_recipe(recipe, RunOptions(out=folder, use_cache=not no_cache, device=device, ui=ui))
+
+    def on_point(point, status):
+        console.print(f"[{point.index + 1}/{total}] {point.label}: {status}", markup=False)
+
+    return sw.run_sweep(plan, run, on_point=on_point)
+
+
+def _finish_sweep(out: Path, report: dict) -> None:
+    """Write and summarize a sweep report; exit 3 when a point did not finish (the others did)."""
+    from modelzip.errors import EXIT_RUN_FAILED
+    from modelzip.sweep_points import write_sweep
+
+    json_path, html_path = write_sweep(out, report)
+    console = _out_console()
+    counts = report["counts"]
+    console.print(f"{len(report['points'])} points: {counts['passed']} passed, {counts['failed']} failed gates, "
+                  f"{counts['error']} did not finish -> {json_path}, {html_path}", markup=False)
+    for name, front in report["pareto"].items():
+        console.print(f"Pareto front (accuracy vs {name}): {', '.join(front) or '-'}", markup=False)
+    for point in report["points"]:
+        if point["status"] == "error":
+            _err_console().print(f"error in {point['name']}: {point['error']}", markup=False, style="red")
+    if counts["error"]:
+        raise typer.Exit(EXIT_RUN_FAILED)
+
+
+@app.command()
+def collect(
+    runs: Annotated[list[Path], typer.Argument(help="run folders (e.g. the points of `sweep --emit-matrix`)",
+                                               show_default=False)],
+    out: Annotated[Path, typer.Option(help="where sweep.json and sweep.html go")] = Path("sweep"),
+) -> None:
+    """Build a sweep report (sweep.json, sweep.html) from runs made elsewhere, labelled by the
+    recipe keys whose values differ between them."""
+    try:
+        from modelzip.sweep_points import collect as collect_runs
+
+        _finish_sweep(out, collect_runs(runs))
+    except (typer.Exit, typer.BadParameter):
+        raise
+    except BaseException as exc:
+        raise _fail(exc) from None
+
+
 def main() -> None:
     app(prog_name="modelzip")
 
