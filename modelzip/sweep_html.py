@@ -102,13 +102,17 @@ def _table(points: list[SweepPoint], out: Path) -> str:
             cells = [f"<td class='error' colspan='7'>{html.escape(p.error or 'failed')}</td>"]
         else:
             cells = [f"<td>{v}</td>" for v in (
-                p.status, f"{100 * p.accuracy:.2f}%", _pp(p.accuracy_delta), _mb(p.size_bytes), _mb(p.zip_bytes),
+                p.status, _percent(p.accuracy), _pp(p.accuracy_delta), _mb(p.size_bytes), _mb(p.zip_bytes),
                 "-" if p.speedup is None else f"{p.speedup:.2f}x", fronts or "-")]
         name = f"<a href='{html.escape(_link(p, out))}'>{html.escape(p.name)}</a>" if p.status != "error" \
             else html.escape(p.name)
         rows.append(f"<tr class='{'front' if fronts else ''}'><td>{name}</td><td>{html.escape(p.label)}</td>"
                     + "".join(cells) + "</tr>")
     return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
+
+
+def _percent(accuracy: float | None) -> str:
+    return "-" if accuracy is None else f"{100 * accuracy:.2f}%"
 
 
 def _pp(delta: float | None) -> str:
