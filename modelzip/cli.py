@@ -421,6 +421,81 @@ def _finish_sweep(out: Path, report: dict) -> None:
         raise typer.Exit(EXIT_RUN_FAILED)
 
 
+class TuneObjective(StrEnum):
+    size = "size"
+    latency = "latency"
+
+
+@app.command()
+def tune(
+    recipe: RecipeArg,
+    max_accuracy_drop: Annotated[float, typer.Option(
+        "--max-accuracy-drop", min=0, max=1, help="the budget: final accuracy at most this far below the "
+                                                  "input model's (0.005 = 0.5 pp)", show_default=False)],
+    objective: Annotated[TuneObjective, typer.Option(
+        help="size: the smallest zipped file; latency: the highest speedup at data.batch_size")
+    ] = TuneObjective.size,
+    over: Annotated[list[str] | None, typer.Option(
+        "--over", help="KEY=LOW..HIGH: tune this knob over this range (default: the compression strength "
+                       "of each pass: sparsity, target_macs, rank_ratio/energy, bits); repeatable")] = None,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(
+        help="tuned.yaml, sweep.json, sweep.html and a run folder per point (default: the recipe's "
+             "output + '-tune')")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print one line per point")] = False,
+) -> None:
+    """Find the most compressed recipe within an accuracy budget (bisection per knob on runs
+    without latency, then the winner in full); write it as tuned.yaml."""
+    try:
+        _terminate_like_interrupt()
+        from modelzip import tune as tn
+        from modelzip.console import RichUI
+        from modelzip.pipeline import RunOptions, run_recipe
+        from modelzip.sweep_points import write_sweep
+
+        plan = tn.plan_tune(recipe, objective=objective.value, max_drop=max_accuracy_drop, over=tuple(over or ()),
+                            sets=tuple(set_ or ()), out=out)
+        ui = RichUI(quiet=True) if quiet else RichUI()
+        console = _err_console()
+        for knob in plan.knobs:
+            console.print(f"knob {knob.describe()}", markup=False)
+        result, report = tn.run_tune(
+            plan, lambda r, folder: run_recipe(r, RunOptions(out=folder, device=device, ui=ui)),
+            on_trial=lambda label, status: console.print(f"  {label}: {status}", markup=False))
+        json_path, html_path = write_sweep(plan.out, report)
+        _finish_tune(plan, result, report, json_path, html_path)
+    except (typer.Exit, typer.BadParameter):
+        raise
+    except BaseException as exc:
+        raise _fail(exc) from None
+
+
+def _finish_tune(plan, result, report, json_path: Path, html_path: Path) -> None:
+    """tuned.yaml for the winner, or exit 1 (like a failed gate) when no point kept the budget."""
+    from modelzip import tune as tn
+    from modelzip.errors import EXIT_GATE_FAILED
+    from modelzip.recipe import load_recipe
+
+    console = _out_console()
+    tried = len(result.trials)
+    if not report["tune"]["within_budget"]:
+        _err_console().print(f"no point within the budget (accuracy drop <= {plan.max_drop}) among {tried} tried; "
+                             f"see {json_path}", markup=False, style="bold red")
+        raise typer.Exit(EXIT_GATE_FAILED)
+    sets = [*plan.sets, *(f"{k}={v}" for k, v in result.chosen.items())]
+    tuned = plan.out / "tuned.yaml"
+    tn.write_tuned(tuned, load_recipe(plan.recipe_path, sets), result.chosen, objective=plan.objective,
+                   max_drop=plan.max_drop)
+    final = result.final
+    speed = f", {final.speedup:.2f}x speedup" if final.speedup else ""
+    chosen = ", ".join(f"{k}={v}" for k, v in result.chosen.items())
+    console.print(f"tuned ({tried} points tried): {chosen} -> accuracy {100 * final.accuracy:.2f}% "
+                  f"({100 * final.accuracy_delta:+.2f} pp), {final.size_bytes / 1e6:.3f} MB "
+                  f"({(final.zip_bytes or 0) / 1e6:.3f} MB zipped){speed}", markup=False)
+    console.print(f"-> {tuned}, {json_path}, {html_path}", markup=False)
+
+
 @app.command()
 def collect(
     runs: Annotated[list[Path], typer.Argument(help="run folders (e.g. the points of `sweep --emit-matrix`)",

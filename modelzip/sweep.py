@@ -114,7 +114,7 @@ def _short(key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
 
-def _slug(index: int, overrides: tuple[tuple[str, str], ...]) -> str:
+def folder_name(index: int, overrides: tuple[tuple[str, str], ...]) -> str:
     text = "-".join(f"{_short(k)}={v}" for k, v in overrides)
     return f"{index:02d}-" + re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text)[:80]
 
@@ -137,7 +137,7 @@ def plan_sweep(recipe_path: Path, axes: tuple[Axis, ...], *, sets: tuple[str, ..
     points, recipes, problems = [], [], {}
     for index, combination in enumerate(itertools.product(*(axis.values for axis in axes))):
         overrides = tuple(zip((axis.key for axis in axes), combination))
-        point = Point(index, overrides, out / _slug(index, overrides))
+        point = Point(index, overrides, out / folder_name(index, overrides))
         placed = [f"output={point.folder.resolve()}", f"cache_dir={Path(cache_dir).resolve()}"]
         try:
             recipes.append(load_recipe(recipe_path, [*sets, *point.sets, *placed], registry=registry))
