@@ -194,7 +194,7 @@ def _print_run(result, quiet: bool) -> None:
     speed = f", {ratios.speedup:.2f}x speedup ({headline.verdict})" if headline is not None else ""
     console.print(f"{data['status']}: accuracy {100 * final.metrics.accuracy:.2f}% "
                   f"({100 * ratios.accuracy_delta:+.2f} pp), {ratios.size:.2f}x smaller{speed} -> "
-                  f"{result.output_dir / final.artifact}, report.json, report.md", markup=False)
+                  f"{result.output_dir / final.artifact}, report.json, report.md, report.html", markup=False)
     for warning in result.record.warnings:  # never change the exit code
         _err_console().print(f"warning: {warning.format()}", markup=False, style="yellow")
 

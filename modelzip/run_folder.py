@@ -1,6 +1,6 @@
 """The output folder's final files, committed together at the end of a run.
 
-A run stages model.onnx, recipe.resolved.yaml, report.md and report.json in
+A run stages model.onnx, recipe.resolved.yaml, report.md, report.html and report.json in
 ``<output>/.staging/`` and moves them into place only when all are written:
 report.json goes last and is removed first, so its presence marks a complete
 set from one run. It records the sha256 of the files beside it ("files"), so
@@ -19,9 +19,10 @@ from modelzip.cache import file_record, file_sha256
 MODEL = "model.onnx"
 RESOLVED_RECIPE = "recipe.resolved.yaml"
 REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
 # report.json is the commit marker: moved in last.
-FINAL_FILES = (MODEL, RESOLVED_RECIPE, REPORT_MD, REPORT_JSON)
+FINAL_FILES = (MODEL, RESOLVED_RECIPE, REPORT_MD, REPORT_HTML, REPORT_JSON)
 STAGING = ".staging"
 
 

@@ -1,5 +1,5 @@
-"""sweep.html in a real browser (issue 17): headless Chromium renders it, and the check fails on
-a JavaScript error or a chart with nothing drawn in it.
+"""report.html and sweep.html in a real browser (issue 17): headless Chromium renders them, and
+the check fails on a JavaScript error or a chart with nothing drawn in it.
 
 `make test` installs Chromium (scripts/ensure_browser.sh) and sets MODELZIP_REQUIRE_BROWSER=1,
 so CI cannot skip this; elsewhere it skips without Chromium. Set MODELZIP_SCREENSHOTS=DIR to
@@ -19,7 +19,9 @@ from modelzip.sweep_points import SweepPoint, build_sweep, write_sweep
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 DOT_BLUE = (31, 119, 180)  # matplotlib's C0: the dots of passed points
-FRONT_GREEN = (44, 160, 44)  # the Pareto front's line
+FRONT_GREEN = (44, 160, 44)  # the Pareto front's line; report.html: the final model's latency
+ZIP_ORANGE = (255, 127, 14)  # report.html: the zipped-size bars
+GOLDEN_REPORT = Path(__file__).parent / "golden" / "report_tiny.json"
 
 
 def _browser() -> str:
@@ -85,3 +87,30 @@ def test_the_check_catches_a_javascript_error(tmp_path):
     page = tmp_path / "broken.html"
     page.write_text("<html><body><p>x</p><script>notDefinedAnywhere();</script></body></html>")
     assert render(page, tmp_path / "broken.png")
+
+
+def test_report_html_renders_with_charts_and_no_script_errors(tmp_path):
+    import json
+
+    from modelzip.report_html import render_html
+
+    page, shot = tmp_path / "report.html", tmp_path / "report.png"
+    page.write_text(render_html(_numbers(json.loads(GOLDEN_REPORT.read_text()))))
+    assert render(page, shot) == []
+    assert colored_pixels(shot, DOT_BLUE) > 500  # accuracy line and file-size bars
+    assert colored_pixels(shot, ZIP_ORANGE) > 200  # zipped-size bars
+
+
+def _numbers(value, key: str | None = None):
+    """The golden report with its placeholders ("<median_ms>") turned back into numbers."""
+    if isinstance(value, dict):
+        return {k: _numbers(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, str) and value.startswith("<") and key in _NUMERIC:
+        return _NUMERIC[key]
+    return value
+
+
+_NUMERIC = {"median_ms": 1.0, "mean_ms": 1.1, "p90_ms": 1.3, "runs": 50, "threads": 2, "size": 1000,
+            "wall_time_s": 0.5, "max_abs_diff": 1e-6, "cpu_count": 2}
