@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DATASET ?= fashion-mnist
 
-.PHONY: demo test lint install data bench fuzz clean
+.PHONY: demo test lint install data browser bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,14 +17,18 @@ install: $(STAMP)
 data: install
 	@bash scripts/ensure_data.sh $(DATASET)
 
+# Headless Chromium for tests/test_browser.py (the HTML reports checked in a real browser).
+browser:
+	@bash scripts/ensure_browser.sh
+
 checkpoints/fashion_cnn.pt: | install data
 	$(BIN)/python scripts/train_baseline.py --model fashion_cnn --epochs 4 --out $@
 
 demo: install data checkpoints/fashion_cnn.pt
 	$(BIN)/modelzip run recipes/quickstart.yaml
 
-test: install data lint
-	$(BIN)/python -m pytest -q
+test: install data browser lint
+	MODELZIP_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
 
 # Style (ruff) and the architecture's import layers (import-linter, contracts in pyproject.toml).
 lint: install

@@ -194,7 +194,7 @@ def _print_run(result, quiet: bool) -> None:
     speed = f", {ratios.speedup:.2f}x speedup ({headline.verdict})" if headline is not None else ""
     console.print(f"{data['status']}: accuracy {100 * final.metrics.accuracy:.2f}% "
                   f"({100 * ratios.accuracy_delta:+.2f} pp), {ratios.size:.2f}x smaller{speed} -> "
-                  f"{result.output_dir / final.artifact}, report.json, report.md", markup=False)
+                  f"{result.output_dir / final.artifact}, report.json, report.md, report.html", markup=False)
     for warning in result.record.warnings:  # never change the exit code
         _err_console().print(f"warning: {warning.format()}", markup=False, style="yellow")
 
@@ -347,6 +347,171 @@ def _print_comparison(comparison) -> None:
     for line in (cmp.LEGEND, *comparison.notes, cmp.summary_line(comparison)):
         if line:
             console.print(line, markup=False)
+
+
+@app.command()
+def sweep(
+    recipe: RecipeArg,
+    grid: Annotated[list[str], typer.Option(
+        "--grid", help="KEY=V1,V2,... a recipe key (as in --set) and its values; repeat it for the "
+                       "cartesian product", show_default=False)],
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(
+        help="sweep folder: sweep.json, sweep.html, a run folder per point, the shared step cache "
+             "(default: the recipe's output + '-sweep')")] = None,
+    emit_matrix: Annotated[bool, typer.Option(
+        "--emit-matrix", help="print the points as a JSON matrix (CI matrix job, cluster job array) "
+                              "instead of running them; `modelzip collect` reports on their runs")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="rerun every step of every point")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print one line per point")] = False,
+) -> None:
+    """Run a recipe over a grid of overrides, sharing one step cache; write sweep.json and
+    sweep.html with the Pareto fronts (accuracy vs size, accuracy vs latency)."""
+    try:
+        _terminate_like_interrupt()
+        from modelzip import sweep as sw
+
+        plan = sw.plan_sweep(recipe, sw.parse_grid(grid), sets=tuple(set_ or ()), out=out)
+        if emit_matrix:
+            typer.echo(json.dumps(sw.emit_matrix(plan, str(recipe)), indent=2))
+            return
+        result = _run_sweep(plan, no_cache, device, quiet)
+        _finish_sweep(plan.out, sw.sweep_report(plan, result))
+    except (typer.Exit, typer.BadParameter):
+        raise
+    except BaseException as exc:
+        raise _fail(exc) from None
+
+
+def _run_sweep(plan, no_cache: bool, device: str, quiet: bool):
+    from modelzip import sweep as sw
+    from modelzip.console import RichUI
+    from modelzip.pipeline import RunOptions, run_recipe
+
+    ui = RichUI(quiet=True) if quiet else RichUI()
+    console = _err_console()
+    total = len(plan.points)
+
+    def run(recipe, folder):
+        return run_recipe(recipe, RunOptions(out=folder, use_cache=not no_cache, device=device, ui=ui))
+
+    def on_point(point, status):
+        console.print(f"[{point.index + 1}/{total}] {point.label}: {status}", markup=False)
+
+    return sw.run_sweep(plan, run, on_point=on_point)
+
+
+def _finish_sweep(out: Path, report: dict) -> None:
+    """Write and summarize a sweep report; exit 3 when a point did not finish (the others did)."""
+    from modelzip.errors import EXIT_RUN_FAILED
+    from modelzip.sweep_points import write_sweep
+
+    json_path, html_path = write_sweep(out, report)
+    console = _out_console()
+    counts = report["counts"]
+    console.print(f"{len(report['points'])} points: {counts['passed']} passed, {counts['failed']} failed gates, "
+                  f"{counts['error']} did not finish -> {json_path}, {html_path}", markup=False)
+    for name, front in report["pareto"].items():
+        console.print(f"Pareto front (accuracy vs {name}): {', '.join(front) or '-'}", markup=False)
+    for point in report["points"]:
+        if point["status"] == "error":
+            _err_console().print(f"error in {point['name']}: {point['error']}", markup=False, style="red")
+    if counts["error"]:
+        raise typer.Exit(EXIT_RUN_FAILED)
+
+
+class TuneObjective(StrEnum):
+    size = "size"
+    latency = "latency"
+
+
+@app.command()
+def tune(
+    recipe: RecipeArg,
+    max_accuracy_drop: Annotated[float, typer.Option(
+        "--max-accuracy-drop", min=0, max=1, help="the budget: final accuracy at most this far below the "
+                                                  "input model's (0.005 = 0.5 pp)", show_default=False)],
+    objective: Annotated[TuneObjective, typer.Option(
+        help="size: the smallest zipped file; latency: the highest speedup at data.batch_size")
+    ] = TuneObjective.size,
+    over: Annotated[list[str] | None, typer.Option(
+        "--over", help="KEY=LOW..HIGH: tune this knob over this range (default: the compression strength "
+                       "of each pass: sparsity, target_macs, rank_ratio/energy, bits); repeatable")] = None,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(
+        help="tuned.yaml, sweep.json, sweep.html and a run folder per point (default: the recipe's "
+             "output + '-tune')")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print one line per point")] = False,
+) -> None:
+    """Find the most compressed recipe within an accuracy budget (bisection per knob on runs
+    without latency, then the winner in full); write it as tuned.yaml."""
+    try:
+        _terminate_like_interrupt()
+        from modelzip import tune as tn
+        from modelzip.console import RichUI
+        from modelzip.pipeline import RunOptions, run_recipe
+        from modelzip.sweep_points import write_sweep
+
+        plan = tn.plan_tune(recipe, objective=objective.value, max_drop=max_accuracy_drop, over=tuple(over or ()),
+                            sets=tuple(set_ or ()), out=out)
+        ui = RichUI(quiet=True) if quiet else RichUI()
+        console = _err_console()
+        for knob in plan.knobs:
+            console.print(f"knob {knob.describe()}", markup=False)
+        result, report = tn.run_tune(
+            plan, lambda r, folder: run_recipe(r, RunOptions(out=folder, device=device, ui=ui)),
+            on_trial=lambda label, status: console.print(f"  {label}: {status}", markup=False))
+        json_path, html_path = write_sweep(plan.out, report)
+        _finish_tune(plan, result, report, json_path, html_path)
+    except (typer.Exit, typer.BadParameter):
+        raise
+    except BaseException as exc:
+        raise _fail(exc) from None
+
+
+def _finish_tune(plan, result, report, json_path: Path, html_path: Path) -> None:
+    """tuned.yaml for the winner, or exit 1 (like a failed gate) when no point kept the budget."""
+    from modelzip import tune as tn
+    from modelzip.errors import EXIT_GATE_FAILED
+    from modelzip.recipe import load_recipe
+
+    console = _out_console()
+    tried = len(result.trials)
+    if not report["tune"]["within_budget"]:
+        _err_console().print(f"no point within the budget (accuracy drop <= {plan.max_drop}) among {tried} tried; "
+                             f"see {json_path}", markup=False, style="bold red")
+        raise typer.Exit(EXIT_GATE_FAILED)
+    sets = [*plan.sets, *(f"{k}={v}" for k, v in result.chosen.items())]
+    tuned = plan.out / "tuned.yaml"
+    tn.write_tuned(tuned, load_recipe(plan.recipe_path, sets), result.chosen, objective=plan.objective,
+                   max_drop=plan.max_drop)
+    final = result.final
+    speed = f", {final.speedup:.2f}x speedup" if final.speedup else ""
+    chosen = ", ".join(f"{k}={v}" for k, v in result.chosen.items())
+    console.print(f"tuned ({tried} points tried): {chosen} -> accuracy {100 * final.accuracy:.2f}% "
+                  f"({100 * final.accuracy_delta:+.2f} pp), {final.size_bytes / 1e6:.3f} MB "
+                  f"({(final.zip_bytes or 0) / 1e6:.3f} MB zipped){speed}", markup=False)
+    console.print(f"-> {tuned}, {json_path}, {html_path}", markup=False)
+
+
+@app.command()
+def collect(
+    runs: Annotated[list[Path], typer.Argument(help="run folders (e.g. the points of `sweep --emit-matrix`)",
+                                               show_default=False)],
+    out: Annotated[Path, typer.Option(help="where sweep.json and sweep.html go")] = Path("sweep"),
+) -> None:
+    """Build a sweep report (sweep.json, sweep.html) from runs made elsewhere, labelled by the
+    recipe keys whose values differ between them."""
+    try:
+        from modelzip.sweep_points import collect as collect_runs
+
+        _finish_sweep(out, collect_runs(runs))
+    except (typer.Exit, typer.BadParameter):
+        raise
+    except BaseException as exc:
+        raise _fail(exc) from None
 
 
 def main() -> None:

@@ -80,12 +80,12 @@ class RecipeProblem:
     line: int | None  # 1-based; None when the key is absent from the file
     message: str
     suggestion: str | None = None
-    source: str = "recipe"  # "recipe" or "--set"
+    source: str = "recipe"  # "recipe", "--set" or "--grid"
 
     def format(self) -> str:
         where = self.path or "<recipe>"
-        if self.source == "--set":
-            where += " (from --set)"
+        if self.source in ("--set", "--grid"):
+            where += f" (from {self.source})"
         elif self.line is not None:
             where += f" (line {self.line})"
         text = f"{where}: {self.message}"

@@ -204,7 +204,7 @@ class _Runner:
                         files=self.folder.digests(*staged),
                         warnings=tuple(find_problems(baseline.torch, steps, classes, final.latency)))
         report = record.to_json()
-        write_report(self.folder.staging, report)
+        write_report(self.folder.staging, report, charts=self.cache)
         self.folder.commit()  # model, resolved recipe and reports appear together
         return RunResult(self.out, report, gates, record)
 

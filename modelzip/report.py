@@ -1,4 +1,4 @@
-"""report.json (stable schema for CI) and report.md (for pull requests).
+"""report.json (stable schema for CI), report.md (for pull requests) and report.html (report_html).
 
 report.json is ``modelzip.evaluation.records.Report.to_json()``; the schema is documented in
 docs/report.md; bump ``records.REPORT_SCHEMA`` on breaking changes. report.md and the terminal
@@ -15,10 +15,14 @@ from modelzip.evaluation.latency import EQUIVALENCE_MARGIN
 from modelzip.evaluation.records import Finding, LatencyResult
 
 
-def write_report(out: Path, report: dict[str, Any]) -> None:
-    """report.json (``Report.to_json()``) and report.md rendered from it."""
+def write_report(out: Path, report: dict[str, Any], charts=None) -> None:
+    """report.json (``Report.to_json()``), and report.md and report.html rendered from it.
+    ``charts`` (the step cache) keeps report.html's charts, so a cached rerun draws none."""
+    from modelzip.report_html import render_html
+
     write_text(out / "report.json", json.dumps(report, indent=2, sort_keys=False) + "\n")
     write_text(out / "report.md", render_markdown(report))
+    write_text(out / "report.html", render_html(report, charts))
 
 
 def _pct(x: float | None) -> str:

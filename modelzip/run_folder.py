@@ -1,7 +1,7 @@
 """The output folder's final files, committed together at the end of a run.
 
-A run stages model.onnx, recipe.resolved.yaml, report.md and report.json (and
-model.names.json when the final step shortened names) in
+A run stages model.onnx, recipe.resolved.yaml, report.md, report.html and report.json
+(and model.names.json when the final step shortened names) in
 ``<output>/.staging/`` and moves them into place only when all are written:
 report.json goes last and is removed first, so its presence marks a complete
 set from one run. It records the sha256 of the files beside it ("files"), so
@@ -21,9 +21,10 @@ MODEL = "model.onnx"
 RESOLVED_RECIPE = "recipe.resolved.yaml"
 NAME_MAP = "model.names.json"  # the optimize step's old -> new names of model.onnx, when there is one
 REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
 # report.json is the commit marker: moved in last.
-FINAL_FILES = (MODEL, RESOLVED_RECIPE, REPORT_MD, REPORT_JSON)
+FINAL_FILES = (MODEL, RESOLVED_RECIPE, REPORT_MD, REPORT_HTML, REPORT_JSON)
 OPTIONAL_FILES = (NAME_MAP,)  # committed when staged; an earlier run's copy is removed when not
 STAGING = ".staging"
 

@@ -133,4 +133,32 @@ def test_terminal_summary_reads_the_typed_final(tiny_run, capsys) -> None:
     _print_run(tiny_run, quiet=True)
     line = capsys.readouterr().out.strip().replace("\n", "")
     assert line.startswith("passed: accuracy 32.03% (+0.00 pp), 1.00x smaller, 1.00x speedup (same model) -> "), line
-    assert line.endswith("model.onnx, report.json, report.md"), line
+    assert line.endswith("model.onnx, report.json, report.md, report.html"), line
+
+
+def test_report_html_charts_come_from_the_memo_on_a_rerun(tiny_run, monkeypatch) -> None:
+    """A cached rerun renders report.html without drawing (matplotlib is not imported)."""
+    from modelzip import report_html
+
+    assert (tiny_run.output_dir / "report.html").is_file()  # written with the other reports
+
+    class Memo(dict):
+        def recall(self, token):
+            return self.get(token)
+
+        def remember(self, token, value):
+            self[token] = value
+
+    report = tiny_run.report
+    memo = Memo()
+    first = report_html.render_html(report, memo)
+    assert len(memo) == 3 and first.count("<svg") == 3  # accuracy, size, latency
+
+    def no_drawing():
+        raise AssertionError("a chart was drawn again")
+
+    monkeypatch.setattr(report_html, "_figure", no_drawing)
+    assert report_html.render_html(report, memo) == first
+    report["steps"][0]["metrics"]["accuracy"] = 0.5  # what a chart shows changed: drawn again
+    with pytest.raises(AssertionError, match="drawn again"):
+        report_html.render_html(report, memo)
