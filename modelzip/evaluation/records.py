@@ -120,7 +120,7 @@ class LatencyPair:
         """From compare_latency's (Latency, Latency, Comparison); the interval rounded to 4 digits."""
         return cls(batch, Timing.of(baseline), Timing.of(final), round(comparison.ratio, 4),
                    round(comparison.ci_low, 4), round(comparison.ci_high, 4), comparison.pairs,
-                   comparison.verdict, getattr(final, "stopped", None))
+                   comparison.verdict, final.stopped)
 
     def to_json(self) -> dict[str, Any]:  # the batch is the key it is stored under
         out = {"baseline": self.baseline.to_json(), "final": self.final.to_json(), "ratio": self.ratio,
