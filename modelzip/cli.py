@@ -197,6 +197,8 @@ def _print_run(result, quiet: bool) -> None:
                   f"{result.output_dir / final.artifact}, report.json, report.md, report.html", markup=False)
     for warning in result.record.warnings:  # never change the exit code
         _err_console().print(f"warning: {warning.format()}", markup=False, style="yellow")
+    for item in () if quiet else result.record.unchecked:
+        _err_console().print(f"not checked: {item.format()}", markup=False)
 
 
 def _ci_outputs(result, junit: Path | None) -> BaseException | None:

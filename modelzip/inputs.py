@@ -95,7 +95,7 @@ def timing_fingerprint(recipe: Recipe, threads: int) -> dict[str, Any]:
     """What a pass that times models (quantize's `prefer: faster`) depends on."""
     from modelzip.envinfo import cpu_model
 
-    return {"cpu": cpu_model(), "threads": threads, "evaluation": recipe.evaluation.model_dump(mode="json"),
+    return {"cpu": cpu_model(), "threads": threads, "evaluation": recipe.evaluation.timing_settings(),
             "batch_size": recipe.data.batch_size}
 
 

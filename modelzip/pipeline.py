@@ -24,6 +24,7 @@ from modelzip.cache import StepCache, content_key
 from modelzip.console import UI, SilentUI
 from modelzip.context import PassContext
 from modelzip.errors import InputError, ModelzipError, PassError
+from modelzip.evaluation.latency import timed_once
 from modelzip.evaluation.measure import Measurer
 from modelzip.evaluation.records import Baseline, Final, GateResult, Metrics, Report, StepRecord
 from modelzip.findings import find_problems
@@ -183,30 +184,43 @@ class _Runner:
         self._stage_resolved_recipe()
         source = self._load_input()
         classes = self._preflight(source)
-        baseline = self._baseline(source)
-        artifact, steps = source, []
-        for index, step in enumerate(self.recipe.passes):
-            artifact, record = self._step(index, step, artifact, baseline_model=source)
-            steps.append(record)
-        if artifact.kind == "torch":  # every run ends in an ONNX file
-            self.ui.log("the last pass left a torch model: exporting it with default settings")
-            implicit = PassStep(name="export", config=self.registry.get("export").Config())
-            artifact, record = self._step(len(steps), implicit, artifact, baseline_model=source)
-            steps.append(replace(record, implicit=True))
-        if self.recipe.optimize and steps[-1].pass_name != "optimize":  # the written file is lean
-            artifact, record = self._step(len(steps), self._optimize_step(), artifact, baseline_model=source)
-            steps.append(replace(record, implicit=True))
-        final = self._final(artifact, baseline, steps[-1].metrics)
+        with timed_once():  # a pair of files a pass timed is not timed again for the final latency
+            baseline = self._baseline(source)
+            artifact, steps = self._steps(source)
+            final = self._final(artifact, baseline, steps[-1].metrics)
         gates = check_gates(self.recipe.gates, final)
+        found = find_problems(baseline.reference, steps, classes, final.latency)
         staged = (MODEL, RESOLVED_RECIPE) + ((NAME_MAP,) if final.name_map else ())
         record = Report(self.recipe.name, self.recipe.seed, time.perf_counter() - started, baseline, tuple(steps),
                         final, tuple(gates), self.measurer.environment(),
-                        files=self.folder.digests(*staged),
-                        warnings=tuple(find_problems(baseline.torch, steps, classes, final.latency)))
+                        files=self.folder.digests(*staged), warnings=found.warnings,
+                        unchecked=found.unchecked, evaluation=self.recipe.evaluation.model_dump(mode="json"))
         report = record.to_json()
         write_report(self.folder.staging, report, charts=self.cache)
         self.folder.commit()  # model, resolved recipe and reports appear together
         return RunResult(self.out, report, gates, record)
+
+    def _steps(self, source: art.Artifact) -> tuple[art.Artifact, list[StepRecord]]:
+        """Every pass of the recipe, then an export if the last one left a torch model, and an
+        optimize unless the recipe ends with one or says `optimize: false`. Accuracy is evaluated
+        after each step under ``evaluation.steps: all``, else after the last one only."""
+        every = self.recipe.evaluation.steps == "all"
+        artifact, steps = source, []
+        for index, step in enumerate(self.recipe.passes):
+            artifact, record = self._step(index, step, artifact, baseline_model=source, evaluate=every)
+            steps.append(record)
+        if artifact.kind == "torch":  # every run ends in an ONNX file
+            self.ui.log("the last pass left a torch model: exporting it with default settings")
+            implicit = PassStep(name="export", config=self.registry.get("export").Config())
+            artifact, record = self._step(len(steps), implicit, artifact, baseline_model=source, evaluate=every)
+            steps.append(replace(record, implicit=True))
+        if self.recipe.optimize and steps[-1].pass_name != "optimize":  # the written file is lean
+            artifact, record = self._step(len(steps), self._optimize_step(), artifact, baseline_model=source,
+                                          evaluate=every)
+            steps.append(replace(record, implicit=True))
+        if not steps[-1].metrics.evaluated:  # the final model is always evaluated
+            steps[-1] = replace(steps[-1], metrics=self.measurer.metrics(artifact))
+        return artifact, steps
 
     def _preflight(self, source: art.Artifact) -> int | None:
         """Input mistakes (shapes, classes, NaN weights) are exit 2 before any pass runs.
@@ -250,17 +264,23 @@ class _Runner:
 
     def _baseline(self, source: art.Artifact) -> Baseline:
         """The input model in torch, and as an fp32 ONNX in onnxruntime (the reference for ratios),
-        written as this recipe writes its final file: optimized unless `optimize: false`."""
+        written as this recipe writes its final file: optimized unless `optimize: false`.
+
+        Under ``evaluation.steps: final`` the torch model's accuracy is not evaluated: the export's
+        parity check has tied its logits to the ONNX file's, whose accuracy is then the reference
+        (the same number in every run measured here, at a third of the cost or less)."""
         self.ui.log("measuring the baseline")
         export = PassStep(name="export", config=self.registry.get("export").Config())
+        measure = self.measurer.metrics if self.recipe.evaluation.steps == "all" else self.measurer.stats
         if not self.recipe.optimize:
-            onnx_artifact, record = self._step(-1, export, source, baseline_model=source, label="baseline")
-            return Baseline(torch=self.measurer.metrics(source), onnx=record.metrics, export=record.details,
+            onnx_artifact, record = self._step(-1, export, source, baseline_model=source, label="baseline",
+                                               evaluate=True)
+            return Baseline(torch=measure(source), onnx=record.metrics, export=record.details,
                             onnx_artifact=onnx_artifact)
         exported, meta, _, _ = self._produce(-1, export, source, baseline_model=source, label="baseline")
         onnx_artifact, record = self._step(-1, self._optimize_step(), exported, baseline_model=source,
-                                           label="baseline")
-        return Baseline(torch=self.measurer.metrics(source), onnx=record.metrics, export=meta["details"],
+                                           label="baseline", evaluate=True)
+        return Baseline(torch=measure(source), onnx=record.metrics, export=meta["details"],
                         optimize=record.details, onnx_artifact=onnx_artifact)
 
     def _optimize_step(self) -> PassStep:
@@ -271,10 +291,11 @@ class _Runner:
         return PassStep(name="optimize", config=self.registry.get("optimize").Config())
 
     def _step(self, index: int, step: PassStep, parent: art.Artifact, *, baseline_model: art.Artifact,
-              label: str | None = None) -> tuple[art.Artifact, StepRecord]:
+              evaluate: bool, label: str | None = None) -> tuple[art.Artifact, StepRecord]:
         artifact, meta, key, cached = self._produce(index, step, parent, baseline_model=baseline_model, label=label)
+        metrics = self.measurer.metrics(artifact) if evaluate else self.measurer.stats(artifact)
         record = StepRecord(index, step.name, step.params(), key, cached, artifact.kind, meta["wall_time_s"],
-                            meta["details"], self.measurer.metrics(artifact))
+                            meta["details"], metrics)
         return artifact, record
 
     def _produce(self, index: int, step: PassStep, parent: art.Artifact, *, baseline_model: art.Artifact,

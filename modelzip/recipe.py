@@ -149,8 +149,25 @@ class Evaluation(Section):
     latency: bool = Field(True, description="measure ORT latency of the baseline and final ONNX")
     warmup: int = Field(10, ge=0, le=10_000, description="runs discarded before timing")
     repeats: int = Field(
-        200, ge=3, le=100_000, description="timed runs per model at batch 1 (fewer at large batches: ~3 s cap; "
-                                   "more, up to 2,000, for models so fast that 200 runs last under 0.1 s)")
+        200, ge=3, le=100_000, description="the most timed runs per model at batch 1 (fewer at large batches: "
+                                   "~3 s cap; more, up to 2,000, for models so fast that 200 runs last under "
+                                   "0.1 s); timing stops sooner once the speedup's interval is within "
+                                   "latency_tolerance")
+    # 0.02: the speedup known to +-2%, finer than the 3% margin of the faster/SLOWER verdict.
+    latency_tolerance: float = Field(
+        0.02, ge=0, le=0.5, description="stop timing a pair once the speedup's 95% interval lies within "
+                                        "+-this fraction of it (after at least 0.1 s and 20 runs per model); "
+                                        "0: always make the planned runs")
+    # final: the input model's accuracy is measured once, on its parity-checked fp32 ONNX export
+    # (torch's was the same number on every bench model: 0.9117, 0.9189, 0.8279), and the final model's.
+    steps: Literal["final", "all"] = Field(
+        "final", description="which accuracies are evaluated: final = the input model (as its fp32 ONNX "
+                             "export) and the final model; all = also the input model in torch and every "
+                             "step; parameters, MACs and sizes are recorded after every step either way")
+
+    def timing_settings(self) -> dict[str, Any]:
+        """What latency measurements depend on (for cache keys): everything but ``steps``."""
+        return self.model_dump(mode="json", exclude={"steps"})
 
 
 class PassStep(Section):

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from modelzip.atomic import write_text
-from modelzip.evaluation.latency import EQUIVALENCE_MARGIN
-from modelzip.evaluation.records import Finding, LatencyResult
+from modelzip.evaluation.latency import EQUIVALENCE_MARGIN, MIN_SPAN, REPEATS, TIGHT, TIME_CAP
+from modelzip.evaluation.records import Finding, LatencyResult, Unchecked
 
 
 def write_report(out: Path, report: dict[str, Any], charts=None) -> None:
@@ -44,7 +44,9 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     base = report["baseline"]
     optimized = base.get("optimize")  # absent from a report.json written before the optimize step
-    rows.append(_row("input model", base["torch"], None, cached=False, note=""))
+    reference = ("the accuracy reference is the fp32 ONNX below (the export's parity check ties the two)"
+                 if base.get("accuracy_reference") == "onnx" else "")
+    rows.append(_row("input model", base["torch"], None, cached=False, note=reference))
     rows.append(_row("baseline fp32 ONNX", base["onnx"], None, cached=False,
                      note=f"optimized as the final file: {optimized['summary']}" if optimized else ""))
     for step in report["steps"]:
@@ -54,11 +56,19 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+NOT_EVALUATED = "not evaluated (evaluation.steps: final)"
+
+
 def _row(label: str, m: dict[str, Any], wall: float | None, *, cached: bool, note: str) -> list[str]:
     params = f"{_count(m['params_nonzero'])} / {_count(m['params_total'])}"
     time_s = "" if wall is None else f"{wall:.1f}s" + (" (cached)" if cached else "")
-    return [label, m["accuracy_backend"], _pct(m["accuracy"]), params, _count(m["macs"]),
-            _mb(m["size_bytes"]), time_s, note]
+    accuracy = NOT_EVALUATED if m["accuracy"] is None else _pct(m["accuracy"])
+    return [label, m["accuracy_backend"], accuracy, params, _count(m["macs"]), _mb(m["size_bytes"]), time_s, note]
+
+
+STEPS_NOTE = ("Accuracy was evaluated for the input model (as its fp32 ONNX export) and the final model only "
+              "(`evaluation.steps: final`); `--set evaluation.steps=all` evaluates every step, reusing the "
+              "cached steps.")
 
 
 SUMMARY_HEADER = ["artifact", "backend", "accuracy", "params non-zero / total", "MACs", "size", "pass time",
@@ -75,9 +85,15 @@ def latency_rows(report: dict[str, Any]) -> list[list[str]]:
             rows.append([f"batch {pair.batch}", "same file as the final model", final_ms,
                          "1.00x same model (byte-identical, measured once)", "-"])
             continue
+        stopped = f" ({STOPPED[pair.stopped]})" if pair.stopped in STOPPED else ""
         rows.append([f"batch {pair.batch}", f"{b.median_ms:.3f} / {b.p90_ms:.3f}", final_ms,
-                     f"{pair.ratio:.2f}x ({pair.ci_low:.2f}-{pair.ci_high:.2f}) {pair.verdict}", str(pair.pairs)])
+                     f"{pair.ratio:.2f}x ({pair.ci_low:.2f}-{pair.ci_high:.2f}) {pair.verdict}",
+                     f"{pair.pairs}{stopped}"])
     return rows
+
+
+# Why timing stopped (latency.STOP_REASONS), as report.md says it.
+STOPPED = {TIGHT: "interval tight", REPEATS: "all repeats", TIME_CAP: "~3 s cap", MIN_SPAN: "0.1 s floor"}
 
 
 def _latency(report: dict[str, Any]) -> LatencyResult:
@@ -86,10 +102,19 @@ def _latency(report: dict[str, Any]) -> LatencyResult:
 
 
 LATENCY_HEADER = ["batch", "baseline ms (median / p90)", "final ms (median / p90)",
-                  "speedup (95% interval), verdict", "paired runs"]
+                  "speedup (95% interval), verdict", "paired runs (stopped by)"]
 LATENCY_NOTE = (f"Speedup = baseline median / final median. The verdict says faster or SLOWER only when the "
                 f"whole 95% interval (bootstrap over the interleaved rounds) lies beyond "
                 f"{EQUIVALENCE_MARGIN:.2f}x or 1/{EQUIVALENCE_MARGIN:.2f}x; else within noise.")
+
+
+def _latency_note(report: dict[str, Any]) -> str:
+    tolerance = report.get("evaluation", {}).get("latency_tolerance")
+    if not tolerance:
+        return LATENCY_NOTE
+    return (f"{LATENCY_NOTE} Timing stops early once the interval lies within ±{100 * tolerance:g}% of the "
+            "speedup (`evaluation.latency_tolerance`), else after `evaluation.repeats` runs, fewer where they "
+            "would pass ~3 s, more where they would not fill 0.1 s.")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -110,18 +135,22 @@ def render_markdown(report: dict[str, Any]) -> str:
            if "speedup" in ratios else ""),
         "## Steps", _table(SUMMARY_HEADER, summary_rows(report)),
     ]
+    if report.get("evaluation", {}).get("steps") == "final":
+        parts.append(STEPS_NOTE)
     parts += _step_tables(report)
     if final.get("latency"):
         cached = " (cached from an earlier run; --no-cache measures again)" if final["latency"].get("cached") else ""
         parts += ["## Latency (onnxruntime CPU, "
                   f"{final['threads']} threads, baseline = fp32 ONNX of the input model){cached}",
-                  _table(LATENCY_HEADER, latency_rows(report)), LATENCY_NOTE]
+                  _table(LATENCY_HEADER, latency_rows(report)), _latency_note(report)]
     if report["gates"]:
         gate_rows = [[g["name"], "pass" if g["passed"] else "**FAIL**",
                       "n/a" if g["got"] is None else f"{g['got']:.4g}", g["expected"]] for g in report["gates"]]
         parts += ["## Gates", _table(["gate", "result", "got", "expected"], gate_rows)]
     if report.get("warnings"):  # absent from a report.json written before warnings existed
         parts += ["## Warnings", "\n".join(f"- {Finding.from_json(w).format()}" for w in report["warnings"])]
+    if report.get("unchecked"):
+        parts += ["## Not checked", "\n".join(f"- {Unchecked.from_json(u).format()}" for u in report["unchecked"])]
     parts += ["## Environment", _environment_line(env),
               f"Parity of the baseline export: max |diff| "
               f"{report['baseline']['export']['parity']['max_abs_diff']:.2e} "

@@ -4,7 +4,8 @@ called faster or SLOWER.
 Exports the zoo's Fashion-MNIST CNN (random weights: latency does not care) to ONNX, saves a
 second copy that differs only in its doc_string, then runs N comparisons (default 20) of the
 two at batch 1 and 256 exactly as `modelzip run` measures baseline vs final: interleaved
-rounds (modelzip.evaluation.latency.measure_latency), then the bootstrap interval and verdict
+rounds (modelzip.evaluation.latency.measure_latency), stopped early once the interval is within
+--tolerance (as evaluation.latency_tolerance), then the bootstrap interval and verdict
 (modelzip.evaluation.latency.compare_latency). First, a control: a byte-identical copy must be "same
 model" (measured once). Issue #11 asks for at least 19 of 20 honest verdicts per
 batch on a shared 2-core machine. Exits 1 when fewer than 95% are.
@@ -31,6 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 256])
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: all cores)")
     parser.add_argument("--repeats", type=int, default=200, help="as evaluation.repeats (capped at ~3 s)")
+    parser.add_argument("--tolerance", type=float, default=0.02,
+                        help="as evaluation.latency_tolerance: stop once the interval is this tight (0: never)")
     parser.add_argument("--save-times", type=Path, help="write every run's raw times (ns) here, as JSON")
     return parser.parse_args(argv)
 
@@ -76,14 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(args.runs):
             for batch in args.batches:
                 base, final, result = compare_latency(first, second, INPUT_SHAPE, batch, threads=threads,
-                                                      repeats=args.repeats, seed=run)
+                                                      repeats=args.repeats, seed=run, tolerance=args.tolerance)
                 verdicts[batch][result.verdict] += 1
                 raw.append({"run": run, "batch": batch, "baseline_ns": list(base.times_ns),
                             "final_ns": list(final.times_ns), "slots": list(base.slots),
                             "ratio": result.ratio, "ci_low": result.ci_low,
-                            "ci_high": result.ci_high, "verdict": result.verdict})
+                            "ci_high": result.ci_high, "verdict": result.verdict, "stopped": base.stopped})
                 print(f"run {run + 1:2d} batch {batch:3d}: {result.ratio:.3f}x "
-                      f"({result.ci_low:.3f}-{result.ci_high:.3f}) over {result.pairs} paired runs, "
+                      f"({result.ci_low:.3f}-{result.ci_high:.3f}) over {result.pairs} paired runs "
+                      f"(stopped: {base.stopped}), "
                       f"{base.median_ms:.3f} vs {final.median_ms:.3f} ms -> {result.verdict}", flush=True)
     wall = time.perf_counter() - started
     honest_everywhere = all(verdict == SAME_MODEL for verdict in controls)

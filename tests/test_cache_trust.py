@@ -79,11 +79,12 @@ def test_eval_only_settings_remeasure_without_retraining(tmp_path):
     first = _run(recipe)
     fewer = _run(recipe, "data.limit_eval=30")
     assert _finetune(fewer)["cached"]  # training never saw the eval split
-    assert fewer["baseline"]["torch"]["eval_samples"] == 30 != first["baseline"]["torch"]["eval_samples"]
+    assert fewer["baseline"]["onnx"]["eval_samples"] == 30 != first["baseline"]["onnx"]["eval_samples"]
+    assert fewer["final"]["eval_samples"] == 30
     labels = np.arange(60) % 10
     write_idx(tmp_path / "data" / "t10k-labels-idx1-ubyte", (labels + 1) % 10)  # eval labels change
     relabelled = _run(recipe)
-    assert relabelled["baseline"]["torch"]["accuracy"] != first["baseline"]["torch"]["accuracy"]
+    assert relabelled["baseline"]["onnx"]["accuracy"] != first["baseline"]["onnx"]["accuracy"]
 
 
 TINY = synthetic_recipe("  - finetune: {epochs: 1, augment: none}\n  - export: {}\n", checkpoint="tiny.pt",

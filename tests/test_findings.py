@@ -71,7 +71,80 @@ def test_a_layer_recorded_entirely_zero_is_named() -> None:
 def test_each_step_is_compared_with_the_one_before_it() -> None:
     steps = [step("finetune", 0.95, index=0), step("prune", 0.25, index=1), step("export", 0.25, index=2)]
     found = find_problems(metrics(0.90), steps, num_classes=4)
-    assert [(f.step, f.kind) for f in found] == [(1, "at_chance")]
+    assert [(f.step, f.kind) for f in found.warnings] == [(1, "at_chance")] and found.unchecked == ()
+
+
+# ---------------------------------------------------------------- evaluation.steps: final
+
+
+def unevaluated(name: str, *, index: int, details=None) -> StepRecord:
+    """A step under evaluation.steps: final: parameters and sizes, no accuracy."""
+    stats = Metrics(None, "torch", None, 1000, 500, 5000, 4000)
+    return StepRecord(index, name, {}, "k", False, "torch", 0.1, details or {}, stats)
+
+
+def bn(accuracy_after: float, kept: str = "recalibrated") -> dict:
+    """prune's and lowrank's record of BatchNorm recalibration (passes/_bn.py)."""
+    return {"bn_recalibration": {"accuracy_images": 2000, "accuracy_before": 0.5, "accuracy_after": accuracy_after,
+                                 "kept": kept}}
+
+
+def test_finetune_is_compared_on_validation_with_what_the_pass_before_it_measured() -> None:
+    steps = [unevaluated("prune", index=0, details=bn(0.85)),
+             unevaluated("finetune", index=1, details={"best_val_accuracy": 0.80}), step("export", 0.80, index=2)]
+    review = find_problems(metrics(0.90, "onnxruntime"), steps, num_classes=10)
+    [found] = review.warnings
+    assert (found.step, found.kind) == (1, "finetune_no_gain")
+    assert found.message == "finetune ended at 80.0%, below its input's 85.0% (validation)"
+    assert review.unchecked == ()  # both accuracies were measured by the passes
+    # 84% vs 85% on 2,000 images is within twice the standard error (1.6 pp): no warning
+    steps[1] = unevaluated("finetune", index=1, details={"best_val_accuracy": 0.84})
+    assert find_problems(metrics(0.90, "onnxruntime"), steps, 10).warnings == ()
+    # recalibrated statistics that validated worse were not kept: the model finetune got validated
+    # at accuracy_before (50%), which 84% is well above
+    steps[0] = unevaluated("prune", index=0, details=bn(0.99, kept="previous"))
+    assert find_problems(metrics(0.90, "onnxruntime"), steps, 10).warnings == ()
+
+
+def test_what_cannot_be_decided_is_listed_not_dropped() -> None:
+    steps = [unevaluated("finetune", index=0, details={"best_val_accuracy": 0.9}),
+             unevaluated("custom", index=1), unevaluated("export", index=2), step("quantize", 0.88, index=3)]
+    review = find_problems(metrics(0.90, "onnxruntime"), steps, num_classes=10)
+    assert review.warnings == ()
+    # finetune: its own validation accuracy, but its input's only on the eval split; custom: nothing;
+    # an unevaluated export is left out (its parity check ties it to its input)
+    assert [(u.step, u.pass_name, u.kinds) for u in review.unchecked] == [
+        (0, "finetune", ("finetune_no_gain",)), (1, "custom", ("at_chance",))]
+    assert review.unchecked[1].format().startswith("passes[1].custom: at_chance not checked: its accuracy was "
+                                                    "not evaluated (evaluation.steps: final)")
+    assert "--set evaluation.steps=all" in review.unchecked[0].reason
+    assert find_problems(metrics(0.9), steps, num_classes=None).unchecked[1:] == ()  # no classes: no chance check
+
+
+def test_a_step_followed_only_by_exports_has_the_accuracy_they_measured() -> None:
+    steps = [unevaluated("custom", index=0), unevaluated("export", index=1), step("export", 0.1, index=2)]
+    review = find_problems(metrics(0.90, "onnxruntime"), steps, num_classes=10)
+    assert [(f.step, f.pass_name, f.kind) for f in review.warnings] == [(0, "custom", "at_chance")]
+    assert review.unchecked == ()
+
+
+def test_at_chance_uses_the_validation_accuracy_a_pass_recorded() -> None:
+    steps = [unevaluated("prune", index=0, details=bn(0.11)), step("export", 0.11, index=1)]
+    [found] = find_problems(metrics(0.90, "onnxruntime"), steps, num_classes=10).warnings
+    assert (found.step, found.pass_name) == (0, "prune")  # where it fell, not the final model
+    assert found.message.startswith("validation accuracy (measured by the pass) 11.0% is at chance")
+    assert "lower sparsity" in found.fix
+
+
+def test_at_chance_on_the_final_model_names_the_steps_that_were_not_evaluated() -> None:
+    steps = [unevaluated("lowrank", index=0), unevaluated("custom", index=1), step("quantize", 0.1, index=2)]
+    [found] = find_problems(metrics(0.90, "onnxruntime"), steps, num_classes=10).warnings
+    assert (found.step, found.kind) == (2, "at_chance")
+    assert found.message == ("accuracy 10.0% is at chance (10 classes); the last accuracy known before it, of the "
+                             "input model, was 90.0%, and passes[0].lowrank, passes[1].custom between were not "
+                             "evaluated (evaluation.steps: final)")
+    assert found.fix.startswith("`--set evaluation.steps=all` shows which step lost it")
+    assert "exclude" in found.fix  # and what to try if it was quantize
 
 
 class ZeroConfig(PassConfig):
@@ -93,19 +166,25 @@ class ZeroPass(Pass):
         return artifact.evolve(module=module)
 
 
-def test_a_run_whose_pass_zeroes_the_model_warns_in_both_reports(tiny_checkpoint, recipe_file, capsys) -> None:
-    from modelzip.cli import _print_run
-
+def _zeroed_run(recipe_file, steps: str):
     registry = PassRegistry.from_entry_points()
     registry.register(ZeroPass)
     # 3 epochs learn the synthetic bands (4 classes, chance 25%); then every weight goes.
     passes = "  - finetune: {epochs: 3, lr: 0.05, augment: none}\n  - zero: {}\n  - export: {}"
-    path = recipe_file(synthetic_recipe(passes, checkpoint="tiny.pt", evaluation="{latency: false}"))
-    result = run_recipe(load_recipe(path, registry=registry), RunOptions(registry=registry))
+    evaluation = f"{{latency: false, steps: {steps}}}"
+    path = recipe_file(synthetic_recipe(passes, checkpoint="tiny.pt", evaluation=evaluation))
+    return run_recipe(load_recipe(path, registry=registry), RunOptions(registry=registry))
+
+
+def test_a_run_whose_pass_zeroes_the_model_warns_in_both_reports(tiny_checkpoint, recipe_file, capsys) -> None:
+    from modelzip.cli import _print_run
+
+    result = _zeroed_run(recipe_file, "all")
     assert result.report["steps"][0]["metrics"]["accuracy"] > 0.5
     assert [(w.step, w.pass_name, w.kind) for w in result.record.warnings] == [(1, "zero", "at_chance")]
     report = json.loads((result.output_dir / "report.json").read_text())
     assert [Finding.from_json(w) for w in report["warnings"]] == list(result.record.warnings)
+    assert report["unchecked"] == [] and report["evaluation"]["steps"] == "all"
     assert result.report["status"] == "passed"  # a warning is not a failure
     markdown = (result.output_dir / "report.md").read_text()
     assert f"## Warnings\n\n- {result.record.warnings[0].format()}\n" in markdown
@@ -113,3 +192,22 @@ def test_a_run_whose_pass_zeroes_the_model_warns_in_both_reports(tiny_checkpoint
     assert "## Warnings" not in render_markdown({**report, "warnings": []})
     _print_run(result, quiet=True)
     assert f"warning: {result.record.warnings[0].format()}" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_with_final_steps_only_the_same_warning_comes_from_the_final_model(tiny_checkpoint, recipe_file) -> None:
+    """evaluation.steps: final: the zero step has no accuracy of its own, but only an export follows
+    it, so the final model's accuracy is its accuracy: the warning lands where it did with steps: all.
+    What could not be decided (finetune measured validation, its input was measured on eval) is listed."""
+    result = _zeroed_run(recipe_file, "final")
+    steps = result.report["steps"]
+    assert steps[0]["metrics"]["accuracy"] is None and steps[0]["details"]["best_val_accuracy"] > 0.5
+    assert steps[1]["metrics"]["accuracy"] is None and steps[1]["metrics"]["params_nonzero"] == 0
+    assert steps[2]["metrics"]["accuracy"] <= 0.375  # the final model: always evaluated
+    [warning] = result.record.warnings
+    assert (warning.step, warning.pass_name, warning.kind) == (1, "zero", "at_chance")
+    assert "is at chance (4 classes; its input had " in warning.message
+    assert [(u.step, u.pass_name, u.kinds) for u in result.record.unchecked] == [
+        (0, "finetune", ("finetune_no_gain",))]
+    markdown = (result.output_dir / "report.md").read_text()
+    assert "| not evaluated (evaluation.steps: final) |" in markdown
+    assert f"## Not checked\n\n- {result.record.unchecked[0].format()}\n" in markdown

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from modelzip import Pass, PassConfig, PassError, load_recipe, run_recipe
+from modelzip.console import SilentUI
 from modelzip.errors import InputError
 from modelzip.pipeline import RunOptions
 from modelzip.registry import PassRegistry
@@ -23,21 +24,31 @@ def tiny_recipe(tiny_checkpoint, recipe_file):
     return recipe_file(TINY)
 
 
-def test_export_recipe_writes_artifacts_and_report(tiny_recipe):
-    result = run_recipe(load_recipe(tiny_recipe))
+@pytest.mark.parametrize("steps", ["final", "all"])
+def test_export_recipe_writes_artifacts_and_report(tiny_recipe, steps):
+    result = run_recipe(load_recipe(tiny_recipe, [f"evaluation.steps={steps}"]))
     out = result.output_dir
     for name in ("model.onnx", "report.json", "report.md", "recipe.resolved.yaml"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
     assert report["schema"] == "modelzip.report/1" and report["status"] == "passed"
+    final = report["final"]
     step = report["steps"][0]
     assert step["pass"] == "export" and step["kind"] == "onnx" and not step["cached"]
     parity = step["details"]["parity"]
     assert parity["max_abs_diff"] <= parity["atol"] + 1e-3 and parity["top1_agreement"] == 1.0
     # Export changes nothing: same accuracy in ORT as in torch, same MACs.
-    assert step["metrics"]["accuracy"] == pytest.approx(report["baseline"]["torch"]["accuracy"], abs=1e-9)
+    torch_accuracy = report["baseline"]["torch"]["accuracy"]
+    if steps == "all":
+        assert step["metrics"]["accuracy"] == pytest.approx(torch_accuracy, abs=1e-9)
+        assert report["baseline"]["accuracy_reference"] == "torch"
+    else:  # the torch model is not evaluated: its parity-checked fp32 ONNX export is the reference
+        assert torch_accuracy is None and report["baseline"]["torch"]["eval_samples"] is None
+        assert report["baseline"]["accuracy_reference"] == "onnx"
+        assert step["metrics"]["accuracy"] == report["baseline"]["onnx"]["accuracy"]
+        assert final["ratios"]["accuracy_delta"] == 0.0
     assert step["metrics"]["macs"] == report["baseline"]["torch"]["macs"]
-    final = report["final"]
+    assert report["evaluation"]["steps"] == steps
     assert final["ratios"]["size"] == pytest.approx(1.0)  # the baseline export is this very step
     assert set(final["latency"]) == {"batch_1", "batch_64", "cached"} and not final["latency"]["cached"]
     assert final["latency"]["batch_1"]["final"]["median_ms"] > 0
@@ -174,7 +185,8 @@ def test_user_module_beside_recipe_runs_from_cli(tmp_path, recipe_file):
         sys.modules.pop("mymodels", None)
     body = TINY.replace("modelzip.zoo:tiny_cnn", "mymodels:build").replace("{num_classes: 4}", "{}")
     path = recipe_file(body.replace("tiny.pt", "user.pt"))
-    result = subprocess.run([sys.executable, "-m", "modelzip", "run", str(path), "--quiet"],
+    result = subprocess.run([sys.executable, "-m", "modelzip", "run", str(path), "--quiet",
+                             "--set", "evaluation.steps=all"],
                             capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -217,7 +229,7 @@ def test_cli_exit_codes_for_gate_and_pass_failures(tiny_recipe, tmp_path):
 
 def test_export_after_onnx_is_a_checked_passthrough(tiny_recipe):
     _with_passes(tiny_recipe, "  - export: {}\n  - export: {opset: 19}\n")
-    result = run_recipe(load_recipe(tiny_recipe))
+    result = run_recipe(load_recipe(tiny_recipe, ["evaluation.steps=all"]))
     second = result.report["steps"][1]
     assert second["details"]["passthrough"] is True
     assert second["metrics"]["accuracy"] == result.report["steps"][0]["metrics"]["accuracy"]
@@ -265,3 +277,50 @@ def test_a_final_optimize_pass_is_not_repeated_and_sets_the_baselines(tiny_recip
         ("export", False), ("optimize", False)]
     assert report["final"]["name_map"] is None and report["baseline"]["optimize"]["names_shortened"] is None
     assert report["final"]["ratios"]["size"] == 1.0
+
+class CountingUI(SilentUI):
+    """Records what the pipeline measured (the descriptions of its progress bars)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tracked: list[str] = []
+
+    def track(self, total, description):
+        self.tracked.append(description)
+        return super().track(total, description)
+
+
+@pytest.mark.parametrize("steps", ["final", "all"])
+def test_evaluation_steps_decides_which_accuracies_are_measured(tiny_recipe, steps):
+    """final: the baseline ONNX and the final model only (the torch input model and the first export are
+    not evaluated; the cheap statistics are still recorded for every step); all: every artifact once."""
+    _with_passes(tiny_recipe, "  - export: {}\n  - export: {opset: 19}\n")
+    ui = CountingUI()
+    result = run_recipe(load_recipe(tiny_recipe, [f"evaluation.steps={steps}", "evaluation.latency=false"]),
+                        RunOptions(ui=ui))
+    accuracies = sorted(d for d in ui.tracked if d.startswith("accuracy"))
+    report = result.report
+    if steps == "final":
+        # the baseline export, the final passthrough: two ONNX files; step 0 is the baseline's very file
+        assert accuracies == ["accuracy (onnxruntime, 128 images)"] * 2
+        assert report["steps"][0]["metrics"]["accuracy"] is None
+    else:
+        assert accuracies == ["accuracy (onnxruntime, 128 images)"] * 2 + ["accuracy (torch, 128 images)"]
+        assert report["steps"][0]["metrics"]["accuracy"] == report["baseline"]["onnx"]["accuracy"]
+    for step in report["steps"]:
+        assert step["metrics"]["macs"] > 0 and step["metrics"]["zip_bytes"] > 0
+    assert report["final"]["accuracy"] == report["steps"][1]["metrics"]["accuracy"] is not None
+
+
+def test_a_quantize_only_run_times_its_pair_once(tiny_recipe):
+    """quantize times int8 against the float export of its torch input, which is the baseline export's
+    file: the final latency is that measurement, not a second one."""
+    _with_passes(tiny_recipe, "  - quantize: {}\n")
+    ui = CountingUI()
+    result = run_recipe(load_recipe(tiny_recipe), RunOptions(ui=ui))
+    timed = result.report["steps"][0]["details"]["latency"]
+    final = result.report["final"]["latency"]
+    for batch in ("batch_1", "batch_64"):
+        assert final[batch] == timed[batch] and final[batch]["stopped"] in ("tight", "repeats", "time_cap",
+                                                                            "min_span")
+    assert final["cached"] is False

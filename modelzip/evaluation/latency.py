@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,22 @@ TURN_S = 0.005
 # directions from one comparison to the next. With three slots of sessions the bootstrap
 # (compare_times) can draw slots and the interval covers that spread.
 SESSIONS = 3
+# Early stop (compare_latency with a tolerance): after the floor above (MIN_TIMED_S, every slot
+# of sessions visited, and at least MIN_STOP_RUNS runs so the bootstrap has rounds to draw), the
+# speedup's interval is recomputed each time the runs grow by CHECK_GROWTH (a handful of checks,
+# CHECK_RESAMPLES resamples each: a few ms), and timing stops once its half-width is within the
+# tolerance of the ratio. The stop looks only at the interval's width, never at where it lies, so
+# it cannot steer the verdict (stopping once "faster" shows would be a sequential test).
+MIN_STOP_RUNS = 20
+CHECK_GROWTH = 1.25
+CHECK_RESAMPLES = 500
+# Why timing ended (Latency.stopped, report.json's latency "stopped"): the interval was tight;
+# or the planned runs were all made, the plan being `repeats`, fewer where the ~3 s budget capped
+# them, or more where they had to span MIN_TIMED_S.
+TIGHT, REPEATS, TIME_CAP, MIN_SPAN = "tight", "repeats", "time_cap", "min_span"
+STOP_REASONS = (TIGHT, REPEATS, TIME_CAP, MIN_SPAN)
+# (times of each model so far, slot of each run) -> stop now?
+StopRule = Callable[[Mapping[str, Sequence[int]], Sequence[int]], bool]
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,7 @@ class Latency:
     # ran in the same round, back to back, so they pair up (see compare_times).
     times_ns: tuple[int, ...] = field(default=(), repr=False, compare=False)
     slots: tuple[int, ...] = field(default=(), repr=False, compare=False)  # session slot of each run
+    stopped: str = REPEATS  # why timing ended: one of STOP_REASONS
 
 
 def measure_latency(
@@ -69,6 +88,7 @@ def measure_latency(
     seed: int = 0,
     min_timed_s: float = 0.0,
     sessions: int = 1,
+    stop: StopRule | None = None,
 ) -> dict[str, Latency]:
     """Latency of each ONNX model in ``paths`` at ``batch``, measured interleaved.
 
@@ -86,21 +106,28 @@ def measure_latency(
     estimate, but never below MIN_TIMED_RUNS (5) unless ``repeats`` is smaller,
     and raised (up to MAX_SPAN_RUNS) so that they take at least ``min_timed_s``.
     Models that take turns get ``sessions`` sessions each, used by rounds in
-    rotation (``Latency.slots`` says which run came from which).
+    rotation (``Latency.slots`` says which run came from which). ``stop``, asked
+    at checkpoints once the runs span ``min_timed_s``, every slot and
+    MIN_STOP_RUNS, ends the timing early when it answers True
+    (``Latency.stopped`` says why timing ended).
     """
     _check_latency_args(batch, warmup, repeats)
     threads = threads or runtime.default_threads()
     first = {name: runtime.ort_session(path, threads=threads) for name, path in paths.items()}
     feeds = {name: _random_feed(session, input_shape, batch, seed) for name, session in first.items()}
     estimate_ns = _warm_up(first, feeds, max(warmup, 1))
-    runs = _timed_runs(repeats, max(estimate_ns.values(), default=0), min_timed_s)
+    slowest_ns = max(estimate_ns.values(), default=0)
+    runs, planned = _timed_runs(repeats, slowest_ns, min_timed_s)
     per_turn = _runs_per_turn(runs, min(estimate_ns.values(), default=0), len(first))
     slots = [first]
     for _ in range(sessions - 1 if per_turn > 1 else 0):
         slots.append({name: runtime.ort_session(path, threads=threads) for name, path in paths.items()})
         _warm_up(slots[-1], feeds, max(warmup, 1))
-    times_ns, slot_of_run = _time_round_robin(slots, feeds, runs, per_turn)
-    return {name: _summarise(times, batch, threads, slot_of_run) for name, times in times_ns.items()}
+    first_check = max(_spanning(slowest_ns, min_timed_s), MIN_STOP_RUNS, 2 * len(slots) * per_turn)
+    times_ns, slot_of_run, tight = _time_round_robin(slots, feeds, runs, per_turn,
+                                                     stop=stop, first_check=first_check)
+    return {name: _summarise(times, batch, threads, slot_of_run, TIGHT if tight else planned)
+            for name, times in times_ns.items()}
 
 
 def _check_latency_args(batch: int, warmup: int, repeats: int) -> None:
@@ -142,10 +169,19 @@ def _warm_up(sessions: Mapping[str, Any], feeds: Mapping[str, dict], warmup: int
     return {name: int(statistics.median(times)) for name, times in warm_ns.items()}
 
 
-def _timed_runs(repeats: int, slowest_run_ns: int, min_timed_s: float = 0.0) -> int:
+def _timed_runs(repeats: int, slowest_run_ns: int, min_timed_s: float = 0.0) -> tuple[int, str]:
+    """The most timed runs per model, and what set that number (REPEATS, TIME_CAP or MIN_SPAN)."""
     affordable = math.floor(LATENCY_BUDGET_S * 1e9 / max(slowest_run_ns, 1))
-    spanning = min(MAX_SPAN_RUNS, math.ceil(min_timed_s * 1e9 / max(slowest_run_ns, 1)))
-    return max(min(repeats, max(MIN_TIMED_RUNS, affordable)), spanning)
+    capped = min(repeats, max(MIN_TIMED_RUNS, affordable))
+    spanning = _spanning(slowest_run_ns, min_timed_s)
+    if spanning > capped:
+        return spanning, MIN_SPAN
+    return capped, REPEATS if capped == repeats else TIME_CAP
+
+
+def _spanning(slowest_run_ns: int, min_timed_s: float) -> int:
+    """Runs that last at least ``min_timed_s`` (at most MAX_SPAN_RUNS)."""
+    return min(MAX_SPAN_RUNS, math.ceil(min_timed_s * 1e9 / max(slowest_run_ns, 1)))
 
 
 def _runs_per_turn(runs: int, fastest_run_ns: int, models: int) -> int:
@@ -156,15 +192,19 @@ def _runs_per_turn(runs: int, fastest_run_ns: int, models: int) -> int:
 
 
 def _time_round_robin(
-    slots: list[Mapping[str, Any]], feeds: Mapping[str, dict], runs: int, per_turn: int = 1
-) -> tuple[dict[str, list[int]], list[int]]:
+    slots: list[Mapping[str, Any]], feeds: Mapping[str, dict], runs: int, per_turn: int = 1, *,
+    stop: StopRule | None = None, first_check: int = 0,
+) -> tuple[dict[str, list[int]], list[int], bool]:
     """``runs`` timed runs of each model: every round gives each model one turn of up to
     ``per_turn`` runs, the first model rotating, on the round's slot of sessions. A turn of
     several runs starts with one untimed run, which wakes the session's threads again after
-    the other model's turn. Returns the times and each run's slot."""
+    the other model's turn. After a round that brings the runs to ``first_check`` and then to
+    CHECK_GROWTH times the last check, ``stop`` may end the timing. Returns the times, each
+    run's slot, and whether ``stop`` ended it before ``runs``."""
     names = list(slots[0])
     times: dict[str, list[int]] = {name: [] for name in names}
     slot_of_run: list[int] = []
+    check_at = max(first_check, 1)
     for round_index in range(math.ceil(runs / per_turn)):
         # Rotate who goes first so no model always runs right after the same other one.
         shift = round_index % len(names) if names else 0
@@ -178,10 +218,15 @@ def _time_round_robin(
                 sessions[name].run(None, feeds[name])
                 times[name].append(time.perf_counter_ns() - start)
         slot_of_run += [round_index % len(slots)] * count
-    return times, slot_of_run
+        done = len(slot_of_run)
+        if stop is not None and check_at <= done < runs:
+            if stop(times, slot_of_run):
+                return times, slot_of_run, True
+            check_at = math.ceil(done * CHECK_GROWTH)
+    return times, slot_of_run, False
 
 
-def _summarise(times_ns: list[int], batch: int, threads: int, slots: list[int]) -> Latency:
+def _summarise(times_ns: list[int], batch: int, threads: int, slots: list[int], stopped: str) -> Latency:
     ordered = sorted(times_ns)
     return Latency(
         batch=batch,
@@ -192,6 +237,7 @@ def _summarise(times_ns: list[int], batch: int, threads: int, slots: list[int]) 
         threads=threads,
         times_ns=tuple(times_ns),
         slots=tuple(slots),
+        stopped=stopped,
     )
 
 
@@ -309,17 +355,59 @@ def same_file(a: Path, b: Path) -> bool:
 
 def compare_latency(baseline: Path, final: Path, input_shape: tuple[int, ...], batch: int, *,
                     threads: int | None = None, warmup: int = 10, repeats: int = 50, seed: int = 0,
-                    min_timed_s: float = MIN_TIMED_S) -> tuple[Latency, Latency, Comparison]:
+                    min_timed_s: float = MIN_TIMED_S, tolerance: float = 0.0) -> tuple[Latency, Latency, Comparison]:
     """Measure both models interleaved (arguments as measure_latency) and compare them.
 
     A final file byte-identical to the baseline is measured once and called the
     same model: timing one file twice would only measure the machine's noise.
+    ``tolerance`` > 0: stop before ``repeats`` runs once the speedup's 95% interval
+    is within ``tolerance`` of the ratio on either side (interval_within); 0: never.
+    Inside ``timed_once()``, a pair measured before with the same settings is not
+    measured again.
     """
+    threads = threads or runtime.default_threads()
     settings = {"threads": threads, "warmup": warmup, "repeats": repeats, "seed": seed}
+    memo, key = _TIMED.get(), None
+    if memo is not None:
+        key = (file_sha256(baseline), file_sha256(final), tuple(input_shape), batch, min_timed_s, tolerance,
+               *settings.values())
+        if key in memo:
+            return memo[key]
     if same_file(baseline, final):
         measured = measure_latency({"final": final}, input_shape, batch, **settings)["final"]
-        return measured, measured, Comparison(1.0, 1.0, 1.0, 0, SAME_MODEL)
-    measured = measure_latency({"baseline": baseline, "final": final}, input_shape, batch,
-                               min_timed_s=min_timed_s, sessions=SESSIONS, **settings)
-    base, fin = measured["baseline"], measured["final"]
-    return base, fin, compare_times(base.times_ns, fin.times_ns, base.slots, seed=seed)
+        result = measured, measured, Comparison(1.0, 1.0, 1.0, 0, SAME_MODEL)
+    else:
+        stop = None if tolerance <= 0 else (
+            lambda times, slots: interval_within(times["baseline"], times["final"], slots, tolerance, seed=seed))
+        measured = measure_latency({"baseline": baseline, "final": final}, input_shape, batch,
+                                   min_timed_s=min_timed_s, sessions=SESSIONS, stop=stop, **settings)
+        base, fin = measured["baseline"], measured["final"]
+        result = base, fin, compare_times(base.times_ns, fin.times_ns, base.slots, seed=seed)
+    if memo is not None:
+        memo[key] = result
+    return result
+
+
+def interval_within(baseline_ns: Sequence[int], final_ns: Sequence[int], slots: Sequence[int],
+                    tolerance: float, *, seed: int = 0) -> bool:
+    """The speedup's 95% interval (compare_times, CHECK_RESAMPLES resamples) is at most
+    ``tolerance`` x the ratio wide on either side: (ci_high - ci_low) / 2 <= tolerance * ratio."""
+    comparison = compare_times(baseline_ns, final_ns, slots, resamples=CHECK_RESAMPLES, seed=seed)
+    return (comparison.ci_high - comparison.ci_low) / 2 <= tolerance * comparison.ratio
+
+
+# Pairs compare_latency measured inside timed_once(): (file digests, settings) -> its result.
+_TIMED: ContextVar[dict[tuple, tuple[Latency, Latency, Comparison]] | None] = ContextVar("timed", default=None)
+
+
+@contextmanager
+def timed_once() -> Iterator[None]:
+    """Within this block compare_latency times each pair of files once per settings: a second call
+    on byte-identical files returns the first result. The pipeline runs a recipe inside one, so
+    the int8-vs-float timing of a quantize step whose files the final model and the baseline
+    export are (a quantize-only recipe) is not repeated for the final latency."""
+    token = _TIMED.set({})
+    try:
+        yield
+    finally:
+        _TIMED.reset(token)

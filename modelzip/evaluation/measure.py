@@ -1,7 +1,10 @@
 """What the pipeline measures on artifacts: Metrics after each step, latency of the final model.
 
-Metrics are cached per (artifact id, data spec); latency per (both artifacts, settings, CPU),
-baseline and final interleaved so drift cancels. Both are stored as their records' JSON.
+``stats`` are the cheap part of Metrics (parameters, MACs, sizes: a tenth of a second), ``metrics``
+adds accuracy on the eval split (seconds). Stats are cached per artifact id, metrics per (artifact
+id, data spec); latency per (both artifacts, settings, CPU), baseline and final interleaved so
+drift cancels. All are stored as their records' JSON, and kept in memory for the run (so
+``--no-cache`` does not measure one artifact twice).
 """
 from __future__ import annotations
 
@@ -25,46 +28,61 @@ class Measurer:
         self._data_key = data_key  # the eval data's spec and file digests (modelzip.inputs)
         self.ui = ui
         self.threads = recipe.evaluation.threads or default_threads()
+        self._memo: dict[str, Any] = {}  # key -> record, this run
 
     def metrics(self, artifact) -> Metrics:
         """Accuracy on the eval split plus parameters, MACs and size (cached)."""
         key = content_key(artifact=artifact.id, data=self._data_key(), seed=self.recipe.seed, what="metrics")
-        found = _cached(self.cache, key, Metrics.from_json)
-        if found is not None:
-            return found
-        measured = (self._torch_metrics(artifact.loaded()) if artifact.kind == "torch"
-                    else self._onnx_metrics(artifact))
-        self.cache.save_metrics(key, measured.to_json())
-        return measured
+        return self._recalled(key, Metrics.from_json, lambda: self._with_accuracy(artifact))
 
-    def _accuracy(self, evaluate, backend: str) -> dict[str, Any]:
+    def stats(self, artifact) -> Metrics:
+        """Parameters, MACs and size without accuracy (``accuracy`` None; cached)."""
+        key = content_key(artifact=artifact.id, what="stats")
+        return self._recalled(key, Metrics.from_json, lambda: self._stats(artifact))
+
+    def _recalled(self, key: str, from_json, measure):
+        """The record under ``key``: from this run, else the cache, else ``measure()`` (then stored)."""
+        found = self._memo.get(key)
+        if found is None:
+            found = _cached(self.cache, key, from_json)
+        if found is None:
+            found = measure()
+            self.cache.save_metrics(key, found.to_json())
+        self._memo[key] = found
+        return found
+
+    def _with_accuracy(self, artifact) -> Metrics:
+        from modelzip.evaluation.accuracy import onnx_accuracy, torch_accuracy
+
+        stats = self.stats(artifact)
+        if artifact.kind == "torch":
+            module = artifact.loaded().module
+            evaluate = lambda b, progress: torch_accuracy(module, b, progress=progress)  # noqa: E731
+        else:
+            evaluate = lambda b, progress: onnx_accuracy(Path(artifact.path), b, threads=self.threads,  # noqa: E731
+                                                         progress=progress)
         data = self._data()
         total = len(data.eval)
-        with self.ui.track(total, f"accuracy ({backend}, {total} images)") as advance:
+        with self.ui.track(total, f"accuracy ({stats.accuracy_backend}, {total} images)") as advance:
             accuracy = evaluate(data.batches("eval"), progress=advance)
-        return {"accuracy": accuracy, "accuracy_backend": backend, "eval_samples": total}
+        return stats.with_accuracy(accuracy, total)
 
-    def _torch_metrics(self, artifact) -> Metrics:
-        from modelzip.evaluation import torch_stats
-        from modelzip.evaluation.accuracy import torch_accuracy
+    def _stats(self, artifact) -> Metrics:
+        if artifact.kind == "torch":
+            from modelzip.evaluation import torch_stats
 
-        total, nonzero = torch_stats.count_params(artifact.module)
-        return Metrics(**self._accuracy(lambda b, progress: torch_accuracy(artifact.module, b, progress=progress),
-                                        "torch"),
-                       params_total=total, params_nonzero=nonzero,
-                       macs=torch_stats.torch_macs(artifact.module, artifact.input_shape),
-                       size_bytes=torch_stats.state_dict_bytes(artifact.module))
-
-    def _onnx_metrics(self, artifact) -> Metrics:
+            module = artifact.loaded().module
+            total, nonzero = torch_stats.count_params(module)
+            return Metrics(None, "torch", None, params_total=total, params_nonzero=nonzero,
+                           macs=torch_stats.torch_macs(module, artifact.input_shape),
+                           size_bytes=torch_stats.state_dict_bytes(module))
         from modelzip.evaluation import onnx_stats
-        from modelzip.evaluation.accuracy import onnx_accuracy
 
         path = Path(artifact.path)
         total, nonzero = onnx_stats.onnx_param_counts(path)
-        evaluate = lambda b, progress: onnx_accuracy(path, b, threads=self.threads, progress=progress)  # noqa: E731
-        return Metrics(**self._accuracy(evaluate, "onnxruntime"),
-                       params_total=total, params_nonzero=nonzero, macs=onnx_stats.onnx_macs(path),
-                       size_bytes=path.stat().st_size, zip_bytes=onnx_stats.zip_bytes(path))
+        return Metrics(None, "onnxruntime", None, params_total=total, params_nonzero=nonzero,
+                       macs=onnx_stats.onnx_macs(path), size_bytes=path.stat().st_size,
+                       zip_bytes=onnx_stats.zip_bytes(path))
 
     def final(self, final, metrics: Metrics, baseline: Baseline, *, lineage: tuple, name: str,
               name_map: str | None = None) -> Final:
@@ -84,9 +102,9 @@ class Measurer:
         from modelzip.envinfo import cpu_model
 
         settings = self.recipe.evaluation
-        # "latency/2": entries carry the interval and verdict fields; older ones lack them.
-        key = content_key(what="latency/2", final=final.id, baseline=baseline.id, threads=self.threads,
-                          batch=self.recipe.data.batch_size, settings=settings.model_dump(mode="json"),
+        # "latency/3": entries carry the interval, verdict and stop fields; older ones lack them.
+        key = content_key(what="latency/3", final=final.id, baseline=baseline.id, threads=self.threads,
+                          batch=self.recipe.data.batch_size, settings=settings.timing_settings(),
                           cpu=cpu_model(), seed=self.recipe.seed)
         found = _cached(self.cache, key, lambda d: LatencyResult.from_json(d, cached=True))
         if found is not None:
@@ -105,7 +123,8 @@ class Measurer:
         with self.ui.track(2, f"latency at batch {batch}"):
             baseline, final, comparison = compare_latency(
                 baseline_path, final_path, tuple(self.recipe.model.input_shape), batch, threads=self.threads,
-                warmup=settings.warmup, repeats=settings.repeats, seed=self.recipe.seed)
+                warmup=settings.warmup, repeats=settings.repeats, seed=self.recipe.seed,
+                tolerance=settings.latency_tolerance)
         return LatencyPair.of(batch, baseline, final, comparison)
 
     def environment(self) -> dict[str, Any]:

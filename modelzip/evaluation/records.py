@@ -8,7 +8,7 @@ No heavy imports: the CLI prints from these records.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelzip.evaluation.latency import SAME_MODEL
@@ -35,11 +35,15 @@ def _batch_of(key: str) -> int | None:
 
 @dataclass(frozen=True)
 class Metrics:
-    """Accuracy on the eval split plus parameters, MACs and size of one artifact."""
+    """Accuracy on the eval split plus parameters, MACs and size of one artifact.
 
-    accuracy: float
-    accuracy_backend: str  # "torch" or "onnxruntime"
-    eval_samples: int
+    ``accuracy`` and ``eval_samples`` are None where accuracy was not evaluated (an intermediate
+    step under ``evaluation.steps: final``); the other fields are always measured.
+    """
+
+    accuracy: float | None
+    accuracy_backend: str  # "torch" or "onnxruntime": the backend it is (or would be) measured in
+    eval_samples: int | None
     params_total: int
     params_nonzero: int
     macs: int  # per sample
@@ -58,6 +62,13 @@ class Metrics:
     def from_json(cls, d: dict[str, Any]) -> Metrics:
         return cls(d["accuracy"], d["accuracy_backend"], d["eval_samples"], d["params_total"],
                    d["params_nonzero"], d["macs"], d["size_bytes"], d.get("zip_bytes"))
+
+    @property
+    def evaluated(self) -> bool:
+        return self.accuracy is not None
+
+    def with_accuracy(self, accuracy: float, eval_samples: int) -> Metrics:
+        return replace(self, accuracy=accuracy, eval_samples=eval_samples)
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,7 @@ class LatencyPair:
     ci_high: float
     pairs: int  # paired rounds the interval comes from (0: the same file, measured once)
     verdict: str  # one of modelzip.evaluation.latency.VERDICTS
+    stopped: str | None = None  # why timing ended (latency.STOP_REASONS); None in older records
 
     @property
     def same_model(self) -> bool:
@@ -108,16 +120,19 @@ class LatencyPair:
         """From compare_latency's (Latency, Latency, Comparison); the interval rounded to 4 digits."""
         return cls(batch, Timing.of(baseline), Timing.of(final), round(comparison.ratio, 4),
                    round(comparison.ci_low, 4), round(comparison.ci_high, 4), comparison.pairs,
-                   comparison.verdict)
+                   comparison.verdict, final.stopped)
 
     def to_json(self) -> dict[str, Any]:  # the batch is the key it is stored under
-        return {"baseline": self.baseline.to_json(), "final": self.final.to_json(), "ratio": self.ratio,
-                "ci_low": self.ci_low, "ci_high": self.ci_high, "pairs": self.pairs, "verdict": self.verdict}
+        out = {"baseline": self.baseline.to_json(), "final": self.final.to_json(), "ratio": self.ratio,
+               "ci_low": self.ci_low, "ci_high": self.ci_high, "pairs": self.pairs, "verdict": self.verdict}
+        if self.stopped is not None:
+            out["stopped"] = self.stopped
+        return out
 
     @classmethod
     def from_json(cls, batch: int, d: dict[str, Any]) -> LatencyPair:
         return cls(batch, Timing.from_json(d["baseline"]), Timing.from_json(d["final"]), d["ratio"],
-                   d["ci_low"], d["ci_high"], d["pairs"], d["verdict"])
+                   d["ci_low"], d["ci_high"], d["pairs"], d["verdict"], d.get("stopped"))
 
 
 @dataclass(frozen=True)
@@ -155,14 +170,14 @@ class Ratios:
 
     size: float  # baseline ONNX bytes / final bytes
     zip_size: float
-    accuracy_delta: float  # final - input model (torch); negative is a loss
+    accuracy_delta: float  # final - input model (Baseline.reference); negative is a loss
     accuracy_delta_vs_onnx: float
     speedups: tuple[tuple[int, float], ...] = ()  # (batch, baseline/final median), ascending batch
     speedup: float | None = None  # at data.batch_size: what gates.min_speedup checks
 
     @property
     def accuracy_drop(self) -> float:
-        """Input model accuracy - final accuracy (what gates.max_accuracy_drop checks).
+        """Input model accuracy (Baseline.reference) - final accuracy (what gates.max_accuracy_drop checks).
 
         ``0.0 -``, not unary minus: no drop is 0.0, not -0.0 (which report.json would print as -0.0
         and report.md as "-0"); otherwise exactly ``torch - final`` (IEEE subtraction is symmetric).
@@ -175,7 +190,7 @@ class Ratios:
         onnx = baseline.onnx
         speedups = tuple((p.batch, p.ratio) for p in latency.pairs) if latency else ()
         return cls(size=onnx.size_bytes / final.size_bytes, zip_size=onnx.zip_bytes / final.zip_bytes,
-                   accuracy_delta=final.accuracy - baseline.torch.accuracy,
+                   accuracy_delta=final.accuracy - baseline.reference.accuracy,
                    accuracy_delta_vs_onnx=final.accuracy - onnx.accuracy, speedups=speedups,
                    speedup=dict(speedups)[batch_size] if latency else None)
 
@@ -197,7 +212,11 @@ class Ratios:
 
 @dataclass(frozen=True)
 class Baseline:
-    """The input model in torch and its fp32 ONNX export in onnxruntime: the reference for ratios."""
+    """The input model in torch and its fp32 ONNX export in onnxruntime: the reference for ratios.
+
+    Under ``evaluation.steps: final`` the torch model's accuracy is not evaluated: the export's
+    parity check ties its logits to the ONNX file's, and the ONNX accuracy is the reference.
+    """
 
     torch: Metrics
     onnx: Metrics  # of the exported file, optimized as the recipe writes its final file
@@ -205,9 +224,14 @@ class Baseline:
     optimize: dict[str, Any] | None = None  # what the optimize pass recorded; None under `optimize: false`
     onnx_artifact: Any = field(default=None, compare=False)  # the measured Artifact (not in the report)
 
+    @property
+    def reference(self) -> Metrics:
+        """The input model's accuracy that drops and deltas are taken from: torch where evaluated."""
+        return self.torch if self.torch.evaluated else self.onnx
+
     def to_json(self) -> dict[str, Any]:
         return {"torch": self.torch.to_json(), "onnx": self.onnx.to_json(), "export": self.export,
-                "optimize": self.optimize}
+                "optimize": self.optimize, "accuracy_reference": "torch" if self.torch.evaluated else "onnx"}
 
 
 @dataclass(frozen=True)
@@ -307,6 +331,27 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Unchecked:
+    """Warnings (Finding kinds) that could not be decided for a step: the accuracy they compare
+    was not evaluated (``evaluation.steps: final``) and the pass recorded none it could use."""
+
+    step: int  # StepRecord.index
+    pass_name: str
+    kinds: tuple[str, ...]  # e.g. ("at_chance", "finetune_no_gain")
+    reason: str
+
+    def format(self) -> str:
+        return f"passes[{self.step}].{self.pass_name}: {', '.join(self.kinds)} not checked: {self.reason}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "pass": self.pass_name, "kinds": list(self.kinds), "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Unchecked:
+        return cls(d["step"], d["pass"], tuple(d["kinds"]), d["reason"])
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything report.json holds; ``to_json()`` is the file (schema REPORT_SCHEMA)."""
 
@@ -320,6 +365,8 @@ class Report:
     environment: dict[str, Any]
     files: dict[str, dict[str, Any]]  # size and sha256 of model.onnx and recipe.resolved.yaml
     warnings: tuple[Finding, ...] = ()  # results that look broken (modelzip.findings)
+    unchecked: tuple[Unchecked, ...] = ()  # warnings that could not be decided (modelzip.findings)
+    evaluation: dict[str, Any] = field(default_factory=dict)  # the recipe's resolved `evaluation:` section
 
     @property
     def failed_gates(self) -> list[GateResult]:
@@ -336,6 +383,8 @@ class Report:
             "final": self.final.to_json(),
             "gates": [g.to_json() for g in self.gates],
             "warnings": [w.to_json() for w in self.warnings],
+            "unchecked": [u.to_json() for u in self.unchecked],
+            "evaluation": self.evaluation,
             "environment": self.environment,
             "files": self.files,
         }

@@ -55,7 +55,7 @@ def settings(config) -> QuantizeSettings:
 def timing(recipe) -> Timing:
     evaluation = recipe.evaluation
     return Timing(latency=evaluation.latency, batch_size=recipe.data.batch_size, threads=evaluation.threads,
-                  warmup=evaluation.warmup, repeats=evaluation.repeats)
+                  warmup=evaluation.warmup, repeats=evaluation.repeats, tolerance=evaluation.latency_tolerance)
 
 
 def _float_source(artifact, scratch, ctx, pass_name: str):

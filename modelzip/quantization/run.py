@@ -231,6 +231,7 @@ def _latency(float_path: Path, quantized: Path, input_shape, timing: Timing, pre
     for batch in sorted({1, timing.batch_size}):
         with track(2, f"int8 vs float latency at batch {batch}"):
             measured = compare_latency(float_path, quantized, tuple(input_shape), batch, threads=threads,
-                                       warmup=timing.warmup, repeats=timing.repeats, seed=seed)
+                                       warmup=timing.warmup, repeats=timing.repeats, seed=seed,
+                                       tolerance=timing.tolerance)
         pairs.append(LatencyPair.of(batch, *measured))
     return LatencyResult(tuple(pairs))

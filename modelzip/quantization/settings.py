@@ -45,6 +45,7 @@ class Timing:
     threads: int | None = None  # onnxruntime intra-op threads (None: the default)
     warmup: int = 10
     repeats: int = 50
+    tolerance: float = 0.0  # stop once the speedup's interval is this tight (latency.compare_latency)
 
 
 @dataclass(frozen=True)
