@@ -407,7 +407,7 @@ def _run_sweep(plan, no_cache: bool, device: str, quiet: bool):
 def _finish_sweep(out: Path, report: dict) -> None:
     """Write and summarize a sweep report; exit 3 when a point did not finish (the others did)."""
     from modelzip.errors import EXIT_RUN_FAILED
-    from modelzip.sweep_points import write_sweep
+    from modelzip.sweep_html import write_sweep
 
     json_path, html_path = write_sweep(out, report)
     console = _out_console()
@@ -454,7 +454,7 @@ def tune(
         from modelzip import tune as tn
         from modelzip.console import RichUI
         from modelzip.pipeline import RunOptions, run_recipe
-        from modelzip.sweep_points import write_sweep
+        from modelzip.sweep_html import write_sweep
 
         plan = tn.plan_tune(recipe, objective=objective.value, max_drop=max_accuracy_drop, over=tuple(over or ()),
                             sets=tuple(set_ or ()), out=out)

@@ -33,6 +33,7 @@ from modelzip.onnx_optimize import NAME_MAP_FILE
 from modelzip.recipe import PassStep, Recipe
 from modelzip.registry import PassRegistry, default_registry
 from modelzip.report import write_report
+from modelzip.report_html import write_html
 from modelzip.run_folder import MODEL, NAME_MAP, RESOLVED_RECIPE, RunFolder
 
 
@@ -196,7 +197,8 @@ class _Runner:
                         files=self.folder.digests(*staged), warnings=found.warnings,
                         unchecked=found.unchecked, evaluation=self.recipe.evaluation.model_dump(mode="json"))
         report = record.to_json()
-        write_report(self.folder.staging, report, charts=self.cache)
+        write_report(self.folder.staging, report)
+        write_html(self.folder.staging, report, charts=self.cache)
         self.folder.commit()  # model, resolved recipe and reports appear together
         return RunResult(self.out, report, gates, record)
 

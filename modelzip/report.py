@@ -15,14 +15,10 @@ from modelzip.evaluation.latency import EQUIVALENCE_MARGIN, MIN_SPAN, REPEATS, T
 from modelzip.evaluation.records import Finding, LatencyResult, Unchecked
 
 
-def write_report(out: Path, report: dict[str, Any], charts=None) -> None:
-    """report.json (``Report.to_json()``), and report.md and report.html rendered from it.
-    ``charts`` (the step cache) keeps report.html's charts, so a cached rerun draws none."""
-    from modelzip.report_html import render_html
-
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    """report.json (``Report.to_json()``) and report.md rendered from it (report.html: report_html)."""
     write_text(out / "report.json", json.dumps(report, indent=2, sort_keys=False) + "\n")
     write_text(out / "report.md", render_markdown(report))
-    write_text(out / "report.html", render_html(report, charts))
 
 
 def _pct(x: float | None) -> str:

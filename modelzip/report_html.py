@@ -37,6 +37,13 @@ class ChartMemo(Protocol):
     def remember(self, token: str, value: str) -> None: ...
 
 
+def write_html(out, report: dict[str, Any], charts: ChartMemo | None = None) -> None:
+    """report.html in ``out``; ``charts`` (the step cache) keeps the charts, so a cached rerun draws none."""
+    from modelzip.atomic import write_text
+
+    write_text(out / "report.html", render_html(report, charts))
+
+
 def render_html(report: dict[str, Any], charts: ChartMemo | None = None) -> str:
     final, ratios = report["final"], report["final"]["ratios"]
     status = report["status"]

@@ -13,7 +13,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from modelzip.atomic import write_text
 from modelzip.sweep_points import FRONTS, SweepPoint, pareto_front, points_from_json
+
+SWEEP_JSON = "sweep.json"
+SWEEP_HTML = "sweep.html"
 
 _AXES = {"size": ("file size (MB)", 1e-6), "latency": ("latency at data.batch_size (x the fp32 baseline)", 1.0)}
 _STATUS_COLOR = {"passed": "#1f77b4", "failed": "#ff7f0e"}
@@ -23,6 +27,17 @@ table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;paddin
 td:first-child,td:nth-child(2),th{text-align:left}tr.front{font-weight:600}.error{color:#b00}
 .charts{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}
 """
+
+
+def write_sweep(out: Path, sweep: dict[str, Any]) -> tuple[Path, Path]:
+    """sweep.json and sweep.html in ``out`` (each written atomically)."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = out / SWEEP_JSON, out / SWEEP_HTML
+    write_text(json_path, json.dumps(sweep, indent=1) + "\n")
+    write_text(html_path, render_sweep_html(sweep, out))
+    return json_path, html_path
 
 
 def render_sweep_html(sweep: dict[str, Any], out: Path) -> str:

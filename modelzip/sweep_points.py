@@ -14,12 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelzip.atomic import write_text
 from modelzip.errors import InputError
 
 SWEEP_SCHEMA = "modelzip.sweep/1"
-SWEEP_JSON = "sweep.json"
-SWEEP_HTML = "sweep.html"
 # (name, cost function) of each front: accuracy up, cost down.
 FRONTS: dict[str, Callable[[SweepPoint], float | None]] = {
     "size": lambda p: p.size_bytes,
@@ -96,17 +93,6 @@ def build_sweep(points: Sequence[SweepPoint], *, recipe: str | None, grid: dict[
 
 def points_from_json(sweep: dict[str, Any]) -> list[SweepPoint]:
     return [SweepPoint(**p) for p in sweep["points"]]
-
-
-def write_sweep(out: Path, sweep: dict[str, Any]) -> tuple[Path, Path]:
-    """sweep.json and sweep.html in ``out`` (each written atomically)."""
-    from modelzip.sweep_html import render_sweep_html
-
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, html_path = out / SWEEP_JSON, out / SWEEP_HTML
-    write_text(json_path, json.dumps(sweep, indent=1) + "\n")
-    write_text(html_path, render_sweep_html(sweep, out))
-    return json_path, html_path
 
 
 # --------------------------------------------------------------------------- collect

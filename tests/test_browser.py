@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from modelzip.sweep_points import SweepPoint, build_sweep, write_sweep
+from modelzip.sweep_html import write_sweep
+from modelzip.sweep_points import SweepPoint, build_sweep
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 DOT_BLUE = (31, 119, 180)  # matplotlib's C0: the dots of passed points
