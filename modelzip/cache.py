@@ -115,7 +115,22 @@ class StepCache:
     # Metrics (accuracy etc.) of an artifact on a given eval set, keyed separately
     # so the baseline's numbers are reused too.
     def load_metrics(self, key: str) -> dict[str, Any] | None:
-        path = self.root / "metrics" / f"{key}.json"
+        return self._load_record("metrics", key, "cached measurement")
+
+    def save_metrics(self, key: str, metrics: dict[str, Any]) -> None:
+        self._save_record("metrics", key, metrics)
+
+    # A small fact worth not recomputing: which file defines a factory (sources.identity),
+    # onnxruntime's providers, a chart of report.html. Kept apart from the measurements.
+    def recall(self, token: str) -> str | None:
+        found = self._load_record("memo", content_key(what="memo", token=token), "remembered value")
+        return found.get("value") if found is not None else None
+
+    def remember(self, token: str, value: str) -> None:
+        self._save_record("memo", content_key(what="memo", token=token), {"value": value})
+
+    def _load_record(self, folder: str, key: str, what: str) -> dict[str, Any] | None:
+        path = self.root / folder / f"{key}.json"
         if not self.enabled or not path.is_file():
             return None
         try:
@@ -126,21 +141,13 @@ class StepCache:
             intact = False
         if intact:
             return value
-        self.on_damage(f"cached measurement {path.name} is damaged: removed, measuring again")
+        self.on_damage(f"{what} {path.name} is damaged: removed, computing again")
         path.unlink(missing_ok=True)
         return None
 
-    def save_metrics(self, key: str, metrics: dict[str, Any]) -> None:
-        record = {"key": key, "digest": _json_digest(metrics), "value": metrics}
-        write_text(self.root / "metrics" / f"{key}.json", json.dumps(record, indent=1))
-
-    # A small fact worth not recomputing, e.g. which file defines a factory (sources.identity).
-    def recall(self, token: str) -> str | None:
-        found = self.load_metrics(content_key(what="memo", token=token))
-        return found.get("value") if found is not None else None
-
-    def remember(self, token: str, value: str) -> None:
-        self.save_metrics(content_key(what="memo", token=token), {"value": value})
+    def _save_record(self, folder: str, key: str, value: dict[str, Any]) -> None:
+        record = {"key": key, "digest": _json_digest(value), "value": value}
+        write_text(self.root / folder / f"{key}.json", json.dumps(record, indent=1))
 
 
 def file_record(path: Path) -> dict[str, Any]:

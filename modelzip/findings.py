@@ -73,20 +73,24 @@ class Review:
     unchecked: tuple[Unchecked, ...]
 
 
+# Passes whose parity check ties their output to their input: they keep its accuracy.
+KEEPS_ACCURACY = ("export", "optimize")
+
+
 def find_problems(reference: Metrics, steps: Sequence[StepRecord], num_classes: int | None,
                   latency: LatencyResult | None = None) -> Review:
     """Every warning for ``steps`` (in order), each step compared with its input (the step before it,
     or ``reference``, the input model's evaluated accuracy, for the first), and the checks that could
     not be decided. ``num_classes`` None: no chance check. ``latency``: the final model's against the
-    baseline's (None: not measured). Exports keep accuracy (their parity check ties their output to
-    their input): one that was not evaluated is skipped in the chain, and a step followed only by
-    exports up to an evaluated one has that one's accuracy."""
+    baseline's (None: not measured). Exports and optimizes keep accuracy (their parity checks tie
+    their output to their input): one that was not evaluated is skipped in the chain, and a step
+    followed only by such steps up to an evaluated one has that one's accuracy."""
     found: list[Finding] = []
     unchecked: list[Unchecked] = []
     before = last = Observed.of(reference, "the input model")
     skipped: list[StepRecord] = []  # steps without an accuracy since ``last``
     for step, after in zip(steps, _known(steps)):
-        if after is None and step.pass_name == "export":
+        if after is None and step.pass_name in KEEPS_ACCURACY:
             continue
         found += at_chance(step, last, num_classes, after=after, skipped=skipped)
         found += finetune_no_gain(step, before, after=after)
@@ -104,10 +108,11 @@ def find_problems(reference: Metrics, steps: Sequence[StepRecord], num_classes: 
 
 
 def _known(steps: Sequence[StepRecord]) -> list[Observed | None]:
-    """``observed`` of each step; where it is None and the next step is an export that has one, that one."""
+    """``observed`` of each step; where it is None and the next step keeps accuracy (an export, an
+    optimize) and has one, that one."""
     known = [observed(step) for step in steps]
     for i in reversed(range(len(steps) - 1)):
-        if known[i] is None and steps[i + 1].pass_name == "export":
+        if known[i] is None and steps[i + 1].pass_name in KEEPS_ACCURACY:
             known[i] = known[i + 1]
     return known
 

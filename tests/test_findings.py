@@ -195,14 +195,15 @@ def test_a_run_whose_pass_zeroes_the_model_warns_in_both_reports(tiny_checkpoint
 
 
 def test_with_final_steps_only_the_same_warning_comes_from_the_final_model(tiny_checkpoint, recipe_file) -> None:
-    """evaluation.steps: final: the zero step has no accuracy of its own, but only an export follows
-    it, so the final model's accuracy is its accuracy: the warning lands where it did with steps: all.
+    """evaluation.steps: final: the zero step has no accuracy of its own, but only an export and an
+    optimize follow it, so the final model's accuracy is its accuracy: the warning lands where it did with steps: all.
     What could not be decided (finetune measured validation, its input was measured on eval) is listed."""
     result = _zeroed_run(recipe_file, "final")
     steps = result.report["steps"]
     assert steps[0]["metrics"]["accuracy"] is None and steps[0]["details"]["best_val_accuracy"] > 0.5
     assert steps[1]["metrics"]["accuracy"] is None and steps[1]["metrics"]["params_nonzero"] == 0
-    assert steps[2]["metrics"]["accuracy"] <= 0.375  # the final model: always evaluated
+    assert steps[2]["metrics"]["accuracy"] is None and steps[2]["pass"] == "export"
+    assert steps[3]["metrics"]["accuracy"] <= 0.375  # the final (optimized) model: always evaluated
     [warning] = result.record.warnings
     assert (warning.step, warning.pass_name, warning.kind) == (1, "zero", "at_chance")
     assert "is at chance (4 classes; its input had " in warning.message

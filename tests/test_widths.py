@@ -272,19 +272,19 @@ def _latency(ratio, verdict) -> LatencyResult:
 def test_a_pruned_step_slower_than_its_input_is_a_warning():
     slower = {"ratio": 0.5, "batch": 64, "round_to": None, "block": 16,
               "cause": "widths 21/43/87 are not all multiples of 16"}
-    found = find_problems(_metrics(), [_step(0, "prune", {"slower_than_input": slower})], None)
+    found = find_problems(_metrics(), [_step(0, "prune", {"slower_than_input": slower})], None).warnings
     assert [f.kind for f in found] == ["slower_than_input"]
     assert "0.50x its input's speed at batch 64: widths 21/43/87" in found[0].message
     assert "round_to: auto (16 on this CPU)" in found[0].fix
     again = {**slower, "round_to": 16}
     assert "round_to: 32" in find_problems(_metrics(), [_step(0, "prune", {"slower_than_input": again})],
-                                           None)[0].fix
+                                           None).warnings[0].fix
 
 
 @pytest.mark.parametrize("verdict, warned", [(SLOWER, True), (WITHIN_NOISE, False), (FASTER, False)])
 def test_a_final_model_slower_than_the_baseline_is_a_warning(verdict, warned):
     steps = [_step(0, "prune", {"effect": "removed"}), _step(1, "export", {})]
-    found = find_problems(_metrics(), steps, None, _latency(0.6 if verdict == SLOWER else 0.98, verdict))
+    found = find_problems(_metrics(), steps, None, _latency(0.6 if verdict == SLOWER else 0.98, verdict)).warnings
     assert [f.kind for f in found] == (["final_slower"] if warned else [])
     if warned:
         assert found[0] == Finding(1, "export", "final_slower", found[0].message, found[0].fix)
@@ -293,9 +293,9 @@ def test_a_final_model_slower_than_the_baseline_is_a_warning(verdict, warned):
 
 def test_magnitude_pruning_slower_says_it_brings_no_speedup():
     steps = [_step(0, "prune", {"effect": "masked"}), _step(1, "export", {})]
-    found = find_problems(_metrics(), steps, None, _latency(0.8, SLOWER))
+    found = find_problems(_metrics(), steps, None, _latency(0.8, SLOWER)).warnings
     assert "no speedup by itself" in found[0].fix
 
 
 def test_no_latency_no_final_warning():
-    assert find_problems(_metrics(), [_step(0, "export", {})], None, None) == []
+    assert find_problems(_metrics(), [_step(0, "export", {})], None, None).warnings == ()
