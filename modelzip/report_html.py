@@ -3,7 +3,7 @@
 Self-contained (charts are inline SVG drawn by matplotlib; no script, no network), so it opens
 offline and attaches to a CI run as it is. It holds the step table, charts of accuracy and size
 after each step against the input model, the latency of the baseline and the final model at
-each batch size (median, p90 and mean, and the speedup's 95% interval), the per-layer tables
+each batch size (the distribution of run times as box plots, and the speedup's 95% interval), the per-layer tables
 passes record, gates, warnings and the environment.
 
 Drawing costs matplotlib's import and a few hundred milliseconds, too much for a fully cached
@@ -28,7 +28,7 @@ th{background:#f4f4f4;text-align:left}td{text-align:right}td:first-child{text-al
 .pass{color:#1a7f37;font-weight:600}.fail{color:#c00;font-weight:600}.warn{color:#9a6700}
 .charts{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}
 """
-CHART_VERSION = "1"  # part of each chart's cache key: bump when the drawing code changes
+CHART_VERSION = "2"  # part of each chart's cache key: bump when the drawing code changes
 
 
 class ChartMemo(Protocol):
@@ -150,8 +150,10 @@ def _accuracy_chart(data: dict[str, Any]) -> str:
     steps = data["steps"]
     xs = [i for i, s in enumerate(steps) if s["accuracy"] is not None]
     ax.plot(xs, [100 * steps[i]["accuracy"] for i in xs], marker="o", color="#1f77b4", label="after the step")
-    if steps[0]["accuracy"] is not None:
-        ax.axhline(100 * steps[0]["accuracy"], color="#888", linestyle="--", linewidth=1, label="input model")
+    reference = next((s for s in steps[:2] if s["accuracy"] is not None), None)  # torch, else its fp32 ONNX
+    if reference is not None:
+        ax.axhline(100 * reference["accuracy"], color="#888", linestyle="--", linewidth=1,
+                   label=f"input model ({reference['label']})")
     skipped = [s["label"] for s in steps if s["accuracy"] is None]
     if skipped:
         ax.text(0.01, 0.02, "not evaluated: " + ", ".join(skipped), transform=ax.transAxes, fontsize=7)
@@ -179,22 +181,36 @@ def _size_chart(data: dict[str, Any]) -> str:
 
 
 def _latency_chart(data: dict[str, Any]) -> str:
-    """Per batch: baseline and final, each a bar to the median with whiskers to p90, and the
-    speedup with its 95% interval written above."""
+    """Per batch, the baseline's and the final model's distribution of run times relative to the
+    baseline's median (box: 25th-75th percentile, whiskers: 5th-95th, line: median; a bar to the
+    median with a whisker to p90 where a record kept no quantiles), and the speedup with its 95%
+    interval written above."""
     plt, fig, ax = _figure()
     pairs = sorted(data["pairs"].items(), key=lambda kv: int(kv[0].removeprefix("batch_")))
+    top = 1.0
     for i, (_, pair) in enumerate(pairs):
+        scale = pair["baseline"]["median_ms"]
         for offset, side, color in ((-0.2, "baseline", "#7f7f7f"), (0.2, "final", "#2ca02c")):
-            record = pair[side]
-            median, p90 = record["median_ms"] / pair["baseline"]["median_ms"], record["p90_ms"] / pair["baseline"][
-                "median_ms"]
-            ax.bar(i + offset, median, width=0.4, color=color, label=side if i == 0 else None)
-            ax.errorbar(i + offset, median, yerr=[[0], [max(p90 - median, 0)]], color="#333", capsize=4)
-        ax.text(i, 1.05, f"{pair['ratio']:.2f}x ({pair['ci_low']:.2f}-{pair['ci_high']:.2f})", ha="center",
+            record, label = pair[side], side if i == 0 else None
+            quantiles = [q / scale for q in record.get("quantiles_ms") or ()]
+            if len(quantiles) == 5:
+                ax.bxp([{"whislo": quantiles[0], "q1": quantiles[1], "med": quantiles[2], "q3": quantiles[3],
+                         "whishi": quantiles[4], "label": ""}], positions=[i + offset], widths=0.3,
+                       showfliers=False, patch_artist=True, boxprops={"facecolor": color},
+                       medianprops={"color": "black"})
+                ax.plot([], [], color=color, linewidth=8, label=label)  # a legend entry for the boxes
+                top = max(top, quantiles[4])
+            else:
+                median, p90 = record["median_ms"] / scale, record["p90_ms"] / scale
+                ax.bar(i + offset, median, width=0.3, color=color, label=label)
+                ax.errorbar(i + offset, median, yerr=[[0], [max(p90 - median, 0)]], color="#333", capsize=4)
+                top = max(top, p90)
+        ax.text(i, top * 1.04, f"{pair['ratio']:.2f}x ({pair['ci_low']:.2f}-{pair['ci_high']:.2f})", ha="center",
                 fontsize=8)
     ax.set_xticks(range(len(pairs)), [k.replace("_", " ") for k, _ in pairs])
-    ax.set_ylabel("time / baseline median (bar: median, whisker: p90)")
-    ax.set_title("latency, interleaved in this run")
+    ax.set_ylim(0, top * 1.15)
+    ax.set_ylabel("run time / baseline median")
+    ax.set_title("latency distribution, interleaved in this run")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="lower right")
     return _svg(plt, fig)

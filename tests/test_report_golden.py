@@ -25,7 +25,7 @@ RECIPE = synthetic_recipe("  - export: {}", checkpoint="tiny.pt") + (
     "gates: {max_accuracy_drop: 0.5, min_accuracy: 0.0, min_size_ratio: 0.5, min_speedup: 0.5}\n")
 
 # Values that depend on the machine, the clock or library versions: the key stays, the value goes.
-VOLATILE = {"wall_time_s", "median_ms", "p90_ms", "mean_ms", "runs", "threads", "key", "id", "parent",
+VOLATILE = {"wall_time_s", "median_ms", "p90_ms", "mean_ms", "quantiles_ms", "runs", "threads", "key", "id", "parent",
             "sha256", "max_abs_diff"}
 _DIFF = re.compile(r"max \|diff\| \S+")  # in export's summary line and report.md
 # optimize's summary: sizes and overhead shares follow the library versions like the byte counts.

@@ -241,6 +241,16 @@ def _summarise(times_ns: list[int], batch: int, threads: int, slots: list[int], 
     )
 
 
+# The distribution a report keeps of each timing (report.html draws it as a box plot).
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def quantiles_ms(times_ns: tuple[int, ...] | list[int]) -> tuple[float, ...]:
+    """The QUANTILES of ``times_ns`` in milliseconds (empty without times)."""
+    ordered = sorted(times_ns)
+    return tuple(_percentile(ordered, q) / 1e6 for q in QUANTILES) if ordered else ()
+
+
 def _percentile(ordered: list[int], fraction: float) -> float:
     """Linear interpolation between closest ranks (numpy's default method)."""
     position = fraction * (len(ordered) - 1)

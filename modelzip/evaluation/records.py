@@ -81,20 +81,28 @@ class Timing:
     mean_ms: float
     runs: int
     threads: int
+    # The distribution: latency.QUANTILES (5th, 25th, 50th, 75th, 95th percentile) in ms;
+    # empty in records written before it was kept.
+    quantiles_ms: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, latency) -> Timing:
         """From a modelzip.evaluation.latency.Latency (which also holds every run's time)."""
+        from modelzip.evaluation.latency import quantiles_ms
+
         return cls(latency.batch, round(latency.median_ms, 4), round(latency.p90_ms, 4),
-                   round(latency.mean_ms, 4), latency.runs, latency.threads)
+                   round(latency.mean_ms, 4), latency.runs, latency.threads,
+                   tuple(round(q, 4) for q in quantiles_ms(latency.times_ns)))
 
     def to_json(self) -> dict[str, Any]:
         return {"batch": self.batch, "median_ms": self.median_ms, "p90_ms": self.p90_ms,
-                "mean_ms": self.mean_ms, "runs": self.runs, "threads": self.threads}
+                "mean_ms": self.mean_ms, "runs": self.runs, "threads": self.threads,
+                "quantiles_ms": list(self.quantiles_ms)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Timing:
-        return cls(d["batch"], d["median_ms"], d["p90_ms"], d["mean_ms"], d["runs"], d["threads"])
+        return cls(d["batch"], d["median_ms"], d["p90_ms"], d["mean_ms"], d["runs"], d["threads"],
+                   tuple(d.get("quantiles_ms", ())))
 
 
 @dataclass(frozen=True)
