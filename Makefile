@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DATASET ?= fashion-mnist
 
-.PHONY: demo test lint install data browser bench fuzz clean
+.PHONY: demo test lint install data browser bench bench-olive olive-env fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,18 @@ UNSEEN_ARGS ?= --sweep
 bench: install data
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 	$(BIN)/python scripts/bench_unseen.py $(UNSEEN_ARGS)
+	$(BIN)/python scripts/bench_olive.py $(OLIVE_ARGS)
+
+# Part 3 (bench-olive.json), issue #18: a quantize-only modelzip run against Olive's
+# OnnxStaticQuantization on the same fp32 ONNX and calibration images. Olive lives in its own
+# venv (.bench/olive-venv, ~1.4 GB, never modelzip's, never CI): `make olive-env` creates it;
+# without it `make bench` skips this part and says so.
+OLIVE_ARGS ?=
+olive-env:
+	PYTHON=$(PYTHON) bash scripts/olive_env.sh
+
+bench-olive: install data checkpoints/fashion_cnn.pt olive-env
+	$(BIN)/python scripts/bench_olive.py $(OLIVE_ARGS)
 
 # 3,000 mutated recipes through `modelzip validate`: prints accepted/rejected/crashed/hung
 # and fails on any crash or hang (tests/test_fuzz.py runs 1,000 of them in CI).
