@@ -114,4 +114,4 @@ def _numbers(value, key: str | None = None):
 
 
 _NUMERIC = {"median_ms": 1.0, "mean_ms": 1.1, "p90_ms": 1.3, "runs": 50, "threads": 2, "size": 1000,
-            "wall_time_s": 0.5, "max_abs_diff": 1e-6, "cpu_count": 2}
+            "wall_time_s": 0.5, "max_abs_diff": 1e-6, "cpu_count": 2, "quantiles_ms": [0.9, 0.95, 1.0, 1.05, 1.2]}

@@ -256,7 +256,7 @@ def test_prefer_faster_returns_the_float_model_when_int8_is_slower(tmp_path, reg
     pair = details["latency"]["batch_64"]
     assert set(details["latency"]) == {"batch_1", "batch_64"}
     assert pair["baseline"] == {"batch": 64, "median_ms": 64.0, "p90_ms": 64.64, "mean_ms": 64.0, "runs": 24,
-                                "threads": 1}
+                                "threads": 1, "quantiles_ms": [63.36, 63.84, 64.0, 64.16, 64.64]}
     assert pair["final"]["median_ms"] == 128.0 and pair["ratio"] == 0.5 and pair["pairs"] == 24
     assert 0.45 < pair["ci_low"] <= 0.5 <= pair["ci_high"] < 0.55 and pair["verdict"] == "SLOWER"
     assert details["latency"]["batch_1"]["verdict"] == "faster"
