@@ -38,6 +38,14 @@ class PassContext:
     # named files, device). State kept across attempts (resume_dir) is tied to it.
     key: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    # The pipeline's export of a torch artifact with the export pass's defaults, when it has
+    # made one (the baseline's): (path of the ONNX file, the export's details), else None.
+    default_export: Callable[[Any], tuple[Path, dict[str, Any]] | None] = lambda artifact: None
+
+    def exported(self, artifact) -> tuple[Path, dict[str, Any]] | None:
+        """A default-settings ONNX export of ``artifact`` the pipeline already made, to read (never
+        to modify: it is a cache entry), so a pass that needs one does not export again."""
+        return self.default_export(artifact)
 
     @property
     def data(self) -> DataBundle:

@@ -119,6 +119,8 @@ class _Runner:
         self.device = resolve_device(options.device)
         self.executed: set[str] = set()  # keys run in this process: not "cached" in the report
         self._fingerprint_memo: dict[Any, Any] = {}
+        # The baseline's default export, by the id of the torch artifact it came from (PassContext.exported).
+        self._exports: dict[str, tuple[Path, dict[str, Any]]] = {}
 
     @cached_property
     def data(self):
@@ -277,9 +279,11 @@ class _Runner:
         if not self.recipe.optimize:
             onnx_artifact, record = self._step(-1, export, source, baseline_model=source, label="baseline",
                                                evaluate=True)
+            self._exports[source.id] = (Path(onnx_artifact.path), record.details)
             return Baseline(torch=measure(source), onnx=record.metrics, export=record.details,
                             onnx_artifact=onnx_artifact)
         exported, meta, _, _ = self._produce(-1, export, source, baseline_model=source, label="baseline")
+        self._exports[source.id] = (Path(exported.path), meta["details"])
         onnx_artifact, record = self._step(-1, self._optimize_step(), exported, baseline_model=source,
                                            label="baseline", evaluate=True)
         return Baseline(torch=measure(source), onnx=record.metrics, export=meta["details"],
@@ -353,7 +357,7 @@ class _Runner:
         return PassContext(step=index, pass_name=step.name, work_dir=work_dir, seed=self.recipe.seed,
                            device=self.device, recipe=self.recipe, ui=self.ui, baseline=baseline_model.loaded(),
                            load_data=lambda: self.data, build_module=self.build_module,
-                           resume_dir=resume_dir, key=key)
+                           resume_dir=resume_dir, key=key, default_export=lambda a: self._exports.get(a.id))
 
     def _execute(self, index, step, pass_obj, parent, key, baseline_model) -> Path:
         parent = parent.loaded()

@@ -326,3 +326,12 @@ def test_a_quantize_only_run_times_its_pair_once(tiny_recipe):
         assert final[batch] == timed[batch] and final[batch]["stopped"] in ("tight", "repeats", "time_cap",
                                                                             "min_span")
     assert final["cached"] is False
+
+
+def test_quantizing_the_input_model_reuses_the_baseline_export(tiny_recipe):
+    """The float model quantize starts from is the baseline's export (same model, same default
+    settings): it is read from the cache, not exported a second time."""
+    _with_passes(tiny_recipe, "  - quantize: {}\n")
+    details = run_recipe(load_recipe(tiny_recipe, ["evaluation.latency=false"])).report["steps"][0]["details"]
+    assert details["float_export"].startswith("the pipeline's export of this model")
+    assert details["export_parity"]["top1_agreement"] == 1.0

@@ -62,6 +62,11 @@ def _float_source(artifact, scratch, ctx, pass_name: str):
     """(the float ONNX to quantize, the export's parity record or None for an ONNX input)."""
     if artifact.kind == "onnx":
         return artifact.path, None
+    reused = ctx.exported(artifact)  # the input model, say: the pipeline exported it for the baseline
+    if reused is not None:
+        path, details = reused
+        ctx.record(float_export="the pipeline's export of this model (the baseline's), reused")
+        return path, details.get("parity")
     directory = scratch / "export"  # the export writes node_modules.json beside the file
     directory.mkdir()
     path = directory / "model.onnx"
