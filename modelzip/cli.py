@@ -412,7 +412,7 @@ def _finish_sweep(out: Path, report: dict) -> None:
     json_path, html_path = write_sweep(out, report)
     console = _out_console()
     counts = report["counts"]
-    console.print(f"{len(report['points'])} points: {counts['passed']} passed, {counts['failed']} failed gates, "
+    console.print(f"{len(report['points'])} points: {counts['passed']} passed, {counts['gates_failed']} failed gates, "
                   f"{counts['error']} did not finish -> {json_path}, {html_path}", markup=False)
     for name, front in report["pareto"].items():
         console.print(f"Pareto front (accuracy vs {name}): {', '.join(front) or '-'}", markup=False)

@@ -20,7 +20,7 @@ SWEEP_JSON = "sweep.json"
 SWEEP_HTML = "sweep.html"
 
 _AXES = {"size": ("file size (MB)", 1e-6), "latency": ("latency at data.batch_size (x the fp32 baseline)", 1.0)}
-_STATUS_COLOR = {"passed": "#1f77b4", "failed": "#ff7f0e"}
+_STATUS_COLOR = {"passed": "#1f77b4", "gates_failed": "#ff7f0e"}
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -82,7 +82,7 @@ def _chart(points: list[SweepPoint], front_name: str, out: Path) -> str:
             group = [p for p in shown if p.status == status]
             if group:
                 dots = ax.scatter([cost(p) * scale for p in group], [100 * p.accuracy for p in group], color=color,
-                                  label="gates failed" if status == "failed" else "passed", zorder=3)
+                                  label="gates failed" if status == "gates_failed" else "passed", zorder=3)
                 dots.set_urls([_link(p, out) for p in group])  # each dot opens its run's report
         front = pareto_front(shown, cost)
         if front:

@@ -17,6 +17,7 @@ from typing import Any
 from modelzip.errors import InputError
 
 SWEEP_SCHEMA = "modelzip.sweep/1"
+STATUSES = ("passed", "gates_failed", "error")  # a run's report.json status, or: it did not finish
 # (name, cost function) of each front: accuracy up, cost down.
 FRONTS: dict[str, Callable[[SweepPoint], float | None]] = {
     "size": lambda p: p.size_bytes,
@@ -30,7 +31,7 @@ class SweepPoint:
     label: str  # the swept values, e.g. "target_macs=0.3"
     overrides: dict[str, Any]
     folder: str
-    status: str  # "passed" | "failed" (a gate) | "error" (the run did not finish)
+    status: str  # report.json's "passed" | "gates_failed", or "error" (the run did not finish)
     error: str | None = None
     accuracy: float | None = None
     accuracy_delta: float | None = None  # final - input model
@@ -86,7 +87,7 @@ def build_sweep(points: Sequence[SweepPoint], *, recipe: str | None, grid: dict[
     marked = [SweepPoint(**{**asdict(p), "pareto": {name: p in front for name, front in fronts.items()}})
               for p in points]
     return {"schema": SWEEP_SCHEMA, "recipe": recipe, "grid": grid, "wall_time_s": wall_time_s,
-            "counts": {status: sum(p.status == status for p in points) for status in ("passed", "failed", "error")},
+            "counts": {status: sum(p.status == status for p in points) for status in STATUSES},
             "points": [p.to_json() for p in marked],
             "pareto": {name: [p.name for p in front] for name, front in fronts.items()}}
 

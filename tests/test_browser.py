@@ -21,7 +21,7 @@ from modelzip.sweep_points import SweepPoint, build_sweep
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 DOT_BLUE = (31, 119, 180)  # matplotlib's C0: the dots of passed points
 FRONT_GREEN = (44, 160, 44)  # the Pareto front's line; report.html: the final model's latency
-ZIP_ORANGE = (255, 127, 14)  # report.html: the zipped-size bars
+ZIP_ORANGE = (255, 127, 14)  # report.html: the zipped-size bars; sweep.html: points whose gates failed
 GOLDEN_REPORT = Path(__file__).parent / "golden" / "report_tiny.json"
 
 
@@ -61,8 +61,8 @@ def colored_pixels(screenshot: Path, color: tuple[int, int, int], tolerance: int
 
 def _sweep(tmp_path: Path, measured: bool = True) -> Path:
     points = [SweepPoint(f"{i:02d}-target_macs={r}", f"target_macs={r}", {"target_macs": r}, str(tmp_path / f"p{i}"),
-                         "passed", accuracy=acc if measured else None, size_bytes=size if measured else None,
-                         speedup=speed if measured else None)
+                         "gates_failed" if r == 0.6 else "passed", accuracy=acc if measured else None,
+                         size_bytes=size if measured else None, speedup=speed if measured else None)
               for i, (r, acc, size, speed) in enumerate([(0.3, 0.86, 400_000, 2.6), (0.5, 0.89, 700_000, 1.9),
                                                          (0.8, 0.905, 1_500_000, 1.2), (0.6, 0.88, 900_000, 1.5)])]
     out = tmp_path / "sweep"
@@ -74,7 +74,8 @@ def test_sweep_html_renders_with_charts_and_no_script_errors(tmp_path):
     shot = tmp_path / "sweep.png"
     errors = render(_sweep(tmp_path), shot)
     assert errors == []
-    assert colored_pixels(shot, DOT_BLUE) > 200  # 8 dots (4 per chart) drawn
+    assert colored_pixels(shot, DOT_BLUE) > 200  # 6 dots of passed points (3 per chart) drawn
+    assert colored_pixels(shot, ZIP_ORANGE) > 50  # 2 dots of the point whose gates failed
     assert colored_pixels(shot, FRONT_GREEN) > 200  # and the fronts
 
 

@@ -51,7 +51,7 @@ def test_the_pareto_front_keeps_only_points_nothing_beats():
     sweep = build_sweep(points, recipe="r.yaml", grid={"k": [1]})
     marked = {p["name"]: p["pareto"]["size"] for p in sweep["points"]}
     assert marked == {"small": True, "big": True, "dominated": False, "mid": True, "tie": True, "broken": False}
-    assert sweep["counts"] == {"passed": 5, "failed": 0, "error": 1}
+    assert sweep["counts"] == {"passed": 5, "gates_failed": 0, "error": 1}
     assert sweep["pareto"]["latency"] == []  # no point measured latency
 
 
@@ -89,7 +89,7 @@ def test_a_sweep_runs_every_point_with_one_cache_and_draws_the_front(tmp_path):
     assert result.exit_code == 0, result.output
     out = tmp_path / "out-sweep"
     sweep = json.loads((out / "sweep.json").read_text())
-    assert sweep["schema"] == "modelzip.sweep/1" and sweep["counts"]["passed"] + sweep["counts"]["failed"] == 3
+    assert sweep["schema"] == "modelzip.sweep/1" and sweep["counts"]["passed"] + sweep["counts"]["gates_failed"] == 3
     assert [p["overrides"] for p in sweep["points"]] == [{"passes.0.prune.sparsity": v} for v in ("0.3", "0.6", "0.9")]
     assert sweep["pareto"]["size"]  # every point measured size
     # One cache for all points: the baseline export ran once for the three of them.
@@ -111,7 +111,7 @@ def test_a_failed_point_is_reported_and_the_others_still_run(tmp_path):
     assert result.exit_code == 3, result.output
     sweep = json.loads((tmp_path / "out-sweep" / "sweep.json").read_text())
     statuses = [p["status"] for p in sweep["points"]]
-    assert statuses[1] == "error" and statuses[0] in ("passed", "failed")
+    assert statuses[1] == "error" and statuses[0] in ("passed", "gates_failed")
     assert "missing.pt" in sweep["points"][1]["error"]
     assert "did not finish" in result.output
 
