@@ -120,6 +120,9 @@ def _summary(chosen, label: str, details: QuantizeDetails, batch_size: int) -> s
     parts.append(f"{chosen.mode} {label}: {len(layers['quantized'])}/{layers['total']} layers quantized, "
                  f"{_mb(size['float_bytes'])} -> {_mb(size['quantized_bytes'])} "
                  f"({size['ratio']:.1f}x smaller)")
+    as_run = details.nodes.get("as_run")
+    if as_run:
+        parts.append(_as_run_clause(as_run))
     faster = [pair for pair in pairs if pair.verdict == FASTER]
     if faster:
         parts.append("faster: " + ", ".join(map(_float_to_quantized, faster)))
@@ -137,6 +140,17 @@ def _summary(chosen, label: str, details: QuantizeDetails, batch_size: int) -> s
             parts.append(f"MISSED accuracy budget by {100 * accuracy['missed_by']:.2f} pt "
                          f"({len(accuracy['kept_float'])} layer(s) float)")
     return "; ".join(parts)
+
+
+def _as_run_clause(as_run: dict[str, dict[str, int]]) -> str:
+    """e.g. 'onnxruntime runs int8: 2 QLinearConv, 2 QGemm; float: 1 Pad; 2 Transpose'."""
+    def counts(ops: dict[str, int]) -> str:
+        return ", ".join(f"{n} {op}" for op, n in sorted(ops.items(), key=lambda item: (-item[1], item[0])))
+    clauses = [f"{group}: {counts(as_run[group])}" for group in ("int8", "float") if as_run.get(group)]
+    layout = as_run.get("layout")
+    if layout:
+        clauses.append(f"layout: {counts(layout)}")
+    return "onnxruntime runs " + ("; ".join(clauses) or "nothing")
 
 
 def _float_to_quantized(pair: LatencyPair) -> str:
