@@ -105,6 +105,8 @@ def test_static_writes_int8_weights_that_onnxruntime_runs(tmp_path, registry, da
     assert nodes["as_run"]["int8"]["QLinearConv"] == 2 and nodes["as_run"]["int8"]["QGemm"] == 2
     assert nodes["as_run"]["float"] == PAD and "onnxruntime runs int8: " in details["summary"]
     assert nodes["as_run"]["conversions"] == {"DequantizeLinear": 1, "QuantizeLinear": 1}
+    metadata = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert metadata["modelzip.onnxruntime.graph_optimization_level"] == "ORT_ENABLE_ALL"
     padded = details["settings"]["placement"]["padded_inputs"]
     assert [(row["input_channels"], row["padded_to"]) for row in padded] == ([(1, 4)] if PAD else [])
     settings = details["settings"]

@@ -66,6 +66,10 @@ def quantize_onnx(source: Path, settings: QuantizeSettings, *, data: DataBundle,
         search = _accuracy_search(settings, data, timing, progress, quantizer, float_path, layers, excluded,
                                   scratch)
         quantized = search.best.path
+    if settings.mode in ("static", "qat"):  # QDQ: onnxruntime must fuse the pairs (metadata says how)
+        from modelzip.quantization.static import mark_session_needs
+
+        mark_session_needs(quantized)
     agreement = _check_runs(quantized, float_path, data, seed)
     latency = _latency(float_path, quantized, input_shape, timing, settings.prefer, seed, progress)
     keep_float = summary.float_is_faster(latency, timing.batch_size) and settings.prefer == "faster"
