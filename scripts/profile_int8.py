@@ -11,8 +11,8 @@ exported) and ``placement: auto`` (the default) -- and then, at each batch size:
   and prints each speed-up (fp32 median / int8 median) so the spread shows.
 
 Sessions are set up as modelzip's measurements (``--threads`` intra-op threads, ORT_ENABLE_ALL).
-On a shared machine run it when nothing else is busy: a competing process slows the int8 graph's
-many small parallel sections more than fp32's, so the ratios drop.
+On a shared machine run it when nothing else is busy: with two other jobs running, an A/A pair of
+one int8 file measured up to 20% apart.
 
     PYTHONPATH=$PWD python scripts/profile_int8.py --write BENCHMARKS.md \\
         --checkpoint fashion_cnn=checkpoints/fashion_cnn.pt --checkpoint resnet20=.bench/checkpoints/resnet20-3ep-all.pt
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data = load_data(DataSpec(dataset="fashion-mnist", root=args.data_root, batch_size=256), base_dir=Path("."),
                      seed=0)
+    load_before = os.getloadavg()[0]
     lines = ["<!-- int8:begin (scripts/profile_int8.py writes this section) -->", "## Where int8 time goes", "",
              SECTION_INTRO, "", f"CPU {cpu_model()}, flags {' '.join(cpu_flags())}; onnxruntime "
              f"{_version('onnxruntime')}, {args.threads} threads.", ""]
@@ -156,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                 lines += table(model, batch, profile(paths, batch, args.threads, args.rounds, Path(tmp)),
                                speedups(paths, batch, args.threads, args.repeats))
                 print("\n".join(lines[-12:]), flush=True)
-    lines.append("<!-- int8:end -->")
+    lines += [f"Load average (1 min) when it started and ended: {load_before:.1f}, {os.getloadavg()[0]:.1f} on "
+              f"{os.cpu_count()} cores. On a shared machine the ratios move with what else runs (an A/A pair of one "
+              "int8 file came out up to 20% apart while two other jobs ran); compare columns of one run.", "",
+              "<!-- int8:end -->"]
     section = "\n".join(lines) + "\n"
     if args.write:
         write_section(args.write, section)

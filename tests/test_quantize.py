@@ -109,6 +109,7 @@ def test_static_writes_int8_weights_that_onnxruntime_runs(tmp_path, registry, da
     assert metadata["modelzip.onnxruntime.graph_optimization_level"] == "ORT_ENABLE_ALL"
     padded = details["settings"]["placement"]["padded_inputs"]
     assert [(row["input_channels"], row["padded_to"]) for row in padded] == ([(1, 4)] if PAD else [])
+    assert ("input channels padded (features.0 1 -> 4)" in details["summary"]) == bool(PAD)
     settings = details["settings"]
     assert settings["per_channel"] and settings["calibration"] == {"method": "minmax", "samples": 256,
                                                                    "batch_size": 64}

@@ -3,12 +3,19 @@
 onnxruntime runs a QDQ convolution as QLinearConv in NHWC on MLAS's int8 kernels, which read
 input channels four at a time: one 32-bit lane of a VNNI dot product (VPDPBUSD) or of its
 AVX2 stand-in holds four int8 values. A convolution reading fewer than 4 channels -- the
-stem of a grayscale (1) or RGB (3) image model -- falls off that path. Profiled per node on
-the zoo models at batch 256 (AMD EPYC with AVX-512 VNNI, BENCHMARKS.md "Where int8 time
-goes"), the 1-channel stem took longer in int8 than the next convolution with 16x its MACs:
-5.7 vs 4.8 ms on the fashion CNN, 13.9 of dsresnet's 54 ms. Zero-padding its input to 4
-channels (and its weights with zeros, so the result is the same) put it back on the fast
-path: 3.3 and 7.1 ms.
+stem of a grayscale (1) or RGB (3) image model -- falls off that path. Profiled per node at
+batch 256 with 2 threads (AMD EPYC, AVX-512 VNNI, onnxruntime 1.32; BENCHMARKS.md "Where
+int8 time goes"), the 1-channel stem was the slowest int8 node of each zoo model: 3.6 ms on
+the fashion CNN, more than its next convolution with 16x the MACs (2.4 ms) and 5x the fp32
+stem (0.7 ms); 9.8 of dsresnet's 48 ms (fp32 stem: 1.5 ms). Zero-padding its input to 4
+channels, and its weights with zeros, gives bit-identical logits and halves that node
+(single-threaded, interleaved: 5.7 -> 3.3 ms on the CNN, 13.9 -> 7.1 ms on dsresnet); the
+CNN's int8 speed-up over fp32 rose from 1.63x to 2.10x (median of 6 interleaved measurements).
+
+Keeping the stem in fp32 instead measured no faster (2.00x): it needs the Relu moved behind
+the MaxPool (onnxruntime moves a QuantizeLinear up through a MaxPool, leaving a slow uint8
+NCHW pool), and where the stem's output also feeds a residual Add, onnxruntime then ran every
+residual Add in NCHW between Transposes. Padding works for every layout.
 
 The Pad stays float (it pads the float input, which is then quantized once): quantized, the
 QDQ quantizer wraps it in Q/DQ that onnxruntime does not fuse, two conversions more.

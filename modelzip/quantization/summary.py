@@ -85,7 +85,8 @@ def record(*, chosen: QuantizeSettings, quantizer, preprocess: str, nodes: dict[
         size={"float_bytes": float_bytes, "quantized_bytes": quantized_bytes,
               "ratio": round(float_bytes / max(quantized_bytes, 1), 3)},
         latency=latency, accuracy=accuracy, sensitivity=sensitivity)
-    return dataclasses.replace(details, summary=_summary(chosen, quantizer.label, details, batch_size))
+    placement = _placement_clause(quantizer.settings.get("placement"), labels)
+    return dataclasses.replace(details, summary=_summary(chosen, quantizer.label, details, batch_size, placement))
 
 
 def _float_layers(layers, nodes, excluded, search, mode: str) -> list[dict[str, str]]:
@@ -106,7 +107,17 @@ def _float_layers(layers, nodes, excluded, search, mode: str) -> list[dict[str, 
     return rows
 
 
-def _summary(chosen, label: str, details: QuantizeDetails, batch_size: int) -> str:
+def _placement_clause(placement: dict[str, Any] | None, labels: dict[str, str]) -> str | None:
+    """e.g. 'input of features.0 padded 1 -> 4 channels for onnxruntime's int8 convolution'."""
+    padded = (placement or {}).get("padded_inputs")
+    if not padded:
+        return None
+    inputs = ", ".join(f"{labels.get(row['node'], row['node'])} {row['input_channels']} -> {row['padded_to']}"
+                       for row in padded)
+    return f"input channels padded ({inputs}) for onnxruntime's int8 convolution"
+
+
+def _summary(chosen, label: str, details: QuantizeDetails, batch_size: int, placement: str | None) -> str:
     parts = []
     pairs = details.latency.pairs if details.latency is not None else ()
     slower = [pair for pair in pairs if pair.verdict == SLOWER]
@@ -120,6 +131,8 @@ def _summary(chosen, label: str, details: QuantizeDetails, batch_size: int) -> s
     parts.append(f"{chosen.mode} {label}: {len(layers['quantized'])}/{layers['total']} layers quantized, "
                  f"{_mb(size['float_bytes'])} -> {_mb(size['quantized_bytes'])} "
                  f"({size['ratio']:.1f}x smaller)")
+    if placement:
+        parts.append(placement)
     as_run = details.nodes.get("as_run")
     if as_run:
         parts.append(_as_run_clause(as_run))
