@@ -26,8 +26,10 @@ from modelzip.sources.data import load_data
 from modelzip.zoo import fashion_cnn
 from tests.conftest import needs_fashion, pass_context, synthetic_recipe
 
-# placement: auto pads the 1-channel stem's input to 4 channels with a float Pad (x86 only).
-PAD = {"Pad": 1} if placement.applies(cpu_flags()) else {}
+# placement: auto (x86 only) pads the 1-channel stem's input to 4 channels channels-last with float nodes
+# (Reshape, one-hot MatMul, Transpose: onnxruntime cancels the Transpose) and flattens the head in NHWC order.
+PLACED = placement.applies(cpu_flags())
+PAD = {"MatMul": 1, "Reshape": 1, "Transpose": 1} if PLACED else {}
 RECIPE = synthetic_recipe("  - quantize: {}", name="quant", model="modelzip.zoo:fashion_cnn",
                           model_args="{num_classes: 4, width: 8}", val_samples=64)
 
@@ -103,13 +105,17 @@ def test_static_writes_int8_weights_that_onnxruntime_runs(tmp_path, registry, da
     assert details["layers"]["quantized"] == ["features.0", "features.4", "classifier.1", "classifier.4"]
     # What onnxruntime runs: every QDQ group fused into an int8 kernel, Q/DQ only at the edges.
     assert nodes["as_run"]["int8"]["QLinearConv"] == 2 and nodes["as_run"]["int8"]["QGemm"] == 2
-    assert nodes["as_run"]["float"] == PAD and "onnxruntime runs int8: " in details["summary"]
+    assert "onnxruntime runs int8: " in details["summary"]
     assert nodes["as_run"]["conversions"] == {"DequantizeLinear": 1, "QuantizeLinear": 1}
+    # Placed, the whole int8 graph runs channels last: no layout Transpose left at all.
+    assert nodes["as_run"]["float"] == ({"MatMul": 1, "Reshape": 1} if PLACED else {})
+    assert nodes["as_run"]["layout"] == ({} if PLACED else {"Transpose": 2})
     metadata = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert metadata["modelzip.onnxruntime.graph_optimization_level"] == "ORT_ENABLE_ALL"
-    padded = details["settings"]["placement"]["padded_inputs"]
-    assert [(row["input_channels"], row["padded_to"]) for row in padded] == ([(1, 4)] if PAD else [])
-    assert ("input channels padded (features.0 1 -> 4)" in details["summary"]) == bool(PAD)
+    arranged = details["settings"]["placement"]
+    padded = [(row["input_channels"], row["padded_to"]) for row in arranged["padded_inputs"]]
+    assert padded == ([(1, 4)] if PLACED else []) and len(arranged["nhwc_flatten"]) == PLACED
+    assert ("input channels padded (features.0 1 -> 4)" in details["summary"]) == PLACED
     settings = details["settings"]
     assert settings["per_channel"] and settings["calibration"] == {"method": "minmax", "samples": 256,
                                                                    "batch_size": 64}

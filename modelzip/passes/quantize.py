@@ -78,8 +78,9 @@ class QuantizeConfig(PassConfig):
         "auto",
         description="static/qat: auto = arrange the graph for onnxruntime's int8 kernels on this CPU (x86: a "
                     "convolution reading fewer than 4 channels, e.g. a grayscale stem, gets its input "
-                    "zero-padded to 4, the channel group the int8 kernels read; the report lists every "
-                    "change); none = quantize the graph as exported")
+                    "zero-padded to 4, the channel group the int8 kernels read; a 4-D tensor flattened into a "
+                    "Linear is flattened channels last, as the int8 graph runs; the same outputs, and the "
+                    "report lists every change); none = quantize the graph as exported")
     # ---- weight_only
     bits: Literal[4, 8] = Field(4, description="weight_only: bits per weight")
     block_size: int = Field(

@@ -48,7 +48,8 @@ def quantize_onnx(source: Path, settings: QuantizeSettings, *, data: DataBundle,
     arranged = _arrange(settings, prepared)
     model = onnx.load(str(prepared))
     module_map = load_module_map(work_dir)
-    layers = find_layers(model, module_map)
+    added = set(arranged.float_nodes) if arranged is not None else set()  # placement's own nodes: not layers
+    layers = [layer for layer in find_layers(model, module_map) if layer.node not in added]
     aliases = all_aliases(model, module_map)
     # What the report calls a node: its layer's module, else its exporter module, else itself.
     labels = {node: names[-1] for node, names in aliases.items()}
