@@ -115,7 +115,8 @@ def test_static_writes_int8_weights_that_onnxruntime_runs(tmp_path, registry, da
     arranged = details["settings"]["placement"]
     padded = [(row["input_channels"], row["padded_to"]) for row in arranged["padded_inputs"]]
     assert padded == ([(1, 4)] if PLACED else []) and len(arranged["nhwc_flatten"]) == PLACED
-    assert ("input channels padded (features.0 1 -> 4)" in details["summary"]) == PLACED
+    assert ("placement: features.0 input padded 1 -> 4 channels, classifier.1 input flattened channels last"
+            in details["summary"]) == PLACED
     settings = details["settings"]
     assert settings["per_channel"] and settings["calibration"] == {"method": "minmax", "samples": 256,
                                                                    "batch_size": 64}

@@ -108,13 +108,13 @@ def _float_layers(layers, nodes, excluded, search, mode: str) -> list[dict[str, 
 
 
 def _placement_clause(placement: dict[str, Any] | None, labels: dict[str, str]) -> str | None:
-    """e.g. 'input of features.0 padded 1 -> 4 channels for onnxruntime's int8 convolution'."""
-    padded = (placement or {}).get("padded_inputs")
-    if not padded:
-        return None
-    inputs = ", ".join(f"{labels.get(row['node'], row['node'])} {row['input_channels']} -> {row['padded_to']}"
-                       for row in padded)
-    return f"input channels padded ({inputs}) for onnxruntime's int8 convolution"
+    """e.g. 'placement: features.0 input padded 1 -> 4 channels, classifier.1 input flattened channels last'."""
+    placement = placement or {}
+    changes = [f"{labels.get(row['node'], row['node'])} input padded {row['input_channels']} -> "
+               f"{row['padded_to']} channels" for row in placement.get("padded_inputs", ())]
+    changes += [f"{labels.get(row['layer'], row['layer'])} input flattened channels last"
+                for row in placement.get("nhwc_flatten", ())]
+    return "placement: " + ", ".join(changes) if changes else None
 
 
 def _summary(chosen, label: str, details: QuantizeDetails, batch_size: int, placement: str | None) -> str:
@@ -156,7 +156,7 @@ def _summary(chosen, label: str, details: QuantizeDetails, batch_size: int, plac
 
 
 def _as_run_clause(as_run: dict[str, dict[str, int]]) -> str:
-    """e.g. 'onnxruntime runs int8: 2 QLinearConv, 2 QGemm; float: 1 Pad; 2 Transpose'."""
+    """e.g. 'onnxruntime runs int8: 2 QLinearConv, 2 QGemm; float: 1 ReduceMean; layout: 1 Transpose'."""
     def counts(ops: dict[str, int]) -> str:
         return ", ".join(f"{n} {op}" for op, n in sorted(ops.items(), key=lambda item: (-item[1], item[0])))
     clauses = [f"{group}: {counts(as_run[group])}" for group in ("int8", "float") if as_run.get(group)]
