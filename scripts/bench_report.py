@@ -167,4 +167,15 @@ def write_markdown(results: dict, path: Path) -> None:
         f"`python -c 'import torch'` {o['import_torch_s']:.3f} s (best of 5). "
         f"fp32 recipe: first run {o['first_run_s']:.1f} s, fully cached rerun {o['cached_rerun_s']:.2f} s.", "",
     ]
-    path.write_text("\n".join(text))
+    path.write_text("\n".join(text) + _owned_sections(path))
+
+
+def _owned_sections(path: Path) -> str:
+    """The sections of the current file that other scripts write between ``<!-- name:begin -->`` and
+    ``<!-- name:end -->`` (bench_unseen.py, profile_int8.py): kept, so that rewriting the rest does not
+    drop them."""
+    import re
+
+    text = path.read_text() if path.exists() else ""
+    return "".join("\n" + match.group(0) for match in re.finditer(r"<!-- (\w+):begin.*?<!-- \1:end -->\n?", text,
+                                                                  re.S))

@@ -13,18 +13,23 @@ from torch import nn
 
 from modelzip import load_recipe, run_recipe
 from modelzip.artifacts import Artifact
+from modelzip.envinfo import cpu_flags
 from modelzip.errors import PassError, RecipeError
 from modelzip.evaluation.accuracy import onnx_outputs
 from modelzip.evaluation.latency import Latency
 from modelzip.passes.quantize import QuantizeConfig, QuantizePass
 from modelzip.pipeline import RunOptions
-from modelzip.quantization import choice, sensitivity
+from modelzip.quantization import choice, placement, sensitivity
 from modelzip.recipe import DataSpec
 from modelzip.registry import PassRegistry
 from modelzip.sources.data import load_data
 from modelzip.zoo import fashion_cnn
 from tests.conftest import needs_fashion, pass_context, synthetic_recipe
 
+# placement: auto (x86 only) pads the 1-channel stem's input to 4 channels channels-last with float nodes
+# (Reshape, one-hot MatMul, Transpose: onnxruntime cancels the Transpose) and flattens the head in NHWC order.
+PLACED = placement.applies(cpu_flags())
+PAD = {"MatMul": 1, "Reshape": 1, "Transpose": 1} if PLACED else {}
 RECIPE = synthetic_recipe("  - quantize: {}", name="quant", model="modelzip.zoo:fashion_cnn",
                           model_args="{num_classes: 4, width: 8}", val_samples=64)
 
@@ -96,8 +101,22 @@ def test_static_writes_int8_weights_that_onnxruntime_runs(tmp_path, registry, da
     assert logits.shape == (64, 4) and np.isfinite(logits).all()
     nodes = details["nodes"]
     assert nodes["quantized_ops"]["Conv"] == 2 and nodes["quantized_ops"]["Gemm"] == 2
-    assert nodes["conversion_ops"]["QuantizeLinear"] >= 4 and nodes["float_ops"] == {}
+    assert nodes["conversion_ops"]["QuantizeLinear"] >= 4 and nodes["float_ops"] == PAD
     assert details["layers"]["quantized"] == ["features.0", "features.4", "classifier.1", "classifier.4"]
+    # What onnxruntime runs: every QDQ group fused into an int8 kernel, Q/DQ only at the edges.
+    assert nodes["as_run"]["int8"]["QLinearConv"] == 2 and nodes["as_run"]["int8"]["QGemm"] == 2
+    assert "onnxruntime runs int8: " in details["summary"]
+    assert nodes["as_run"]["conversions"] == {"DequantizeLinear": 1, "QuantizeLinear": 1}
+    # Placed, the whole int8 graph runs channels last: no layout Transpose left at all.
+    assert nodes["as_run"]["float"] == ({"MatMul": 1, "Reshape": 1} if PLACED else {})
+    assert nodes["as_run"]["layout"] == ({} if PLACED else {"Transpose": 2})
+    metadata = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert metadata["modelzip.onnxruntime.graph_optimization_level"] == "ORT_ENABLE_ALL"
+    arranged = details["settings"]["placement"]
+    padded = [(row["input_channels"], row["padded_to"]) for row in arranged["padded_inputs"]]
+    assert padded == ([(1, 4)] if PLACED else []) and len(arranged["nhwc_flatten"]) == PLACED
+    assert ("placement: features.0 input padded 1 -> 4 channels, classifier.1 input flattened channels last"
+            in details["summary"]) == PLACED
     settings = details["settings"]
     assert settings["per_channel"] and settings["calibration"] == {"method": "minmax", "samples": 256,
                                                                    "batch_size": 64}
@@ -117,7 +136,7 @@ def test_exclude_keeps_a_torch_module_float(tmp_path, registry, data):
     kept = details["layers"]["kept_float"]
     assert [(row["layer"], row["reason"]) for row in kept] == [("classifier.4", "exclude: 'classifier.4'")]
     assert details["exclude"] == {"classifier.4": ["classifier.4"]}
-    assert details["nodes"]["float_ops"] == {"Gemm": 1}
+    assert details["nodes"]["float_ops"] == {"Gemm": 1, **PAD}
 
 
 def test_exclude_pattern_matching_nothing_suggests_a_name(tmp_path, registry, data):
@@ -314,7 +333,7 @@ def test_both_orders_give_an_int8_onnx(tmp_path, registry):
         names = json.loads((result.output_dir / result.report["final"]["name_map"]).read_text())["tensors"]
         assert initializer_types(model)[names["classifier.4.weight"]] == onnx.TensorProto.FLOAT
         assert initializer_types(model)[names["classifier.1.weight_quantized"]] == onnx.TensorProto.INT8
-        assert details["nodes"]["float_ops"] == {"Gemm": 1}
+        assert details["nodes"]["float_ops"] == {"Gemm": 1, **PAD}
         assert details["exclude"] == {"classifier.4": ["classifier.4"], "features.3": ["features.3"]}
         assert details["excluded_but_quantized"] == ["features.3"]
         assert result.report["final"]["ratios"]["size"] > 3.0

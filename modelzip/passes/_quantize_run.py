@@ -47,8 +47,8 @@ def settings(config) -> QuantizeSettings:
         calibration_batch_size=config.calibration_batch_size, method=config.method,
         percentile=config.percentile, activations=config.activations,
         activations_given="activations" in config.model_fields_set, per_channel=config.per_channel,
-        reduce_range=config.reduce_range, bits=config.bits, block_size=config.block_size,
-        compute=config.compute, max_accuracy_drop=config.max_accuracy_drop,
+        reduce_range=config.reduce_range, placement=config.placement, bits=config.bits,
+        block_size=config.block_size, compute=config.compute, max_accuracy_drop=config.max_accuracy_drop,
         max_float_layers=config.max_float_layers, prefer=config.prefer)
 
 

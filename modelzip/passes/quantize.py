@@ -30,6 +30,7 @@ _MODES_OF = {
     "activations": ("static",),
     "per_channel": ("static", "dynamic"),
     "reduce_range": ("static", "dynamic", "qat"),
+    "placement": ("static", "qat"),
     "bits": ("weight_only",),
     "block_size": ("weight_only",),
     "compute": ("weight_only",),
@@ -73,6 +74,13 @@ class QuantizeConfig(PassConfig):
         None,
         description="static/dynamic/qat: 7-bit weights; null = decide from the CPU (on for x86-64 "
                     "without VNNI, where onnxruntime's U8S8 kernels can saturate)")
+    placement: Literal["auto", "none"] = Field(
+        "auto",
+        description="static/qat: auto = arrange the graph for onnxruntime's int8 kernels on this CPU (x86: a "
+                    "convolution reading fewer than 4 channels, e.g. a grayscale stem, gets its input "
+                    "zero-padded to 4, the channel group the int8 kernels read; a 4-D tensor flattened into a "
+                    "Linear is flattened channels last, as the int8 graph runs; the same outputs, and the "
+                    "report lists every change); none = quantize the graph as exported")
     # ---- weight_only
     bits: Literal[4, 8] = Field(4, description="weight_only: bits per weight")
     block_size: int = Field(
@@ -130,7 +138,9 @@ class QuantizePass(Pass):
     produces = "onnx"
     # "2": details.latency has the pipeline's shape (timings, interval, verdict per batch), and
     # prefer: faster decides by that verdict; entries cached by version 1 lack both.
-    version = "2"
+    # "3": static/qat graphs are arranged for onnxruntime's int8 kernels (placement: auto), and
+    # details.nodes.as_run says what onnxruntime runs; version 2 entries are slower int8 models.
+    version = "3"
     quantizes = True
     # `prefer: faster` keeps whichever of int8 and float runs faster here: the CPU decides.
     reads = frozenset({"data", "timing"})

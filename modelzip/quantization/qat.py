@@ -74,10 +74,11 @@ def train(module, data, settings, objective, *, exclude: tuple[str, ...] = (),
 # --------------------------------------------------------------------------- int8 graph
 
 
-def quantizer(settings, prepared: Path, input_name: str, calibration, trained: Trained) -> Quantizer:
+def quantizer(settings, prepared: Path, input_name: str, calibration, trained: Trained, arranged) -> Quantizer:
     """A Quantizer: static QDQ with the learned ranges, calibration for the rest.
 
-    ``settings``: QuantizeSettings; ``calibration``: run._Calibration (batches, cache, scratch).
+    ``settings``: QuantizeSettings; ``calibration``: run._Calibration (batches, cache, scratch);
+    ``arranged``: placement.Placement of ``prepared`` (its float nodes stay float).
     """
     from modelzip.quantization import static
 
@@ -91,10 +92,11 @@ def quantizer(settings, prepared: Path, input_name: str, calibration, trained: T
                  "calibration": {"method": "minmax", "samples": samples,
                                  "batch_size": settings.calibration_batch_size,
                                  "used_for": "tensors without a learned range"},
-                 "learned_ranges": learned}
+                 "learned_ranges": learned, "placement": arranged.to_json()}
 
     def run(float_nodes, out: Path) -> Path:
-        return _quantize(prepared, out, cache, chosen, {*float_nodes, *range_float}, overrides)
+        return _quantize(prepared, out, cache, chosen, {*float_nodes, *range_float, *arranged.float_nodes},
+                         overrides)
 
     return Quantizer(described, run, "int8")
 

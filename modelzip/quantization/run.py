@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelzip.evaluation.records import LatencyPair, LatencyResult
-from modelzip.quantization import QuantizeFailure, prepare, qat
+from modelzip.quantization import QuantizeFailure, placement, prepare, qat
 from modelzip.quantization.layers import Layer, all_aliases, find_layers, load_module_map, match_exclude, suggest_names
 from modelzip.quantization.quantizer import Quantizer
 from modelzip.quantization.rewrite import matmul_copy
@@ -45,16 +45,19 @@ def quantize_onnx(source: Path, settings: QuantizeSettings, *, data: DataBundle,
     float_path = prepare.float_onnx(source, scratch, work_dir)
     prepared = scratch / "prepared.onnx"
     preprocess_note = prepare.preprocess(float_path, prepared)
+    arranged = _arrange(settings, prepared)
     model = onnx.load(str(prepared))
     module_map = load_module_map(work_dir)
-    layers = find_layers(model, module_map)
+    added = set(arranged.float_nodes) if arranged is not None else set()  # placement's own nodes: not layers
+    layers = [layer for layer in find_layers(model, module_map) if layer.node not in added]
     aliases = all_aliases(model, module_map)
     # What the report calls a node: its layer's module, else its exporter module, else itself.
     labels = {node: names[-1] for node, names in aliases.items()}
     labels.update({layer.node: layer.label for layer in layers})
     excluded = _resolve_exclude(settings.exclude, aliases)
     calibration = _Calibration(data, settings, seed, work_dir, scratch)
-    quantizer = _make_quantizer(settings, prepared, prepare.graph_input_name(model), calibration, trained)
+    quantizer = _make_quantizer(settings, prepared, prepare.graph_input_name(model), calibration, trained,
+                                arranged)
     progress.log(f"{settings.mode}: {len(layers)} layers, {len(excluded)} node(s) excluded")
 
     search = None
@@ -64,13 +67,17 @@ def quantize_onnx(source: Path, settings: QuantizeSettings, *, data: DataBundle,
         search = _accuracy_search(settings, data, timing, progress, quantizer, float_path, layers, excluded,
                                   scratch)
         quantized = search.best.path
+    if settings.mode in ("static", "qat"):  # QDQ: onnxruntime must fuse the pairs (metadata says how)
+        from modelzip.quantization.static import mark_session_needs
+
+        mark_session_needs(quantized)
     agreement = _check_runs(quantized, float_path, data, seed)
     latency = _latency(float_path, quantized, input_shape, timing, settings.prefer, seed, progress)
     keep_float = summary.float_is_faster(latency, timing.batch_size) and settings.prefer == "faster"
     output = work_dir / OUTPUT_FILE
     shutil.copyfile(float_path if keep_float else quantized, output)
 
-    nodes = what_runs.summarize(quantized, layers)
+    nodes = what_runs.summarize(quantized, layers) | {"as_run": what_runs.as_run(quantized)}
     details = summary.record(
         chosen=settings, quantizer=quantizer, preprocess=preprocess_note, nodes=nodes, layers=layers,
         labels=labels, excluded=excluded, search=search, latency=latency, agreement=agreement,
@@ -117,14 +124,24 @@ def _resolve_exclude(patterns: tuple[str, ...], aliases: dict[str, tuple[str, ..
     return excluded
 
 
+def _arrange(settings: QuantizeSettings, prepared: Path) -> placement.Placement | None:
+    """Static and qat: the float graph rewritten in place for onnxruntime's int8 kernels on this CPU
+    (before calibration, so that tensors it adds get ranges). None for the other modes."""
+    from modelzip.envinfo import cpu_flags
+
+    if settings.mode not in ("static", "qat"):
+        return None
+    return placement.arrange(prepared, enabled=settings.placement == "auto", flags=cpu_flags())
+
+
 def _make_quantizer(settings: QuantizeSettings, prepared: Path, input_name: str, calibration: _Calibration,
-                    trained: qat.Trained | None) -> Quantizer:
+                    trained: qat.Trained | None, arranged: placement.Placement | None) -> Quantizer:
     from modelzip.quantization import choice, dynamic, weight_only
 
     if settings.mode == "qat":
-        return qat.quantizer(settings, prepared, input_name, calibration, trained)
+        return qat.quantizer(settings, prepared, input_name, calibration, trained, arranged)
     if settings.mode == "static":
-        return _static_quantizer(settings, prepared, input_name, calibration)
+        return _static_quantizer(settings, prepared, input_name, calibration, arranged)
     if settings.mode == "dynamic":
         reduce_range, reason = choice.reduce_range(settings.reduce_range)
         chosen = dynamic.DynamicSettings(settings.per_channel, reduce_range)
@@ -138,7 +155,7 @@ def _make_quantizer(settings: QuantizeSettings, prepared: Path, input_name: str,
 
 
 def _static_quantizer(settings: QuantizeSettings, prepared: Path, input_name: str,
-                      calibration: _Calibration) -> Quantizer:
+                      calibration: _Calibration, arranged: placement.Placement) -> Quantizer:
     """Calibrate once (streamed); every later quantization reuses the saved ranges."""
     from modelzip.quantization import choice, static
 
@@ -154,8 +171,11 @@ def _static_quantizer(settings: QuantizeSettings, prepared: Path, input_name: st
         described_calibration["percentile"] = settings.percentile
     described = {**chosen.describe(), "reduce_range_reason": reason,
                  "activations_reason": choice.activations_reason(settings.activations_given),
-                 "calibration": described_calibration, "cpu": choice.cpu_summary()}
-    return Quantizer(described, lambda nodes, out: static.quantize(prepared, out, cache, chosen, nodes),
+                 "calibration": described_calibration, "placement": arranged.to_json(),
+                 "cpu": choice.cpu_summary()}
+    keep_float = arranged.float_nodes
+    return Quantizer(described,
+                     lambda nodes, out: static.quantize(prepared, out, cache, chosen, {*nodes, *keep_float}),
                      "int8")
 
 

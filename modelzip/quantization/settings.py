@@ -26,6 +26,8 @@ class QuantizeSettings:
     # static / dynamic / qat
     per_channel: bool = True
     reduce_range: bool | None = None  # None: decided from the CPU
+    # static / qat: "auto" rewrites the graph for onnxruntime's x86 int8 kernels (placement.py)
+    placement: str = "auto"  # auto | none
     # weight_only
     bits: int = 4
     block_size: int = 128

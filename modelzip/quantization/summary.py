@@ -85,7 +85,8 @@ def record(*, chosen: QuantizeSettings, quantizer, preprocess: str, nodes: dict[
         size={"float_bytes": float_bytes, "quantized_bytes": quantized_bytes,
               "ratio": round(float_bytes / max(quantized_bytes, 1), 3)},
         latency=latency, accuracy=accuracy, sensitivity=sensitivity)
-    return dataclasses.replace(details, summary=_summary(chosen, quantizer.label, details, batch_size))
+    placement = _placement_clause(quantizer.settings.get("placement"), labels)
+    return dataclasses.replace(details, summary=_summary(chosen, quantizer.label, details, batch_size, placement))
 
 
 def _float_layers(layers, nodes, excluded, search, mode: str) -> list[dict[str, str]]:
@@ -106,7 +107,17 @@ def _float_layers(layers, nodes, excluded, search, mode: str) -> list[dict[str, 
     return rows
 
 
-def _summary(chosen, label: str, details: QuantizeDetails, batch_size: int) -> str:
+def _placement_clause(placement: dict[str, Any] | None, labels: dict[str, str]) -> str | None:
+    """e.g. 'placement: features.0 input padded 1 -> 4 channels, classifier.1 input flattened channels last'."""
+    placement = placement or {}
+    changes = [f"{labels.get(row['node'], row['node'])} input padded {row['input_channels']} -> "
+               f"{row['padded_to']} channels" for row in placement.get("padded_inputs", ())]
+    changes += [f"{labels.get(row['layer'], row['layer'])} input flattened channels last"
+                for row in placement.get("nhwc_flatten", ())]
+    return "placement: " + ", ".join(changes) if changes else None
+
+
+def _summary(chosen, label: str, details: QuantizeDetails, batch_size: int, placement: str | None) -> str:
     parts = []
     pairs = details.latency.pairs if details.latency is not None else ()
     slower = [pair for pair in pairs if pair.verdict == SLOWER]
@@ -120,6 +131,11 @@ def _summary(chosen, label: str, details: QuantizeDetails, batch_size: int) -> s
     parts.append(f"{chosen.mode} {label}: {len(layers['quantized'])}/{layers['total']} layers quantized, "
                  f"{_mb(size['float_bytes'])} -> {_mb(size['quantized_bytes'])} "
                  f"({size['ratio']:.1f}x smaller)")
+    if placement:
+        parts.append(placement)
+    as_run = details.nodes.get("as_run")
+    if as_run:
+        parts.append(_as_run_clause(as_run))
     faster = [pair for pair in pairs if pair.verdict == FASTER]
     if faster:
         parts.append("faster: " + ", ".join(map(_float_to_quantized, faster)))
@@ -137,6 +153,17 @@ def _summary(chosen, label: str, details: QuantizeDetails, batch_size: int) -> s
             parts.append(f"MISSED accuracy budget by {100 * accuracy['missed_by']:.2f} pt "
                          f"({len(accuracy['kept_float'])} layer(s) float)")
     return "; ".join(parts)
+
+
+def _as_run_clause(as_run: dict[str, dict[str, int]]) -> str:
+    """e.g. 'onnxruntime runs int8: 2 QLinearConv, 2 QGemm; float: 1 ReduceMean; layout: 1 Transpose'."""
+    def counts(ops: dict[str, int]) -> str:
+        return ", ".join(f"{n} {op}" for op, n in sorted(ops.items(), key=lambda item: (-item[1], item[0])))
+    clauses = [f"{group}: {counts(as_run[group])}" for group in ("int8", "float") if as_run.get(group)]
+    layout = as_run.get("layout")
+    if layout:
+        clauses.append(f"layout: {counts(layout)}")
+    return "onnxruntime runs " + ("; ".join(clauses) or "nothing")
 
 
 def _float_to_quantized(pair: LatencyPair) -> str:

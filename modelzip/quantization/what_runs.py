@@ -4,6 +4,11 @@ A node counts as quantized when it is an integer op (QLinear*, ConvInteger, MatM
 MatMulNBits, ...), or when every float tensor it reads comes out of a DequantizeLinear
 (a QDQ-wrapped op, which onnxruntime fuses into an integer kernel). The Q/DQ nodes and
 DynamicQuantizeLinear are counted apart: they convert, they do not compute.
+
+``as_run`` reads the graph onnxruntime really executes, after its optimizations: which QDQ
+groups became integer kernels (QLinearConv, QGemm, NhwcMaxPool, ...), what still computes in
+float, the layout changes it added (Transpose for NHWC int8 convolutions, Reorder for fp32 NCHWc
+ones) and the Q/DQ nodes left unfused.
 """
 from __future__ import annotations
 
@@ -14,6 +19,11 @@ from typing import Any
 from modelzip.quantization.layers import Layer
 
 CONVERSION_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+LAYOUT_OPS = frozenset({"Transpose", "ReorderInput", "ReorderOutput"})  # NHWC (int8) and NCHWc (fp32)
+# Ops whose output is not 8-bit although they read 8-bit data (int32 or float results).
+_WIDENING_OPS = frozenset({"DequantizeLinear", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
+                           "DynamicQuantizeMatMul", "MatMulNBits"})
+_INT8_TYPES = frozenset({2, 3})  # onnx TensorProto.UINT8, INT8
 INTEGER_OPS = frozenset({"ConvInteger", "MatMulInteger", "MatMulNBits", "QGemm", "QAttention",
                          "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "GatherBlockQuantized",
                          "QEmbedLayerNormalization", "MatMulIntegerToFloat"})
@@ -97,3 +107,45 @@ def _float_layer_nodes(model, wrapped: set[str]) -> set[str]:
     return {node.name for node in model.graph.node
             if node.op_type not in CONVERSION_OPS and not is_integer_op(node.op_type)
             and node.name not in wrapped}
+
+
+def as_run(path: Path) -> dict[str, Any]:
+    """Op counts of the graph onnxruntime's CPU session executes (ORT_ENABLE_ALL, its default and
+    what every measurement uses): ``int8`` (nodes reading 8-bit data), ``float``, ``layout``
+    (Transpose, ReorderInput/Output) and ``conversions`` (Q/DQ left unfused)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = 1  # the graph does not depend on it
+        options.log_severity_level = 3
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    eight_bit = {init.name for init in graph.initializer if init.data_type in _INT8_TYPES}
+    groups: dict[str, Counter] = {"int8": Counter(), "float": Counter(), "layout": Counter(),
+                                  "conversions": Counter()}
+    for node in graph.node:  # topological order
+        reads_8bit = bool(node.input) and node.input[0] in eight_bit
+        if node.op_type in CONVERSION_OPS:
+            group = "conversions"
+        elif node.op_type in LAYOUT_OPS:
+            group = "layout"
+        else:
+            group = "int8" if reads_8bit else "float"
+        groups[group][node.op_type] += 1
+        if _writes_8bit(node, reads_8bit):
+            eight_bit.update(node.output)
+    return {name: dict(sorted(counts.items())) for name, counts in groups.items()}
+
+
+def _writes_8bit(node, reads_8bit: bool) -> bool:
+    if node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear"):
+        return True
+    if node.op_type == "QGemm":  # without an output scale (input 7) it writes float
+        return len(node.input) > 7 and bool(node.input[7])
+    return reads_8bit and node.op_type not in _WIDENING_OPS
