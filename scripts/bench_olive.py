@@ -41,7 +41,8 @@ OLIVE_VENV = REPO / ".bench" / "olive-venv"
 sys.path.insert(0, str(REPO / "scripts"))
 
 from bench import run_recipe  # noqa: E402
-from bench_olive_report import markdown, write_section  # noqa: E402
+from bench_olive_report import markdown  # noqa: E402
+from bench_report import write_section  # noqa: E402
 
 RECIPE = REPO / "recipes" / "bench" / "quantize_static.yaml"
 FP32_RECIPE = REPO / "recipes" / "bench" / "fp32.yaml"
@@ -376,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             if "profile" in row and Path(row["profile"]["prof"]).exists():
                 row["profile"].update(profile_phases(Path(row["profile"]["prof"])))
         args.json.write_text(json.dumps(results, indent=1) + "\n")
-        write_section(args.out, markdown(results))
+        write_section(args.out, "olive", markdown(results))
         return 0
     olive_bin = args.olive_venv / "bin" / "olive"
     if not olive_bin.exists():
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     results["wall_s"] = round(time.perf_counter() - started, 1)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
     if results["models"]:
-        write_section(args.out, markdown(results))
+        write_section(args.out, "olive", markdown(results))
     print(f"wrote {args.json} and the olive section of {args.out} in {results['wall_s']:.0f} s")
     return 0
 

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
 
 def _no_counterpart(phases: list[dict], wall_s: float) -> str:
@@ -131,9 +129,3 @@ def markdown(results: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of BENCHMARKS.md (or append it), leaving the rest as it is."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"<!-- olive:begin.*?<!-- olive:end -->\n", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)

@@ -1,6 +1,7 @@
 """BENCHMARKS.md from the figures scripts/bench.py collected (kept apart: formatting only)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 FP32 = "fp32 ONNX (baseline)"
@@ -179,3 +180,12 @@ def _owned_sections(path: Path) -> str:
     text = path.read_text() if path.exists() else ""
     return "".join("\n" + match.group(0) for match in re.finditer(r"<!-- (\w+):begin.*?<!-- \1:end -->\n?", text,
                                                                   re.S))
+
+
+def write_section(path: Path, name: str, section: str) -> None:
+    """Replace the section a script owns in ``path``, between ``<!-- name:begin`` and
+    ``<!-- name:end -->`` (or append it), leaving the rest as it is."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"<!-- {name}:begin.*?<!-- {name}:end -->\n", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)

@@ -31,6 +31,7 @@ WORK = REPO / ".bench" / "unseen"
 sys.path.insert(0, str(REPO / "scripts"))
 
 from bench import run_recipe, train_baseline  # noqa: E402
+from bench_report import write_section  # noqa: E402
 
 # name -> (model section of the recipe, baseline epochs on the full training split)
 ARCHITECTURES = {
@@ -186,14 +187,6 @@ def markdown(trained: dict[str, dict], rows: dict[str, dict], sweep: dict[str, d
     return "\n".join(out) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of BENCHMARKS.md (or append it), leaving the rest as it is."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"<!-- unseen:begin.*?<!-- unseen:end -->\n", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     archs = args.arch or list(ARCHITECTURES)
@@ -214,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = earlier.get("probe_widths", []) if args.no_probe else probe_widths()
     args.json.write_text(json.dumps({"baselines": trained, "runs": rows, "sweep": sweep, "probe_widths": probe,
                                      "wall_s": round(time.perf_counter() - started)}, indent=1))
-    write_section(args.out, markdown(trained, rows, sweep, probe))
+    write_section(args.out, "unseen", markdown(trained, rows, sweep, probe))
     print(f"wrote {args.out} and {args.json} in {time.perf_counter() - started:.0f}s")
     return 0
 

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_report import write_section  # scripts/ is on sys.path when a script runs
+
 VARIANTS = ("fp32", "int8 placement none", "int8 placement auto")
 
 
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
               "<!-- int8:end -->"]
     section = "\n".join(lines) + "\n"
     if args.write:
-        write_section(args.write, section)
+        write_section(args.write, "int8", section)
     else:
         print(section)
     return 0
@@ -222,16 +224,6 @@ def _version(package: str) -> str:
     import importlib.metadata
 
     return importlib.metadata.version(package)
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of ``path`` (or append it), leaving the rest as it is."""
-    import re
-
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"<!-- int8:begin.*?<!-- int8:end -->\n", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 if __name__ == "__main__":
