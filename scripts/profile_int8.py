@@ -77,8 +77,14 @@ def build(model: str, checkpoint: Path, directory: Path, data) -> dict[str, Path
     return paths
 
 
+# Profiled runs per model and round, after untimed ones: in blocks, as ``speedups`` times them.
+BLOCK = {"untimed": 2, "profiled": 3}
+BLOCK_BATCH_1 = {"untimed": 40, "profiled": 20}
+
+
 def profile(paths: dict[str, Path], batch: int, threads: int, rounds: int, directory: Path) -> dict:
-    """variant -> _per_op's (run ms, per op type, slowest nodes), the variants profiled interleaved."""
+    """variant -> _per_op's (run ms, per op type, slowest nodes), the variants profiled interleaved,
+    each round a block of runs per model of which the untimed ones are left out (see ``speedups``)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -92,31 +98,38 @@ def profile(paths: dict[str, Path], batch: int, threads: int, rounds: int, direc
         options.profile_file_prefix = str(directory / f"profile_{name.replace(' ', '_')}_{batch}")
         sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     images = np.random.default_rng(0).standard_normal((batch, 1, 28, 28), dtype=np.float32)
-    warmup, per_round = 3, 20 if batch == 1 else 1
-    for index in range(warmup + rounds):
+    block = BLOCK_BATCH_1 if batch == 1 else BLOCK
+    for index in range(1 + rounds):  # round 0 warms up
         for name in (list(sessions) if index % 2 == 0 else list(sessions)[::-1]):
-            for _ in range(per_round):
+            for _ in range(block["untimed"] + block["profiled"]):
                 sessions[name].run(None, {"input": images})
-    return {name: _per_op(json.loads(Path(session.end_profiling()).read_text()), warmup * per_round)
+    return {name: _per_op(json.loads(Path(session.end_profiling()).read_text()), block)
             for name, session in sessions.items()}
 
 
-def _per_op(events: list[dict], skip: int) -> tuple[float, dict[str, float], list[tuple[str, str, float]]]:
-    """(median run ms, {op type: sum of per-node medians}, the 3 slowest nodes (node, op, ms))."""
-    nodes, op_of, runs = collections.defaultdict(list), {}, []
+def _per_op(events: list[dict], block: dict[str, int]) -> tuple[float, dict[str, float], list[tuple[str, str, float]]]:
+    """(median run ms, {op type: sum of per-node medians}, the 3 slowest nodes (node, op, ms)), from
+    the profiled runs only: the first block (warm-up) and each block's untimed runs are left out."""
+    import bisect
+
+    runs = sorted((e["ts"], e["dur"]) for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    size = block["untimed"] + block["profiled"]
+    kept = {i for i in range(size, len(runs)) if i % size >= block["untimed"]}
+    starts = [ts for ts, _ in runs]
+    nodes, op_of = collections.defaultdict(list), {}
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            node = event["name"].removesuffix("_kernel_time")
-            nodes[node].append(event["dur"])
-            op_of[node] = event["args"].get("op_name", "?")
-        elif event.get("cat") == "Session" and event["name"] == "model_run":
-            runs.append(event["dur"])
-    per_node = {node: statistics.median(times[skip:]) / 1000 for node, times in nodes.items()}
+            if bisect.bisect_right(starts, event["ts"]) - 1 in kept:
+                node = event["name"].removesuffix("_kernel_time")
+                nodes[node].append(event["dur"])
+                op_of[node] = event["args"].get("op_name", "?")
+    per_node = {node: statistics.median(times) / 1000 for node, times in nodes.items()}
     per_op: dict[str, float] = collections.Counter()
     for node, ms in per_node.items():
         per_op[op_of[node]] += ms
     slowest = sorted(per_node, key=per_node.get, reverse=True)[:3]
-    return statistics.median(runs[skip:]) / 1000, dict(per_op), [(n, op_of[n], per_node[n]) for n in slowest]
+    run_ms = statistics.median(dur for index, (_, dur) in enumerate(runs) if index in kept) / 1000
+    return run_ms, dict(per_op), [(n, op_of[n], per_node[n]) for n in slowest]
 
 
 def speedups(paths: dict[str, Path], batch: int, threads: int, repeats: int) -> dict[str, list[float]]:
