@@ -261,6 +261,12 @@ class TunePlan:
     sets: tuple[str, ...] = ()
 
 
+def proxy_sets(objective: Objective) -> list[str]:
+    """The search runs' overrides: no latency (the expensive measurement) unless latency is what
+    is tuned, and so no speed gate either (it could never pass; the final run keeps it)."""
+    return [] if objective == "latency" else ["evaluation.latency=false", "gates.min_speedup=null"]
+
+
 def plan_tune(recipe_path: Path, *, objective: Objective, max_drop: float, over=(), sets=(), out: Path | None = None,
               registry=None) -> TunePlan:
     """The knobs, each checked at both ends of its range as a full recipe (exit 2 naming the
@@ -272,7 +278,8 @@ def plan_tune(recipe_path: Path, *, objective: Objective, max_drop: float, over=
     knobs = knobs_of(recipe, list(over), objective=objective)
     out = Path(out) if out is not None else recipe.output_dir.with_name(recipe.output_dir.name + "-tune")
     ends = tuple(Axis(k.key, tuple(dict.fromkeys(str(v) for v in (k.values[0], k.values[-1])))) for k in knobs)
-    plan_sweep(recipe_path, ends, sets=tuple(sets), out=out, registry=registry)  # raises on a bad key or value
+    for extra in ((), tuple(proxy_sets(objective))):  # the search runs and the final run: both must be valid
+        plan_sweep(recipe_path, ends, sets=(*sets, *extra), out=out, registry=registry)  # raises on a bad key/value
     return TunePlan(Path(recipe_path), recipe, knobs, objective, max_drop, out, tuple(sets))
 
 
@@ -286,8 +293,7 @@ def run_tune(plan: TunePlan, run: Callable[[Any, Path], Any], *, on_trial: Calla
     from modelzip.sweep_points import build_sweep, point_from_run
 
     cache = plan.recipe.resolve(plan.recipe.cache_dir) or plan.out / ".cache"
-    # The proxy: no latency (the expensive measurement) unless latency is what is tuned.
-    proxy = [] if plan.objective == "latency" else ["evaluation.latency=false"]
+    proxy = proxy_sets(plan.objective)
     counter = iter(range(10_000))
 
     def execute(overrides: dict[str, Any], extra: list[str], folder: Path) -> SweepPoint:
@@ -331,6 +337,8 @@ def run_tune(plan: TunePlan, run: Callable[[Any, Path], Any], *, on_trial: Calla
 
 
 def _drop(point: SweepPoint) -> str:
+    if point.error:
+        return point.error.splitlines()[-1].strip() if len(point.error.splitlines()) > 1 else point.error
     if point.accuracy_delta is None:
         return "not measured"
     return f"accuracy {-100 * point.accuracy_delta:+.2f} pp drop"

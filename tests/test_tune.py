@@ -84,8 +84,9 @@ def test_tune_writes_the_winning_recipe_and_every_point_tried(tmp_path):
 
     torch.manual_seed(0)
     torch.save(tiny_cnn(num_classes=4).state_dict(), tmp_path / "tiny.pt")
+    # A speed gate: the search runs (no latency) drop it, the final run checks it.
     result = runner.invoke(app, ["tune", str(recipe), "--max-accuracy-drop", "1", "--device", "cpu", "--quiet",
-                                 "--over", "passes.0.prune.sparsity=0.5..0.6"])
+                                 "--over", "passes.0.prune.sparsity=0.5..0.6", "--set", "gates.min_speedup=0.01"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "out-tune"
     sweep = json.loads((out / "sweep.json").read_text())
@@ -98,6 +99,8 @@ def test_tune_writes_the_winning_recipe_and_every_point_tried(tmp_path):
     # The final run is the proxy's winner with latency: its steps came from the shared cache.
     final = json.loads((out / "final" / "report.json").read_text())
     assert all(step["cached"] for step in final["steps"]) and final["final"]["latency"] is not None
+    assert [g["name"] for g in final["gates"]] == ["min_speedup"] and sweep["tune"]["proxy"] == [
+        "evaluation.latency=false", "gates.min_speedup=null"]
 
 
 def test_a_knob_the_schema_refuses_is_exit_2_before_anything_runs(tmp_path):
