@@ -124,17 +124,19 @@ def _memoized(memo: ChartMemo | None, name: str, data: dict[str, Any], draw: Cal
     return svg
 
 
-def _figure():
+def figure(size: tuple[float, float] = (5.2, 3.6)):
+    """(pyplot, figure, axes) for an SVG chart: text kept as text, ids stable between runs."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "modelzip"})  # text as text; stable ids
-    return plt, *plt.subplots(figsize=(5.2, 3.6))
+    return plt, *plt.subplots(figsize=size)
 
 
-def _svg(plt, fig) -> str:
+def svg_of(plt, fig) -> str:
+    """The figure as an ``<svg>`` element to inline in HTML (no XML prolog), then closed."""
     buffer = io.StringIO()
     try:
         fig.savefig(buffer, format="svg", bbox_inches="tight",
@@ -146,7 +148,7 @@ def _svg(plt, fig) -> str:
 
 
 def _accuracy_chart(data: dict[str, Any]) -> str:
-    plt, fig, ax = _figure()
+    plt, fig, ax = figure()
     steps = data["steps"]
     xs = [i for i, s in enumerate(steps) if s["accuracy"] is not None]
     ax.plot(xs, [100 * steps[i]["accuracy"] for i in xs], marker="o", color="#1f77b4", label="after the step")
@@ -162,11 +164,11 @@ def _accuracy_chart(data: dict[str, Any]) -> str:
     ax.set_title("accuracy after each step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _svg(plt, fig)
+    return svg_of(plt, fig)
 
 
 def _size_chart(data: dict[str, Any]) -> str:
-    plt, fig, ax = _figure()
+    plt, fig, ax = figure()
     steps = data["steps"]
     xs = range(len(steps))
     ax.bar([x - 0.2 for x in xs], [(s["size"] or 0) / 1e6 for s in steps], width=0.4, color="#1f77b4", label="file")
@@ -177,7 +179,7 @@ def _size_chart(data: dict[str, Any]) -> str:
     ax.set_title("size after each step")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    return _svg(plt, fig)
+    return svg_of(plt, fig)
 
 
 def _latency_chart(data: dict[str, Any]) -> str:
@@ -185,7 +187,7 @@ def _latency_chart(data: dict[str, Any]) -> str:
     baseline's median (box: 25th-75th percentile, whiskers: 5th-95th, line: median; a bar to the
     median with a whisker to p90 where a record kept no quantiles), and the speedup with its 95%
     interval written above."""
-    plt, fig, ax = _figure()
+    plt, fig, ax = figure()
     pairs = sorted(data["pairs"].items(), key=lambda kv: int(kv[0].removeprefix("batch_")))
     top = 1.0
     for i, (_, pair) in enumerate(pairs):
@@ -213,4 +215,4 @@ def _latency_chart(data: dict[str, Any]) -> str:
     ax.set_title("latency distribution, interleaved in this run")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="lower right")
-    return _svg(plt, fig)
+    return svg_of(plt, fig)

@@ -199,27 +199,33 @@ def run_sweep(plan: Plan, run: Callable[[Any, Path], Any], *, on_point: Callable
     """Run every point with ``run(recipe, folder)`` (a run_recipe call); a failed point is
     recorded with its error and the next one runs. Ctrl-C stops the sweep (finished steps stay
     cached, so running it again resumes)."""
-    from modelzip.compare import read_run
-
     started = time.perf_counter()
     result = SweepRun()
     for point, recipe in zip(plan.points, plan.recipes):
-        overrides = dict(point.overrides)
         if on_point is not None:
             on_point(point, "running")
-        try:
-            run(recipe, point.folder)
-            swept = point_from_run(read_run(point.folder, label=point.folder.name), overrides, point.label)
-        except ModelzipError as exc:
-            swept = SweepPoint.failed(point.folder.name, point.label, overrides, str(point.folder), exc.format())
-        except Exception as exc:  # a bug in a pass or plugin must not lose the other points
-            swept = SweepPoint.failed(point.folder.name, point.label, overrides, str(point.folder),
-                                      f"internal error: {type(exc).__name__}: {exc}")
+        swept = run_point(lambda recipe=recipe: recipe, run, point.folder, dict(point.overrides), point.label)
         result.points.append(swept)
         if on_point is not None:
             on_point(point, swept.status)
     result.wall_time_s = time.perf_counter() - started
     return result
+
+
+def run_point(recipe: Callable[[], Any], run: Callable[[Any, Path], Any], folder: Path, overrides: dict[str, Any],
+              label: str) -> SweepPoint:
+    """One point: ``run(recipe(), folder)``, read back from its report.json; a point that fails
+    (loading its recipe included) is recorded with its error instead of stopping the others."""
+    from modelzip.compare import read_run
+
+    try:
+        run(recipe(), folder)
+        return point_from_run(read_run(folder, label=folder.name), overrides, label)
+    except ModelzipError as exc:
+        return SweepPoint.failed(folder.name, label, overrides, str(folder), exc.format())
+    except Exception as exc:  # a bug in a pass or plugin must not lose the other points
+        return SweepPoint.failed(folder.name, label, overrides, str(folder),
+                                 f"internal error: {type(exc).__name__}: {exc}")
 
 
 def sweep_report(plan: Plan, run: SweepRun) -> dict[str, Any]:

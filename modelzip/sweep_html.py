@@ -8,7 +8,6 @@ on the path of `validate` or `--help`.
 from __future__ import annotations
 
 import html
-import io
 import os
 from pathlib import Path
 from typing import Any
@@ -67,45 +66,34 @@ def _link(point: SweepPoint, out: Path) -> str:
 
 
 def _chart(points: list[SweepPoint], front_name: str, out: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from modelzip.report_html import figure, svg_of
 
     cost = FRONTS[front_name]
     title, scale = _AXES[front_name]
     shown = [p for p in points if p.measured and cost(p) is not None]
-    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "modelzip"})  # text as text; stable ids
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    try:
-        for status, color in _STATUS_COLOR.items():
-            group = [p for p in shown if p.status == status]
-            if group:
-                dots = ax.scatter([cost(p) * scale for p in group], [100 * p.accuracy for p in group], color=color,
-                                  label="gates failed" if status == "gates_failed" else "passed", zorder=3)
-                dots.set_urls([_link(p, out) for p in group])  # each dot opens its run's report
-        front = pareto_front(shown, cost)
-        if front:
-            ax.step([cost(p) * scale for p in front], [100 * p.accuracy for p in front], where="post",
-                    color="#2ca02c", label="Pareto front", zorder=2)
-        for p in shown:
-            ax.annotate(p.label, (cost(p) * scale, 100 * p.accuracy), fontsize=7, xytext=(4, 4),
-                        textcoords="offset points")
-        if not shown:
-            ax.text(0.5, 0.5, f"no point measured {front_name}", ha="center", transform=ax.transAxes)
-        ax.set_xlabel(title)
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(f"accuracy vs {front_name}")
-        ax.grid(alpha=0.3)
-        if shown:
-            ax.legend(fontsize=8)
-        buffer = io.StringIO()
-        fig.savefig(buffer, format="svg", bbox_inches="tight",
-                    metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
-    finally:
-        plt.close(fig)
-    svg = buffer.getvalue()
-    return svg[svg.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
+    plt, fig, ax = figure((6, 4.2))
+    for status, color in _STATUS_COLOR.items():
+        group = [p for p in shown if p.status == status]
+        if group:
+            dots = ax.scatter([cost(p) * scale for p in group], [100 * p.accuracy for p in group], color=color,
+                              label="gates failed" if status == "gates_failed" else "passed", zorder=3)
+            dots.set_urls([_link(p, out) for p in group])  # each dot opens its run's report
+    front = pareto_front(shown, cost)
+    if front:
+        ax.step([cost(p) * scale for p in front], [100 * p.accuracy for p in front], where="post",
+                color="#2ca02c", label="Pareto front", zorder=2)
+    for p in shown:
+        ax.annotate(p.label, (cost(p) * scale, 100 * p.accuracy), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    if not shown:
+        ax.text(0.5, 0.5, f"no point measured {front_name}", ha="center", transform=ax.transAxes)
+    ax.set_xlabel(title)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"accuracy vs {front_name}")
+    ax.grid(alpha=0.3)
+    if shown:
+        ax.legend(fontsize=8)
+    return svg_of(plt, fig)
 
 
 def _table(points: list[SweepPoint], out: Path) -> str:

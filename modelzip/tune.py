@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from modelzip.errors import InputError, ModelzipError
+from modelzip.errors import InputError
 from modelzip.sweep_points import SweepPoint
 
 Objective = Literal["size", "latency"]
@@ -287,10 +287,9 @@ def run_tune(plan: TunePlan, run: Callable[[Any, Path], Any], *, on_trial: Calla
              registry=None) -> tuple[TuneResult, dict[str, Any]]:
     """Search, then run the winner in full. Returns the result and the sweep report of every
     point tried (with a ``tune`` section)."""
-    from modelzip.compare import read_run
     from modelzip.recipe import load_recipe
-    from modelzip.sweep import folder_name
-    from modelzip.sweep_points import build_sweep, point_from_run
+    from modelzip.sweep import folder_name, run_point
+    from modelzip.sweep_points import build_sweep
 
     cache = plan.recipe.resolve(plan.recipe.cache_dir) or plan.out / ".cache"
     proxy = proxy_sets(plan.objective)
@@ -302,14 +301,9 @@ def run_tune(plan: TunePlan, run: Callable[[Any, Path], Any], *, on_trial: Calla
         label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items())
         if on_trial is not None:
             on_trial(label, "running")
-        try:
-            run(load_recipe(plan.recipe_path, sets, registry=registry), folder)
-            point = point_from_run(read_run(folder, label=folder.name), overrides, label)
-        except ModelzipError as exc:  # recorded; the bisection takes it as over budget
-            point = SweepPoint.failed(folder.name, label, overrides, str(folder), exc.format())
-        except Exception as exc:
-            point = SweepPoint.failed(folder.name, label, overrides, str(folder),
-                                      f"internal error: {type(exc).__name__}: {exc}")
+        # A failed point is recorded; the bisection takes it as over budget.
+        point = run_point(lambda: load_recipe(plan.recipe_path, sets, registry=registry), run, folder, overrides,
+                          label)
         if on_trial is not None:
             on_trial(label, f"{point.status}, {_drop(point)}")
         return point

@@ -157,7 +157,7 @@ def test_report_html_charts_come_from_the_memo_on_a_rerun(tiny_run, monkeypatch)
     def no_drawing():
         raise AssertionError("a chart was drawn again")
 
-    monkeypatch.setattr(report_html, "_figure", no_drawing)
+    monkeypatch.setattr(report_html, "figure", no_drawing)
     assert report_html.render_html(report, memo) == first
     report["steps"][0]["metrics"]["accuracy"] = 0.5  # what a chart shows changed: drawn again
     with pytest.raises(AssertionError, match="drawn again"):
