@@ -21,11 +21,11 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
     write_text(out / "report.md", render_markdown(report))
 
 
-def _pct(x: float | None) -> str:
+def percent(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
-def _mb(n: int | None) -> str:
+def megabytes(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 1e6:.3f} MB"
 
 
@@ -58,8 +58,8 @@ NOT_EVALUATED = "not evaluated (evaluation.steps: final)"
 def _row(label: str, m: dict[str, Any], wall: float | None, *, cached: bool, note: str) -> list[str]:
     params = f"{_count(m['params_nonzero'])} / {_count(m['params_total'])}"
     time_s = "" if wall is None else f"{wall:.1f}s" + (" (cached)" if cached else "")
-    accuracy = NOT_EVALUATED if m["accuracy"] is None else _pct(m["accuracy"])
-    return [label, m["accuracy_backend"], accuracy, params, _count(m["macs"]), _mb(m["size_bytes"]), time_s, note]
+    accuracy = NOT_EVALUATED if m["accuracy"] is None else percent(m["accuracy"])
+    return [label, m["accuracy_backend"], accuracy, params, _count(m["macs"]), megabytes(m["size_bytes"]), time_s, note]
 
 
 STEPS_NOTE = ("Accuracy was evaluated for the input model (as its fp32 ONNX export) and the final model only "
@@ -124,10 +124,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     status = "✅ passed" if report["status"] == "passed" else "❌ gates failed"
     parts = [
         f"# modelzip report: {report['recipe']['name']}",
-        f"**{status}** · final accuracy {_pct(final['accuracy'])} "
+        f"**{status}** · final accuracy {percent(final['accuracy'])} "
         f"({100 * ratios['accuracy_delta']:+.2f} pp vs input) · "
-        f"size {_mb(final['size_bytes'])} ({ratios['size']:.2f}x smaller, zip {ratios['zip_size']:.2f}x)"
-        + (f" · speedup {ratios['speedup']:.2f}x at batch {_batch(report)} ({_headline_verdict(report)})"
+        f"size {megabytes(final['size_bytes'])} ({ratios['size']:.2f}x smaller, zip {ratios['zip_size']:.2f}x)"
+        + (f" · speedup {ratios['speedup']:.2f}x at batch {headline_batch(report)} ({headline_verdict(report)})"
            if "speedup" in ratios else ""),
         "## Steps", _table(SUMMARY_HEADER, summary_rows(report)),
     ]
@@ -165,12 +165,12 @@ def _step_tables(report: dict[str, Any]) -> list[str]:
     return parts
 
 
-def _headline_verdict(report: dict[str, Any]) -> str:
+def headline_verdict(report: dict[str, Any]) -> str:
     pair = _latency(report).headline
     return pair.verdict if pair is not None else "not measured"
 
 
-def _batch(report: dict[str, Any]) -> str:
+def headline_batch(report: dict[str, Any]) -> str:
     """The batch size the headline speedup is at: data.batch_size, the largest measured."""
     batches = [p.batch for p in _latency(report).pairs]
     return str(max(batches, default=1))
