@@ -15,6 +15,7 @@ report (sweep.json, sweep.html), and the winning recipe is written as tuned.yaml
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,11 +235,12 @@ def write_tuned(path: Path, recipe, overrides: dict[str, Any], *, objective: str
 def _absolute_paths(data: dict[str, Any], recipe) -> dict[str, Any]:
     """output, cache_dir, model.checkpoint, data.root and distillation teachers, resolved."""
     def absolute(value):
-        return value if value in (None, "baseline") else str(recipe.resolve(value))
+        # resolve() is relative to the recipe's folder, which is relative when the recipe was named so.
+        return value if value in (None, "baseline") else os.path.abspath(recipe.resolve(value))
 
     for section, key in ((data, "output"), (data, "cache_dir"), (data["model"], "checkpoint"), (data["data"], "root")):
         section[key] = absolute(section.get(key))
-    data["output"] = str(recipe.output_dir.with_name(recipe.output_dir.name + "-tuned"))
+    data["output"] = os.path.abspath(recipe.output_dir.with_name(recipe.output_dir.name + "-tuned"))
     for step in data["passes"]:
         for params in step.values():
             distill = params.get("distill") if isinstance(params, dict) else None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -11,7 +12,7 @@ from modelzip.cli import app
 from modelzip.errors import InputError
 from modelzip.recipe import load_recipe
 from modelzip.sweep_points import SweepPoint
-from modelzip.tune import KINDS, Knob, Trial, _values, best_within, boldest_within, knobs_of, search
+from modelzip.tune import KINDS, Knob, Trial, _values, best_within, boldest_within, knobs_of, search, write_tuned
 from tests.conftest import synthetic_recipe, write_recipe
 
 runner = CliRunner()
@@ -110,3 +111,14 @@ def test_a_knob_the_schema_refuses_is_exit_2_before_anything_runs(tmp_path):
     assert result.exit_code == 2, result.output
     assert "passes.0.prune.sparsity (from --grid)" in result.output
     assert not (tmp_path / "out-tune").exists()
+
+
+def test_tuned_yaml_paths_are_absolute_when_the_recipe_was_named_by_a_relative_path(tmp_path, monkeypatch):
+    (tmp_path / "recipes").mkdir()
+    write_recipe(tmp_path / "recipes", synthetic_recipe(MAGNITUDE, checkpoint="../tiny.pt"))
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(Path("recipes") / "recipe.yaml")
+    write_tuned(tmp_path / "elsewhere" / "tuned.yaml", recipe, {}, objective="size", max_drop=0.01)
+    tuned = load_recipe(tmp_path / "elsewhere" / "tuned.yaml")
+    assert tuned.model.checkpoint == str(tmp_path / "tiny.pt")
+    assert Path(tuned.output).is_absolute()
