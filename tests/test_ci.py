@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
+import pytest
+import xmlschema
 from typer.testing import CliRunner
 
 from modelzip.ci import append_step_summary, junit_xml
@@ -11,11 +14,13 @@ from modelzip.evaluation.records import GateResult
 from tests.conftest import synthetic_recipe
 
 runner = CliRunner()
+JUNIT_SCHEMA = xmlschema.XMLSchema(Path(__file__).parent / "data" / "junit.xsd")
 
 
 def check_junit_shape(text: str) -> ET.Element:
     """The common JUnit schema's shape: testsuites > testsuite > testcase (> failure), with counts that
     add up and attribute types as the schema declares (integers, decimal seconds, names)."""
+    JUNIT_SCHEMA.validate(text)  # raises, naming the element and the rule broken
     root = ET.fromstring(text)
     assert root.tag == "testsuites"
     suites = root.findall("testsuite")
@@ -42,6 +47,17 @@ def test_junit_without_gates_has_one_passing_case():
     suite = check_junit_shape(junit_xml([], recipe="tiny", time_s=1.5))
     (case,) = suite.findall("testcase")
     assert case.get("name") == "run" and suite.get("failures") == "0" and suite.get("time") == "1.500"
+
+
+@pytest.mark.parametrize("broken", [
+    '<testsuites><testsuite tests="1"><testcase name="a"/></testsuite></testsuites>',  # a suite without name
+    '<testsuites><testsuite name="s" tests="-1"/></testsuites>',  # a negative count
+    '<testsuites><testsuite name="s" tests="1"><testcase name="a"/><properties/></testsuite></testsuites>',
+    '<testsuites><testsuite name="s" tests="1"><testcase name="a" time="1s"/></testsuite></testsuites>',
+])
+def test_the_schema_refuses_what_ci_readers_refuse(broken):
+    with pytest.raises(xmlschema.XMLSchemaValidationError):
+        JUNIT_SCHEMA.validate(broken)
 
 
 def test_junit_escapes_user_text():
