@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The deploy targets that run here (openvino + nncf, MNN: ~250 MB, README "Deploy"); `make test`
+# The deploy targets that run here (openvino + nncf, MNN: ~560 MB, README "Deploy"); `make test`
 # tests them, `make demo` does not need them.
 DEPLOY_STAMP := $(VENV)/.deploy-stamp
 $(DEPLOY_STAMP): $(STAMP) pyproject.toml

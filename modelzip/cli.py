@@ -184,8 +184,11 @@ def _print_run(result, quiet: bool) -> None:
     console = _out_console()
     data = result.report
     if not quiet:
-        for title, header, rows in (("steps", rep.SUMMARY_HEADER, rep.summary_rows(data)),
-                                    ("latency (onnxruntime CPU)", rep.LATENCY_HEADER, rep.latency_rows(data))):
+        tables = [("steps", rep.SUMMARY_HEADER, rep.summary_rows(data)),
+                  ("latency (onnxruntime CPU)", rep.LATENCY_HEADER, rep.latency_rows(data))]
+        if data.get("deploy"):
+            tables.append(("deploy targets, each in its own runtime", rep.deploy_header(data), rep.deploy_rows(data)))
+        for title, header, rows in tables:
             if rows:
                 table = Table(*header, title=title, title_justify="left")
                 for row in rows:
@@ -242,7 +245,8 @@ def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
     except BaseException as exc:
         raise _fail(exc) from None
     chain = " -> ".join(step.name for step in parsed.passes) or "(no passes)"
-    typer.echo(f"{recipe}: valid ({len(parsed.passes)} passes: {chain})")
+    targets = f"; deploy to {', '.join(s.target for s in parsed.deploy)}" if parsed.deploy else ""
+    typer.echo(f"{recipe}: valid ({len(parsed.passes)} passes: {chain}{targets})")
 
 
 @app.command()

@@ -216,7 +216,7 @@ def deploy_rows(report: dict[str, Any]) -> list[list[str]]:
         accuracy = "n/a" if d.get("accuracy") is None else percent(d["accuracy"]) + delta
         rows.append([d["target"], d["precision"], d["runtime"], d["converted_from"],
                      _size_zip(d.get("size_bytes"), d.get("zip_bytes")), accuracy, _parity_cell(d.get("parity")),
-                     *[_target_latency((d.get("latency") or {}).get(b)) for b in batches], _status(d)])
+                     *[_target_latency((d.get("latency") or {}).get(f"batch_{b}")) for b in batches], _status(d)])
     return rows
 
 

@@ -127,7 +127,7 @@ def test_targets_run_after_the_passes_and_a_failure_is_reported_beside_the_other
     assert good["status"] == "passed" and good["converted_from"] == "final ONNX"
     assert good["parity"]["worst"] < 1e-5 and good["parity"]["batch_1"]["images"] == 100
     assert good["accuracy"] == pytest.approx(result.record.final.metrics.accuracy) and good["accuracy_delta"] == 0
-    assert set(good["latency"]) == {"1", "64"}
+    assert set(good["latency"]) == {"batch_1", "batch_64"}
     assert good["files"]["model.onnx"]["sha256"] and (tmp_path / "run/deploy/shift/model.onnx").is_file()
     assert broken["status"] == "conversion_failed" and broken["error"]["nodes"] == [{"name": "n0", "op": "Conv"}]
     assert not (tmp_path / "run/deploy/broken").exists()
@@ -185,3 +185,69 @@ def test_builtin_targets_after_int8_convert_from_the_float_model(tmp_path):
     assert any(n.op_type == "DequantizeLinear" for n in qdq.graph.node)
     types = {i.data_type for i in qdq.graph.initializer if i.name.endswith("zero_point")}
     assert onnx.TensorProto.INT8 in types and onnx.TensorProto.UINT8 not in types  # int8 activations (int32: bias)
+
+
+def _two_output_model(path: Path) -> Path:
+    """input (N, 1, 28, 28) -> Conv -> Flatten -> two heads: "logits" (N, 4) and "embedding" (N, 8)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"w_conv": rng.standard_normal((2, 1, 3, 3)), "w_logits": rng.standard_normal((1568, 4)) * 0.05,
+               "w_embed": rng.standard_normal((1568, 8)) * 0.05}
+    nodes = [helper.make_node("Conv", ["input", "w_conv"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["c"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "w_logits"], ["logits"], name="head_logits"),
+             helper.make_node("MatMul", ["f", "w_embed"], ["e"], name="head_embed"),
+             helper.make_node("Relu", ["e"], ["embedding"], name="relu")]
+    graph = helper.make_graph(
+        nodes, "two_heads", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(w.astype(np.float32), name) for name, w in weights.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+@pytest.mark.parametrize(("name", "precision", "bar"), [
+    pytest.param("openvino", "fp32", 1e-4, marks=needs_openvino),
+    pytest.param("openvino", "fp16", 0.05, marks=needs_openvino),
+    pytest.param("mnn", "fp32", 1e-4, marks=needs_mnn),
+    pytest.param("mnn", "fp16", 0.05, marks=needs_mnn)])
+def test_a_two_output_model_keeps_both_outputs_with_parity_per_output(name, precision, bar, tmp_path):
+    import numpy as np
+
+    from modelzip.deploy.measure import measure_target
+    from modelzip.target import Converted
+
+    model = _two_output_model(tmp_path / "two.onnx")
+    target = fakes().get(name)()
+    result, out = _convert(type(target), {"precision": precision}, tmp_path, model)
+    converted = Converted(tuple(result["files"]), result["details"])
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((40, 1, 28, 28)).astype(np.float32)
+    labels = rng.integers(0, 4, 40)
+
+    def batches(size):
+        return ((images[i:i + size], labels[i:i + size]) for i in range(0, len(images), size))
+
+    measured = measure_target(lambda: target.open(out, converted, 1), model, model, batches, batch_size=16,
+                              input_shape=(1, 1, 28, 28), latency=None)
+    for check in ("batch_1", "batch_16"):
+        diffs = measured["parity"][check]["max_abs_diff"]
+        assert len(diffs) == 2 and max(diffs) < bar, (check, diffs)  # both outputs, each compared
+
+
+def test_tensorrt_without_tensorrt_writes_the_onnx_and_the_trtexec_command(tmp_path):
+    """No TensorRT here: the float ONNX is written as it is, and the report says the engine was not
+    built and how to build it (needs only the core install)."""
+    from modelzip.cache import file_sha256
+
+    result = tiny_run(tmp_path, "  - tensorrt: {precision: fp16}\n")
+    record = result.report["deploy"][0]
+    assert record["status"] == "not_measured" and not result.failed_targets
+    assert record["note"].startswith("engine not built: the `tensorrt` package is not installed here")
+    assert "trtexec --onnx=model.onnx --fp16 --minShapes=input:1x1x28x28" in record["note"]
+    assert file_sha256(tmp_path / "run/deploy/tensorrt/model.onnx") == file_sha256(tmp_path / "run/model.onnx")
+    assert "converted, not measured here" in (tmp_path / "run/report.md").read_text()

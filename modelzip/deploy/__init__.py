@@ -135,7 +135,7 @@ class Deployer:
         from modelzip.offline import offline
 
         settings = self.recipe.evaluation
-        measure_key = content_key(what="deploy-measure/1", converted=key, source=source.id, final=final.id,
+        measure_key = content_key(what="deploy-measure/2", converted=key, source=source.id, final=final.id,
                                   data=self.data_key(True), threads=self.threads, cpu=self.cpu,
                                   batch=self.recipe.data.batch_size, timing=settings.timing_settings())
         found = self.cache.load_metrics(measure_key)

@@ -34,7 +34,7 @@ class LatencySettings:
 def measure_target(open_target: Callable[[], Any], source_onnx: Path, final_onnx: Path,
                    batches: Callable[[int], Iterable[tuple[Any, Any]]], *, batch_size: int,
                    input_shape: tuple[int, ...], latency: LatencySettings | None) -> dict[str, Any]:
-    """{"accuracy", "images", "parity": {"batch_1": ..., "batch_<N>": ...}, "latency": {batch: pair}}."""
+    """{"accuracy", "images", "parity": {"batch_1": ..., "batch_<N>": ...}, "latency": {"batch_<N>": pair}}."""
     target = open_target()
     source = ort_session(source_onnx, threads=latency.threads if latency else None)
     source_input = source.get_inputs()[0].name
@@ -47,7 +47,7 @@ def measure_target(open_target: Callable[[], Any], source_onnx: Path, final_onnx
     measured: dict[str, Any] = {"accuracy": whole.accuracy(), "images": whole.images,
                                 "parity": {"batch_1": singles.to_json(), f"batch_{batch_size}": whole.to_json()}}
     if latency is not None:
-        measured["latency"] = {str(batch): _latency_pair(open_target, final_onnx, input_shape, batch, latency)
+        measured["latency"] = {f"batch_{batch}": _latency_pair(open_target, final_onnx, input_shape, batch, latency)
                                for batch in sorted({1, batch_size})}
     return measured
 

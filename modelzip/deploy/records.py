@@ -27,7 +27,7 @@ class DeployRecord:
     accuracy: float | None = None
     accuracy_delta: float | None = None  # target - final ONNX (absolute)
     parity: dict[str, Any] | None = None
-    latency: dict[str, Any] | None = None  # batch -> LatencyPair JSON: baseline = final ONNX in onnxruntime
+    latency: dict[str, Any] | None = None  # "batch_<N>" -> LatencyPair JSON: baseline = final ONNX in onnxruntime
     details: dict[str, Any] = field(default_factory=dict)
     blocked: tuple[str, ...] = ()  # network connections / installers refused during conversion
     error: dict[str, Any] | None = None

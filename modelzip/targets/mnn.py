@@ -63,8 +63,9 @@ def _version() -> str:
 
 class _MnnSession(TargetSession):
     def __init__(self, path: Path, converted: Converted, threads: int) -> None:
-        import MNN.expr as expr  # MNN itself is safe; MNN.tools is the hazard
-        import MNN.nn as nn
+        with captured_output():  # its import prints the CPU's features from C++ into our report's terminal
+            import MNN.expr as expr  # MNN itself is safe; MNN.tools is the hazard
+            import MNN.nn as nn
 
         self.expr = expr
         precision = converted.details.get("inference_precision", "high")
