@@ -34,9 +34,9 @@ def section(report: dict) -> str:
     rows = deploy_rows(report)
     table = ["| " + " | ".join(deploy_header(report)) + " |", "|" + "---|" * len(rows[0])]
     table += ["| " + " | ".join(row) + " |" for row in rows]
-    notes = [f"- {d['target']} {d['precision']}: converted from the {d['converted_from']}; "
-             f"{d['details'].get('converter', '')}; {d['note'] or 'measured in ' + d['runtime']}"
-             for d in report["deploy"]]
+    notes = ["- " + "; ".join(filter(None, [
+        f"{d['target']} {d['precision']}: converted from the {d['converted_from']} in {d['wall_time_s']:.1f} s",
+        d["details"].get("converter"), d["note"] or f"measured in {d['runtime']}"])) for d in report["deploy"]]
     return "\n".join([
         "<!-- deploy:begin (scripts/bench_deploy.py writes this section) -->",
         "## Deploy targets (issue #14)", "",
@@ -47,8 +47,9 @@ def section(report: dict) -> str:
         f"({report['final']['threads']} threads; > 1x: the target is faster). Accuracy of the input model "
         f"(fp32 ONNX): {100 * report['baseline']['onnx']['accuracy']:.2f}%.", "",
         *table, "", *notes, "",
-        f"CPU {env.get('cpu_model')}, {env.get('cpu_count')} cores; load average (1 min) when this was written: "
-        f"{os.getloadavg()[0]:.1f} (a shared machine: compare rows of one run).", "",
+        f"CPU {env.get('cpu_model')}, {env.get('cpu_count')} cores, shared with other jobs (load average "
+        f"{os.getloadavg()[0]:.1f} when this section was written): latency moves with the load, so compare the "
+        "two timings within one row (measured together), not rows with each other.", "",
         "<!-- deploy:end -->", ""])
 
 
