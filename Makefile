@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DATASET ?= fashion-mnist
 
-.PHONY: demo test lint install data browser bench bench-olive olive-env fuzz clean
+.PHONY: demo test lint install deploy-extras data browser bench bench-olive olive-env fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The deploy targets that run here (openvino + nncf, MNN: ~560 MB, README "Deploy"); `make test`
+# tests them, `make demo` does not need them.
+DEPLOY_STAMP := $(VENV)/.deploy-stamp
+$(DEPLOY_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,deploy]'
+	touch $@
+
+deploy-extras: $(DEPLOY_STAMP)
 
 data: install
 	@bash scripts/ensure_data.sh $(DATASET)
@@ -27,7 +36,7 @@ checkpoints/fashion_cnn.pt: | install data
 demo: install data checkpoints/fashion_cnn.pt
 	$(BIN)/modelzip run recipes/quickstart.yaml
 
-test: install data browser lint
+test: install deploy-extras data browser lint
 	MODELZIP_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
 
 # Style (ruff) and the architecture's import layers (import-linter, contracts in pyproject.toml).

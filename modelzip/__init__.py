@@ -8,15 +8,18 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from modelzip.errors import (
+    DeployFailure,
     GateFailure,
     InputError,
     ModelzipError,
     PassError,
     PluginError,
     RecipeError,
+    TargetError,
     UnknownPassError,
 )
 from modelzip.plugin import Pass, PassConfig
+from modelzip.target import Converted, ConvertInput, Target, TargetConfig, TargetSession
 
 try:
     __version__ = version("modelzip")
@@ -53,7 +56,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "Artifact", "GateFailure", "InputError", "ModelzipError", "Pass", "PassConfig", "PassContext",
-    "PassError", "PluginError", "RecipeError", "RunOptions", "RunResult", "__version__",
-    "UnknownPassError", "load_recipe", "run_recipe",
+    "Artifact", "ConvertInput", "Converted", "DeployFailure", "GateFailure", "InputError", "ModelzipError",
+    "Pass", "PassConfig", "PassContext", "PassError", "PluginError", "RecipeError", "RunOptions", "RunResult",
+    "Target", "TargetConfig", "TargetError", "TargetSession", "UnknownPassError", "__version__", "load_recipe",
+    "run_recipe",
 ]

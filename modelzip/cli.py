@@ -17,6 +17,7 @@ from modelzip.errors import (
     EXIT_INTERRUPTED,
     EXIT_RUN_FAILED,
     EXIT_TERMINATED,
+    DeployFailure,
     GateFailure,
     ModelzipError,
     RegressionFailure,
@@ -107,7 +108,7 @@ def _print_failure(exc: BaseException) -> None:
     if isinstance(exc, KeyboardInterrupt):
         signal_name = "SIGTERM" if isinstance(exc, Terminated) else "interrupted"
         console.print(f"{signal_name}: finished steps are cached and the next run resumes from them")
-    elif isinstance(exc, (GateFailure, RegressionFailure)):
+    elif isinstance(exc, (GateFailure, RegressionFailure, DeployFailure)):
         console.print(Text(exc.format(), style="bold red"))
     elif isinstance(exc, ModelzipError):
         console.print(Text.assemble(("error: ", "bold red"), exc.format()))
@@ -143,6 +144,8 @@ def run(
             return
         _print_run(result, quiet)
         unwritten = _ci_outputs(result, junit)
+        if result.failed_targets:  # a target that did not convert or disagrees with the ONNX: exit 3
+            raise DeployFailure(result.failed_targets)
         if result.failed_gates:  # a failed gate is the answer CI needs, even if --junit failed
             raise GateFailure(result.failed_gates)
         if unwritten is not None:
@@ -181,8 +184,11 @@ def _print_run(result, quiet: bool) -> None:
     console = _out_console()
     data = result.report
     if not quiet:
-        for title, header, rows in (("steps", rep.SUMMARY_HEADER, rep.summary_rows(data)),
-                                    ("latency (onnxruntime CPU)", rep.LATENCY_HEADER, rep.latency_rows(data))):
+        tables = [("steps", rep.SUMMARY_HEADER, rep.summary_rows(data)),
+                  ("latency (onnxruntime CPU)", rep.LATENCY_HEADER, rep.latency_rows(data))]
+        if data.get("deploy"):
+            tables.append(("deploy targets, each in its own runtime", rep.deploy_header(data), rep.deploy_rows(data)))
+        for title, header, rows in tables:
             if rows:
                 table = Table(*header, title=title, title_justify="left")
                 for row in rows:
@@ -239,7 +245,8 @@ def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
     except BaseException as exc:
         raise _fail(exc) from None
     chain = " -> ".join(step.name for step in parsed.passes) or "(no passes)"
-    typer.echo(f"{recipe}: valid ({len(parsed.passes)} passes: {chain})")
+    targets = f"; deploy to {', '.join(s.target for s in parsed.deploy)}" if parsed.deploy else ""
+    typer.echo(f"{recipe}: valid ({len(parsed.passes)} passes: {chain}{targets})")
 
 
 @app.command()
@@ -259,6 +266,31 @@ def passes() -> None:
             table.add_row(*_plain([name, "/".join(cls.consumes), gives, cls.summary]))
         except PluginError as exc:
             table.add_row(*_plain([name, "?", "?", f"broken plugin: {exc.what}"]), style="red")
+    _out_console().print(table)
+
+
+@app.command()
+def targets() -> None:
+    """List installed deploy targets: precisions, runtime, and whether it is installed here."""
+    from rich.table import Table
+
+    from modelzip.errors import PluginError
+    from modelzip.target_registry import default_targets
+
+    registry = default_targets()
+    table = Table("target", "precisions", "runtime", "converts here", "measured here", "summary")
+    for name in registry.names():
+        try:
+            cls = registry.get(name)
+            precisions = cls.Config.model_fields["precision"].annotation.__args__
+            config = cls.Config()
+            missing = cls().missing(cls.Config(precision="int8") if "int8" in precisions else config)
+            converts = "yes" if not missing else f"no: {cls.install}"
+            why_not = cls().not_runnable() if not missing else "no"
+            table.add_row(*_plain([name, " ".join(precisions), cls.runtime, converts,
+                                   "yes" if why_not is None else f"no ({why_not})", cls.summary]))
+        except PluginError as exc:
+            table.add_row(*_plain([name, "?", "?", "?", "?", f"broken plugin: {exc.what}"]), style="red")
     _out_console().print(table)
 
 

@@ -137,6 +137,20 @@ class UnknownPassError(InputError):
         )
 
 
+class UnknownTargetError(InputError):
+    """No deploy target of this name is registered (``TargetRegistry.get``)."""
+
+    def __init__(self, name: str, *, available: list[str], suggestion: str | None = None) -> None:
+        self.name = name
+        self.available = list(available)
+        self.suggestion = suggestion
+        hint = f"did you mean {suggestion!r}? " if suggestion else ""
+        super().__init__(
+            f"unknown deploy target {clip_repr(name)}", expected=", ".join(self.available) or "(none installed)",
+            fix=f"{hint}`modelzip targets` lists the installed targets",
+        )
+
+
 _WRITABLE = "choose a directory you can write (`output` in the recipe, or --out)"
 # errno -> (what went wrong, how to fix it). These are the machine's or the user's
 # paths, never a bug in modelzip; anything else stays an internal error.
@@ -240,4 +254,29 @@ class RegressionFailure(ModelzipError):
         super().__init__(
             f"{len(self.failures)} regression(s) against the baseline run:\n{lines}",
             fix="improve the run, or loosen --fail-on if the trade-off is intended",
+        )
+
+
+class TargetError(MachineryFailure):
+    """A deploy target could not convert or run the model. ``nodes`` lists the (node name, op
+    type) pairs the converter's message names, when it names any."""
+
+    def __init__(self, what: str, *, nodes: tuple[tuple[str, str], ...] = (), **kwargs: object) -> None:
+        self.nodes = tuple(nodes)
+        super().__init__(what, **kwargs)  # type: ignore[arg-type]
+
+
+class DeployFailure(ModelzipError):
+    """The run finished and wrote its report, but a deploy target failed: its conversion, or
+    its parity with the ONNX it was converted from. ``failures``: modelzip.deploy's records."""
+
+    exit_code = EXIT_RUN_FAILED
+
+    def __init__(self, failures: list) -> None:
+        self.failures = list(failures)
+        lines = "\n".join(f"  - {f.problem()}" for f in self.failures)
+        super().__init__(
+            f"{len(self.failures)} deploy target(s) failed (the others are in the report):\n{lines}",
+            fix="see report.md's deploy table; lower a parity bar in the recipe (max_abs_diff / min_agreement) "
+                "only if the difference is acceptable",
         )

@@ -58,6 +58,11 @@ class RunResult:
     def failed_gates(self) -> list[GateResult]:
         return [g for g in self.gates if not g.passed]
 
+    @property
+    def failed_targets(self) -> list:
+        """The deploy records (modelzip.deploy.records) that failed: conversion, runtime or parity."""
+        return [d for d in self.record.deploy if d.failed]
+
 
 def run_recipe(recipe: Recipe, options: RunOptions | None = None) -> RunResult | None:
     """Run ``recipe``. Under torchrun, only rank 0 returns a result (the others return None)."""
@@ -121,6 +126,9 @@ class _Runner:
         self._fingerprint_memo: dict[Any, Any] = {}
         # The baseline's default export, by the id of the torch artifact it came from (PassContext.exported).
         self._exports: dict[str, tuple[Path, dict[str, Any]]] = {}
+        # The artifact entering the first quantizing pass, and that step's label: what a deploy
+        # target that quantizes with its own tools converts from (None: no pass quantizes).
+        self._float_parent: tuple[art.Artifact, str] | None = None
 
     @cached_property
     def data(self):
@@ -191,13 +199,15 @@ class _Runner:
             baseline = self._baseline(source)
             artifact, steps = self._steps(source)
             final = self._final(artifact, baseline, steps[-1].metrics)
+            deployed = self._deploy(source, artifact, final)
         gates = check_gates(self.recipe.gates, final)
         found = find_problems(baseline.reference, steps, classes, final.latency)
         staged = (MODEL, RESOLVED_RECIPE) + ((NAME_MAP,) if final.name_map else ())
         record = Report(self.recipe.name, self.recipe.seed, time.perf_counter() - started, baseline, tuple(steps),
                         final, tuple(gates), self.measurer.environment(),
                         files=self.folder.digests(*staged), warnings=found.warnings,
-                        unchecked=found.unchecked, evaluation=self.recipe.evaluation.model_dump(mode="json"))
+                        unchecked=found.unchecked, evaluation=self.recipe.evaluation.model_dump(mode="json"),
+                        deploy=tuple(deployed))
         report = record.to_json()
         write_report(self.folder.staging, report)
         write_html(self.folder.staging, report, charts=self.cache)
@@ -211,6 +221,8 @@ class _Runner:
         every = self.recipe.evaluation.steps == "all"
         artifact, steps = source, []
         for index, step in enumerate(self.recipe.passes):
+            if self._float_parent is None and self.registry.get(step.name).quantizes:
+                self._float_parent = artifact, f"passes[{index}].{step.name}"
             artifact, record = self._step(index, step, artifact, baseline_model=source, evaluate=every)
             steps.append(record)
         if artifact.kind == "torch":  # every run ends in an ONNX file
@@ -225,6 +237,31 @@ class _Runner:
         if not steps[-1].metrics.evaluated:  # the final model is always evaluated
             steps[-1] = replace(steps[-1], metrics=self.measurer.metrics(artifact))
         return artifact, steps
+
+    def _deploy(self, source: art.Artifact, artifact: art.Artifact, final: Final) -> list:
+        """Every `deploy:` target converted and measured (modelzip.deploy); files staged with the model."""
+        if not self.recipe.deploy:
+            return []
+        from modelzip.deploy import Deployer, Source
+        from modelzip.envinfo import cpu_model
+        from modelzip.target_registry import default_targets
+
+        final_source = Source(Path(artifact.path), artifact.id, "final ONNX")
+
+        def float_source() -> Source:
+            if self._float_parent is None:  # nothing quantized: the final model is the float one
+                return final_source
+            parent, label = self._float_parent
+            if parent.kind == "torch":  # exported and optimized as the baseline is (cached steps)
+                export = PassStep(name="export", config=self.registry.get("export").Config())
+                parent = self._produce(-1, export, parent, baseline_model=source, label="deploy")[0]
+                parent = self._produce(-1, self._optimize_step(), parent, baseline_model=source, label="deploy")[0]
+            return Source(Path(parent.path), parent.id, f"float ONNX (the input of {label})")
+
+        deployer = Deployer(self.recipe, self.recipe.targets or default_targets(), self.cache, self.ui,
+                            lambda: self.data, lambda for_eval: self._data_key(for_eval=for_eval),
+                            self.measurer.threads, cpu_model())
+        return deployer.run(final_source, cache(float_source), final.metrics.accuracy, self.folder.staging)
 
     def _preflight(self, source: art.Artifact) -> int | None:
         """Input mistakes (shapes, classes, NaN weights) are exit 2 before any pass runs.

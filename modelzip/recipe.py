@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from modelzip.errors import InputError, RecipeError, RecipeProblem, clip_repr
 from modelzip.plugin import CROSS_FIELD, ArtifactKind, PassConfig, PathText, cross_field_error
 from modelzip.registry import PassRegistry, default_registry, suggest
+from modelzip.target import TargetConfig
+from modelzip.target_registry import TargetRegistry, default_targets
 from modelzip.yamlsource import MAX_BYTES, MAX_DEPTH, YamlDocument, YamlInputError, format_path, parse_yaml
 
 RECIPE_VERSION = 1
@@ -180,6 +182,16 @@ class PassStep(Section):
         return self.config.model_dump(mode="json")
 
 
+class DeployStep(Section):
+    """One validated entry of ``deploy``."""
+
+    target: str
+    config: TargetConfig
+
+    def params(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+
 class Recipe(Section):
     version: Literal[1] = Field(description="recipe format version")
     # The name is a directory name (runs/<name>), hence the length bound.
@@ -189,6 +201,9 @@ class Recipe(Section):
     model: ModelSpec
     data: DataSpec
     passes: list[PassStep] = Field(default_factory=list, description="ordered passes, each {name: {params}}")
+    # After the passes: the final model fanned out to deployment targets, each measured in its runtime.
+    deploy: list[DeployStep] = Field(default_factory=list,
+                                     description="deploy targets, each {target: {precision: ..., ...}}")
     gates: Gates = Field(default_factory=Gates)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     # The written file is lean by default: the pipeline ends the run with an `optimize` step (its
@@ -202,6 +217,7 @@ class Recipe(Section):
     base_dir: Path = Field(Path("."), exclude=True)  # the recipe file's directory
     # The registry the passes were validated with; run_recipe uses it unless told otherwise.
     _registry: PassRegistry | None = PrivateAttr(None)
+    _targets: TargetRegistry | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _gates_measurable(self) -> Recipe:
@@ -217,6 +233,11 @@ class Recipe(Section):
         """The pass registry this recipe was validated with (None: built directly)."""
         return self._registry
 
+    @property
+    def targets(self) -> TargetRegistry | None:
+        """The target registry ``deploy`` was validated with (None: built directly)."""
+        return self._targets
+
     def resolve(self, path: str | None) -> Path | None:
         """Resolve a path from the recipe against the recipe file's directory."""
         if path is None:
@@ -230,8 +251,10 @@ class Recipe(Section):
 
     def to_data(self) -> dict[str, Any]:
         """Plain data with defaults filled in (what `run` writes as recipe.resolved.yaml)."""
-        data = self.model_dump(mode="json", exclude={"passes", "base_dir"})
+        data = self.model_dump(mode="json", exclude={"passes", "deploy", "base_dir"})
         data["passes"] = [{step.name: step.params()} for step in self.passes]
+        if self.deploy:  # only when given: recipes without targets dump as before
+            data["deploy"] = [{step.target: step.params()} for step in self.deploy]
         return data
 
 
@@ -242,6 +265,7 @@ def load_recipe(
     path: str | Path,
     overrides: list[str] | tuple[str, ...] = (),
     registry: PassRegistry | None = None,
+    targets: TargetRegistry | None = None,
 ) -> Recipe:
     """Read, override and validate a recipe file; raise RecipeError listing every problem."""
     path = Path(path)
@@ -256,7 +280,7 @@ def load_recipe(
         raise InputError("cannot read the recipe file", got=f"{path}: {exc.strerror or exc}",
                          fix="check the file's permissions") from exc
     return parse_recipe(raw, base_dir=path.parent, overrides=overrides,
-                        registry=registry, filename=str(path))
+                        registry=registry, targets=targets, filename=str(path))
 
 
 def parse_recipe(
@@ -265,6 +289,7 @@ def parse_recipe(
     base_dir: Path = Path("."),
     overrides: list[str] | tuple[str, ...] = (),
     registry: PassRegistry | None = None,
+    targets: TargetRegistry | None = None,
     filename: str = "<recipe>",
 ) -> Recipe:
     """Validate recipe text (bytes must be UTF-8); raise RecipeError listing every problem."""
@@ -276,7 +301,7 @@ def parse_recipe(
     problems = [RecipeProblem(format_path(p), line, "duplicate key (YAML keeps only the last)")
                 for p, line in doc.duplicates]
     overridden = _apply_overrides(doc, overrides, problems)
-    validator = _Validator(doc, overridden, registry or default_registry(), problems)
+    validator = _Validator(doc, overridden, registry or default_registry(), problems, targets)
     recipe = validator.validate(base_dir)
     if problems or recipe is None:
         problems.sort(key=lambda p: (p.line is None, p.line or 0, p.path))
@@ -354,8 +379,9 @@ class _Validator:
     """Turns raw YAML data into a Recipe, collecting problems instead of stopping."""
 
     def __init__(self, doc: YamlDocument, overridden: set[tuple], registry: PassRegistry,
-                 problems: list[RecipeProblem]) -> None:
+                 problems: list[RecipeProblem], targets: TargetRegistry | None = None) -> None:
         self.doc, self.overridden, self.registry, self.problems = doc, overridden, registry, problems
+        self._targets = targets  # discovered only when the recipe has `deploy:`
 
     def problem(self, path: tuple, message: str, suggestion: str | None = None) -> None:
         source = "--set" if any(path[: len(o)] == o for o in self.overridden) else "recipe"
@@ -378,21 +404,23 @@ class _Validator:
                          "paths in a recipe are relative to the recipe file's directory")
             data = {k: v for k, v in data.items() if k != "base_dir"}
         steps = self.validate_passes(data.get("passes"))
-        top = {k: v for k, v in data.items() if k != "passes"}
+        targets = self.validate_deploy(data.get("deploy"))
+        top = {k: v for k, v in data.items() if k not in ("passes", "deploy")}
         try:
             recipe = Recipe.model_validate({**top, "base_dir": base_dir})
         except ValidationError as exc:
             self.add_pydantic(exc, (), Recipe)
             return None
-        if steps is None:
+        if steps is None or targets is None:
             return None
         if not recipe.optimize and steps and steps[-1].name == "optimize":
             self.problem(("optimize",), "`optimize: false` turns off the final optimize step the pipeline "
                          "adds, but the last pass is `optimize`, which runs anyway",
                          "remove `optimize: false`, or remove the last pass to write the file unoptimized")
             return None
-        recipe = recipe.model_copy(update={"passes": steps})
+        recipe = recipe.model_copy(update={"passes": steps, "deploy": targets})
         recipe._registry = self.registry
+        recipe._targets = self._targets
         return recipe
 
     def validate_passes(self, raw: Any) -> list[PassStep] | None:
@@ -456,6 +484,67 @@ class _Validator:
             return None
         return PassStep(name=name, config=config)
 
+    @property
+    def targets(self) -> TargetRegistry:
+        if self._targets is None:
+            self._targets = default_targets()
+        return self._targets
+
+    def validate_deploy(self, raw: Any) -> list[DeployStep] | None:
+        """``deploy:`` entries: known targets, valid parameters, one entry per target (each writes
+        deploy/<target>/), and the target's converter and runtime installed here."""
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            self.problem(("deploy",), "expected a list of {target: {params}} entries, e.g. "
+                                      "`- openvino: {precision: int8}`")
+            return None
+        steps: list[DeployStep] = []
+        seen: dict[str, int] = {}
+        for index, entry in enumerate(raw):
+            step = self.validate_target(index, entry)
+            if step is None:
+                continue
+            if step.target in seen:
+                self.problem(("deploy", index, step.target), f"{step.target!r} is already deploy[{seen[step.target]}]; "
+                             f"each target writes deploy/{step.target}/, so it appears once",
+                             "keep one entry per target")
+                continue
+            seen[step.target] = index
+            steps.append(step)
+        return steps if len(steps) == len(raw) else None
+
+    def validate_target(self, index: int, entry: Any) -> DeployStep | None:
+        path = ("deploy", index)
+        if isinstance(entry, str):
+            entry = {entry: {}}
+        if not isinstance(entry, dict) or len(entry) != 1:
+            self.problem(path, "each target is a one-key mapping, e.g. `- mnn: {precision: fp16}`")
+            return None
+        (name, params), = entry.items()
+        if not isinstance(name, str) or name not in self.targets:
+            hint = self.targets.suggest(str(name))
+            self.problem(path + (str(name),), f"unknown deploy target {clip_repr(name)}",
+                         (hint + " " if hint else "") + f"(available: {', '.join(self.targets.names())})")
+            return None
+        target_cls = self.targets.get(name)
+        params = {} if params is None else params
+        if not isinstance(params, dict):
+            self.problem(path + (name,), f"target parameters must be a mapping, got {clip_repr(params)}")
+            return None
+        try:
+            config = target_cls.Config.model_validate(params)
+        except ValidationError as exc:
+            self.add_pydantic(exc, path + (name,), target_cls.Config)
+            return None
+        missing = target_cls().missing(config)
+        if missing:
+            verb = "is" if len(missing) == 1 else "are"
+            self.problem(path + (name,), f"{name} needs {', '.join(missing)}, which {verb} not installed here",
+                         f"install it with `{target_cls.install}`")
+            return None
+        return DeployStep(target=name, config=config)
+
     def add_pydantic(self, exc: ValidationError, prefix: tuple, model: type[BaseModel]) -> None:
         for err in exc.errors():
             loc = tuple(err["loc"])
@@ -518,11 +607,23 @@ def recipe_json_schema(registry: PassRegistry | None = None) -> dict[str, Any]:
         })
     schema["properties"]["passes"] = {"type": "array", "items": {"oneOf": one_of},
                                       "description": "ordered passes, each {name: {params}}"}
+    targets = default_targets()
+    schema["properties"]["deploy"] = {"type": "array", "description": "deploy targets, each {target: {params}}",
+                                      "items": {"oneOf": [_one_key(name, targets.get(name).Config)
+                                                          for name in targets.names()]}}
+    schema.get("$defs", {}).pop("DeployStep", None)
+    schema.get("$defs", {}).pop("TargetConfig", None)
     schema.get("$defs", {}).pop("PassStep", None)
     schema.get("$defs", {}).pop("PassConfig", None)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "modelzip recipe"
     return schema
+
+
+def _one_key(name: str, config: type[BaseModel]) -> dict[str, Any]:
+    """JSON Schema of a one-key entry ``{name: {params}}`` (a pass or a target)."""
+    return {"type": "object", "properties": {name: {"anyOf": [config.model_json_schema(), {"type": "null"}]}},
+            "required": [name], "additionalProperties": False}
 
 
 def _kinds(kinds: tuple[str, ...]) -> str:

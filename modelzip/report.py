@@ -139,6 +139,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         parts += ["## Latency (onnxruntime CPU, "
                   f"{final['threads']} threads, baseline = fp32 ONNX of the input model){cached}",
                   _table(LATENCY_HEADER, latency_rows(report)), _latency_note(report)]
+    if report.get("deploy"):
+        parts += ["## Deploy targets", _table(deploy_header(report), deploy_rows(report)), deploy_notes(report)]
     if report["gates"]:
         gate_rows = [[g["name"], "pass" if g["passed"] else "**FAIL**",
                       "n/a" if g["got"] is None else f"{g['got']:.4g}", g["expected"]] for g in report["gates"]]
@@ -181,3 +183,81 @@ def _environment_line(env: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {env.get(k)}" for k in keys if env.get(k))
     return f"{env.get('cpu_model', 'unknown CPU')} ({env.get('cpu_count')} cores; flags: " \
            f"{', '.join(env.get('cpu_flags', [])) or 'n/a'}); {versions}."
+
+
+# --------------------------------------------------------------------------- deploy targets
+
+DEPLOY_NOTE = ("Each target runs in its own runtime on the eval split. Accuracy is compared with the final ONNX "
+               "in onnxruntime; parity with the ONNX the target was converted from, on the same images at batch 1 "
+               "and at the recipe's batch (float: the largest |difference| of any output; int8: top-1 agreement). "
+               "Latency: the target's median ms against the final ONNX's in onnxruntime, measured interleaved in "
+               "the same run at the same thread count, and the speedup (> 1: the target is faster).")
+
+
+def deploy_header(report: dict[str, Any]) -> list[str]:
+    batches = _deploy_batches(report)
+    return (["target", "precision", "runtime", "converted from", "size (zip)", "accuracy (vs ONNX)", "parity"]
+            + [f"batch {b}: ms vs ONNX ms (speedup)" for b in batches] + ["status"])
+
+
+def _deploy_batches(report: dict[str, Any]) -> list[str]:
+    return [str(p.batch) for p in _latency(report).pairs] or ["1"]
+
+
+def deploy_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The final ONNX, then one row per deploy target (report.json's "deploy")."""
+    final, batches = report["final"], _deploy_batches(report)
+    onnx_latency = {str(p.batch): f"{p.final.median_ms:.3f}" for p in _latency(report).pairs}
+    rows = [["ONNX (final model.onnx)", "as the passes left it", "onnxruntime", "-",
+             _size_zip(final["size_bytes"], final.get("zip_bytes")), percent(final["accuracy"]), "-",
+             *[onnx_latency.get(b, "n/a") for b in batches], "reference"]]
+    for d in report["deploy"]:
+        delta = "" if d.get("accuracy_delta") is None else f" ({100 * d['accuracy_delta']:+.2f} pp)"
+        accuracy = "n/a" if d.get("accuracy") is None else percent(d["accuracy"]) + delta
+        rows.append([d["target"], d["precision"], d["runtime"], d["converted_from"],
+                     _size_zip(d.get("size_bytes"), d.get("zip_bytes")), accuracy, _parity_cell(d.get("parity")),
+                     *[_target_latency((d.get("latency") or {}).get(f"batch_{b}")) for b in batches], _status(d)])
+    return rows
+
+
+def _size_zip(size: int | None, zipped: int | None) -> str:
+    return "n/a" if size is None else f"{megabytes(size)} ({megabytes(zipped)})"
+
+
+def _parity_cell(parity: dict[str, Any] | None) -> str:
+    if not parity:
+        return "n/a"
+    mark = "" if parity["passed"] else "**FAIL** "
+    if parity["measure"] == "max_abs_diff":
+        return f"{mark}max abs diff {parity['worst']:.2e} (bar {parity['limit']:g})"
+    return f"{mark}top-1 agreement {100 * parity['worst']:.2f}% (bar {100 * parity['limit']:g}%)"
+
+
+def _target_latency(pair: dict[str, Any] | None) -> str:
+    if not pair:
+        return "n/a"
+    return (f"{pair['final']['median_ms']:.3f} vs ONNX {pair['baseline']['median_ms']:.3f} "
+            f"({pair['ratio']:.2f}x, {pair['verdict']})")
+
+
+def _status(d: dict[str, Any]) -> str:
+    return {"passed": "passed", "parity_failed": "**PARITY FAILED**", "conversion_failed": "**CONVERSION FAILED**",
+            "run_failed": "**RUNTIME FAILED**", "not_measured": "converted, not measured here"}.get(d["status"],
+                                                                                                   d["status"])
+
+
+def deploy_notes(report: dict[str, Any]) -> str:
+    """The table's explanation, then one line per target that failed, was not run, or had attempts refused."""
+    lines = [DEPLOY_NOTE]
+    for d in report["deploy"]:
+        if d.get("error"):
+            lines.append(f"- {d['target']}: {d['error']['what']}" + (f" (fix: {d['error']['fix']})"
+                                                                      if d["error"].get("fix") else ""))
+        if d.get("note"):
+            lines.append(f"- {d['target']}: {d['note']}")
+        if d.get("details", {}).get("inference_precision"):
+            lines.append(f"- {d['target']}: ran at inference precision {d['details']['inference_precision']}; "
+                         f"converter: {d['details'].get('converter', 'n/a')}")
+        if d.get("blocked"):
+            lines.append(f"- {d['target']}: refused during conversion (kept offline): {'; '.join(d['blocked'])}")
+    return "\n".join(lines)

@@ -72,6 +72,9 @@ def render_html(report: dict[str, Any], charts: ChartMemo | None = None) -> str:
         body += ["<h2>Warnings</h2><ul>" + "".join(
             f"<li class='warn'>{_e(md.Finding.from_json(w).format())}</li>" for w in report["warnings"]) + "</ul>"]
     env = report["environment"]
+    if report.get("deploy"):
+        body += ["<h2>Deploy targets</h2>", _table(md.deploy_header(report), md.deploy_rows(report)),
+                 "".join(f"<p>{_e(line)}</p>" for line in md.deploy_notes(report).splitlines())]
     body += ["<h2>Environment</h2>", _table(["key", "value"], [[k, _text(v)] for k, v in env.items()])]
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>modelzip: {_e(report['recipe']['name'])}"
             f"</title><style>{_STYLE}</style></head><body>{''.join(body)}</body></html>\n")

@@ -27,6 +27,7 @@ REPORT_JSON = "report.json"
 FINAL_FILES = (MODEL, RESOLVED_RECIPE, REPORT_MD, REPORT_HTML, REPORT_JSON)
 OPTIONAL_FILES = (NAME_MAP,)  # committed when staged; an earlier run's copy is removed when not
 STAGING = ".staging"
+DEPLOY = "deploy"  # the deploy targets' folders (report.json's "deploy" lists their files and digests)
 
 
 class RunFolder:
@@ -60,6 +61,10 @@ class RunFolder:
                 os.replace(self.staging / name, self.out / name)
             else:
                 (self.out / name).unlink(missing_ok=True)
+        # deploy/<target>/ (modelzip.deploy): this run's targets replace an earlier run's, or none stay.
+        remove_tree(self.out / DEPLOY)
+        if (self.staging / DEPLOY).is_dir():
+            os.replace(self.staging / DEPLOY, self.out / DEPLOY)
         for name in FINAL_FILES:
             os.replace(self.staging / name, self.out / name)
         remove_tree(self.staging)

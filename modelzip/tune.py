@@ -264,9 +264,10 @@ class TunePlan:
 
 
 def proxy_sets(objective: Objective) -> list[str]:
-    """The search runs' overrides: no latency (the expensive measurement) unless latency is what
-    is tuned, and so no speed gate either (it could never pass; the final run keeps it)."""
-    return [] if objective == "latency" else ["evaluation.latency=false", "gates.min_speedup=null"]
+    """The search runs' overrides: no deploy targets (each converts and times a model: the final
+    run deploys the winner); no latency (the expensive measurement) unless latency is what is tuned,
+    and so no speed gate either (it could never pass; the final run keeps it)."""
+    return ["deploy=[]"] + ([] if objective == "latency" else ["evaluation.latency=false", "gates.min_speedup=null"])
 
 
 def plan_tune(recipe_path: Path, *, objective: Objective, max_drop: float, over=(), sets=(), out: Path | None = None,

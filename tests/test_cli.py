@@ -107,13 +107,14 @@ import sys
 from typer.testing import CliRunner
 from modelzip.cli import app
 runner = CliRunner()
-for args in (["--help"], ["passes"], ["explain", "export"], ["schema"], ["validate", sys.argv[1]],
+for args in (["--help"], ["passes"], ["targets"], ["explain", "export"], ["schema"], ["validate", sys.argv[1]],
              ["compare", sys.argv[2], sys.argv[2], "--fail-on", "accuracy_drop=0"],
              ["compare", sys.argv[2], "--format", "json"], ["compare", sys.argv[2], "--format", "markdown"],
              ["sweep", "--help"], ["tune", "--help"], ["collect", "--help"]):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, (args, result.output)
-heavy = sorted(m for m in ("torch", "torchvision", "onnxruntime", "onnx", "numpy", "matplotlib") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "torchvision", "onnxruntime", "onnx", "numpy", "matplotlib",
+                           "openvino", "nncf", "MNN", "_tools", "tensorrt") if m in sys.modules)
 print(",".join(heavy))
 """
 

@@ -101,7 +101,7 @@ def test_tune_writes_the_winning_recipe_and_every_point_tried(tmp_path):
     final = json.loads((out / "final" / "report.json").read_text())
     assert all(step["cached"] for step in final["steps"]) and final["final"]["latency"] is not None
     assert [g["name"] for g in final["gates"]] == ["min_speedup"] and sweep["tune"]["proxy"] == [
-        "evaluation.latency=false", "gates.min_speedup=null"]
+        "deploy=[]", "evaluation.latency=false", "gates.min_speedup=null"]
 
 
 def test_a_knob_the_schema_refuses_is_exit_2_before_anything_runs(tmp_path):

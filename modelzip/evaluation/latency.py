@@ -111,9 +111,31 @@ def measure_latency(
     MIN_STOP_RUNS, ends the timing early when it answers True
     (``Latency.stopped`` says why timing ended).
     """
-    _check_latency_args(batch, warmup, repeats)
     threads = threads or runtime.default_threads()
-    first = {name: runtime.ort_session(path, threads=threads) for name, path in paths.items()}
+    # Looked up at each call (not bound once): tests stand fake sessions in for ort_session.
+    openers = {name: (lambda path=path: runtime.ort_session(path, threads=threads)) for name, path in paths.items()}
+    return measure_sessions(openers, input_shape, batch, threads=threads, warmup=warmup, repeats=repeats,
+                            seed=seed, min_timed_s=min_timed_s, sessions=sessions, stop=stop)
+
+
+def measure_sessions(
+    openers: Mapping[str, Callable[[], Any]],
+    input_shape: tuple[int, ...],
+    batch: int,
+    *,
+    threads: int,
+    warmup: int = 10,
+    repeats: int = 50,
+    seed: int = 0,
+    min_timed_s: float = 0.0,
+    sessions: int = 1,
+    stop: StopRule | None = None,
+) -> dict[str, Latency]:
+    """measure_latency for sessions of any runtime: ``openers`` make a session shaped like
+    onnxruntime's (``get_inputs()``, ``run(None, feeds)``; modelzip.target.TargetSession), each
+    already set to ``threads`` threads, so a deploy target is timed interleaved with onnxruntime."""
+    _check_latency_args(batch, warmup, repeats)
+    first = {name: open_session() for name, open_session in openers.items()}
     feeds = {name: _random_feed(session, input_shape, batch, seed) for name, session in first.items()}
     estimate_ns = _warm_up(first, feeds, max(warmup, 1))
     slowest_ns = max(estimate_ns.values(), default=0)
@@ -121,7 +143,7 @@ def measure_latency(
     per_turn = _runs_per_turn(runs, min(estimate_ns.values(), default=0), len(first))
     slots = [first]
     for _ in range(sessions - 1 if per_turn > 1 else 0):
-        slots.append({name: runtime.ort_session(path, threads=threads) for name, path in paths.items()})
+        slots.append({name: open_session() for name, open_session in openers.items()})
         _warm_up(slots[-1], feeds, max(warmup, 1))
     first_check = max(_spanning(slowest_ns, min_timed_s), MIN_STOP_RUNS, 2 * len(slots) * per_turn)
     times_ns, slot_of_run, tight = _time_round_robin(slots, feeds, runs, per_turn,
@@ -396,6 +418,20 @@ def compare_latency(baseline: Path, final: Path, input_shape: tuple[int, ...], b
     if memo is not None:
         memo[key] = result
     return result
+
+
+def compare_sessions(baseline: Callable[[], Any], final: Callable[[], Any], input_shape: tuple[int, ...],
+                     batch: int, *, threads: int, warmup: int = 10, repeats: int = 50, seed: int = 0,
+                     min_timed_s: float = MIN_TIMED_S, tolerance: float = 0.0) -> tuple[Latency, Latency, Comparison]:
+    """compare_latency for two session openers (measure_sessions), e.g. onnxruntime against a
+    deploy target's runtime: interleaved, SESSIONS slots, the same early stop and interval."""
+    stop = None if tolerance <= 0 else (
+        lambda times, slots: interval_within(times["baseline"], times["final"], slots, tolerance, seed=seed))
+    measured = measure_sessions({"baseline": baseline, "final": final}, input_shape, batch, threads=threads,
+                                warmup=warmup, repeats=repeats, seed=seed, min_timed_s=min_timed_s,
+                                sessions=SESSIONS, stop=stop)
+    base, fin = measured["baseline"], measured["final"]
+    return base, fin, compare_times(base.times_ns, fin.times_ns, base.slots, seed=seed)
 
 
 def interval_within(baseline_ns: Sequence[int], final_ns: Sequence[int], slots: Sequence[int],

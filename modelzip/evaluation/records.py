@@ -375,6 +375,7 @@ class Report:
     warnings: tuple[Finding, ...] = ()  # results that look broken (modelzip.findings)
     unchecked: tuple[Unchecked, ...] = ()  # warnings that could not be decided (modelzip.findings)
     evaluation: dict[str, Any] = field(default_factory=dict)  # the recipe's resolved `evaluation:` section
+    deploy: tuple[Any, ...] = ()  # modelzip.deploy.records.DeployRecord, one per `deploy:` target
 
     @property
     def failed_gates(self) -> list[GateResult]:
@@ -395,4 +396,6 @@ class Report:
             "evaluation": self.evaluation,
             "environment": self.environment,
             "files": self.files,
+            # Only when the recipe has `deploy:` (docs/report.md): reports without targets are unchanged.
+            **({"deploy": [d.to_json() for d in self.deploy]} if self.deploy else {}),
         }
