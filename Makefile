@@ -37,7 +37,7 @@ demo: install data checkpoints/fashion_cnn.pt
 	$(BIN)/modelzip run recipes/quickstart.yaml
 
 test: install deploy-extras data browser lint
-	MODELZIP_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
+	MODELZIP_REQUIRE_BROWSER=1 MODELZIP_REQUIRE_DEPLOY=1 $(BIN)/python -m pytest -q
 
 # Style (ruff) and the architecture's import layers (import-linter, contracts in pyproject.toml).
 lint: install
