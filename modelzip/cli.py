@@ -181,7 +181,7 @@ def _print_run(result, quiet: bool) -> None:
     console = _out_console()
     data = result.report
     if not quiet:
-        for title, header, rows in (("steps", rep.SUMMARY_HEADER, rep.summary_rows(data)),
+        for title, header, rows in (("steps", rep.summary_header(data), rep.summary_rows(data)),
                                     ("latency (onnxruntime CPU)", rep.LATENCY_HEADER, rep.latency_rows(data))):
             if rows:
                 table = Table(*header, title=title, title_justify="left")
