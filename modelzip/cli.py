@@ -184,7 +184,7 @@ def _print_run(result, quiet: bool) -> None:
     console = _out_console()
     data = result.report
     if not quiet:
-        tables = [("steps", rep.SUMMARY_HEADER, rep.summary_rows(data)),
+        tables = [("steps", rep.summary_header(data), rep.summary_rows(data)),
                   ("latency (onnxruntime CPU)", rep.LATENCY_HEADER, rep.latency_rows(data))]
         if data.get("deploy"):
             tables.append(("deploy targets, each in its own runtime", rep.deploy_header(data), rep.deploy_rows(data)))

@@ -14,13 +14,16 @@ def check_gates(gates: Gates, final: Final) -> list[GateResult]:
     ratios = final.ratios
     accuracy = final.metrics.accuracy
     results = []
-    if gates.max_accuracy_drop is not None:
-        drop = ratios.accuracy_drop  # input model (torch) - final
-        results.append(GateResult("max_accuracy_drop", drop <= gates.max_accuracy_drop + 1e-12, drop,
-                                  f"<= {gates.max_accuracy_drop}"))
-    if gates.min_accuracy is not None:
-        results.append(GateResult("min_accuracy", accuracy >= gates.min_accuracy, accuracy,
-                                  f">= {gates.min_accuracy}"))
+    if final.metrics.task_accuracy:
+        results += _task_gates(gates, final)
+    else:
+        if gates.max_accuracy_drop is not None:
+            drop = ratios.accuracy_drop  # input model (torch) - final
+            results.append(GateResult("max_accuracy_drop", drop <= gates.max_accuracy_drop + 1e-12, drop,
+                                      f"<= {gates.max_accuracy_drop}"))
+        if gates.min_accuracy is not None:
+            results.append(GateResult("min_accuracy", accuracy >= gates.min_accuracy, accuracy,
+                                      f">= {gates.min_accuracy}"))
     if gates.min_size_ratio is not None:
         results.append(GateResult("min_size_ratio", ratios.size >= gates.min_size_ratio, ratios.size,
                                   f">= {gates.min_size_ratio}"))
@@ -28,4 +31,18 @@ def check_gates(gates: Gates, final: Final) -> list[GateResult]:
         got = ratios.speedup  # None when latency was not measured: the gate fails, got "n/a"
         results.append(GateResult("min_speedup", got is not None and got >= gates.min_speedup, got,
                                   f">= {gates.min_speedup} (latency at data.batch_size)"))
+    return results
+
+
+def _task_gates(gates: Gates, final: Final) -> list[GateResult]:
+    """A multi-task model's accuracy gates, one per task (``max_accuracy_drop[cls]``), so the
+    gate line says which task failed; one number in the recipe applies to every task."""
+    tasks = tuple(task for task, _ in final.metrics.task_accuracy)
+    results = []
+    for task, limit in gates.per_task("max_accuracy_drop", tasks).items():
+        drop = final.ratios.task_drop(task)
+        results.append(GateResult(f"max_accuracy_drop[{task}]", drop <= limit + 1e-12, drop, f"<= {limit}"))
+    for task, limit in gates.per_task("min_accuracy", tasks).items():
+        got = final.metrics.of_task(task)
+        results.append(GateResult(f"min_accuracy[{task}]", got >= limit, got, f">= {limit}"))
     return results

@@ -41,9 +41,10 @@ def dataset_digests(spec: DataSpec, base_dir: Path, memo: Memo | None = None) ->
     ``memo`` remembers which file defines a ``module:callable`` dataset (sources.identity)."""
     from modelzip.sources import locations as sources
 
-    searched = sources.dataset_search_paths(spec.dataset, spec.root, base_dir)
-    if spec.dataset in sources.TORCHVISION_FOLDERS:
-        directory = sources.find_idx_dir(spec.dataset, searched)
+    name = sources.FILES_FROM.get(spec.dataset, spec.dataset)
+    searched = sources.dataset_search_paths(name, spec.root, base_dir)
+    if name in sources.TORCHVISION_FOLDERS:
+        directory = sources.find_idx_dir(name, searched)
         if directory is None:
             return {}
         files = [sources.find_idx_file(directory, stem) for pair in sources.IDX_FILES.values()

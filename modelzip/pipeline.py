@@ -135,7 +135,8 @@ class _Runner:
         from modelzip.sources.data import load_data
 
         self.ui.log(f"loading data: {self.recipe.data.dataset}")
-        return load_data(self.recipe.data, base_dir=self.recipe.base_dir, seed=self.recipe.seed)
+        return load_data(self.recipe.data, base_dir=self.recipe.base_dir, seed=self.recipe.seed,
+                         tasks=self.recipe.model.tasks)
 
     @cached_property
     def measurer(self) -> Measurer:

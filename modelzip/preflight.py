@@ -15,7 +15,10 @@ code 2) whose ``where`` is the recipe key to change:
 - the output is not a float [batch, classes] tensor: ``model.source``; NaN/inf in it:
   ``model.checkpoint`` (``model.source``);
 - fewer outputs than classes (the dataset's count, or the largest label + 1):
-  ``model.args`` (``num_classes``).
+  ``model.args`` (``num_classes``);
+- a multi-task model (``model.tasks``): a task the output lacks (dict key or tuple position):
+  ``model.tasks``; targets that lack a task, or {task: int} targets without ``model.tasks``:
+  ``data.dataset`` / ``model.tasks``; then each task's output is checked as above.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from modelzip import tasks
 from modelzip.errors import InputError, ModelzipError
 from modelzip.recipe import ModelSpec
 from modelzip.sources.models import describe_exception, user_code
@@ -57,14 +61,41 @@ def preflight(module: nn.Module, data: DataBundle, spec: ModelSpec) -> Preflight
     _check_finite_weights(module, weights_key)
     sample_shape = tuple(data.sample_shape)
     _check_input_shape(spec, sample_shape, data)
-    images, labels = _probe_batch(data, min(PROBE_BATCH, data.batch_size))
+    images, labels = _probe_batch(data, min(PROBE_BATCH, data.batch_size), spec)
     output = _forward(module, images, spec)
+    if spec.tasks is not None:
+        return _check_tasks(output, images, labels, data, spec, weights_key)
     classes = _check_output(output, images.shape[0], weights_key)
     needed = _label_classes(labels, data)
     if classes < needed:
         raise _too_few_outputs(classes, needed, spec)
     return PreflightResult(sample_shape=sample_shape, batch=images.shape[0], output_classes=classes,
                            label_classes=needed)
+
+
+def _check_tasks(output: object, images: torch.Tensor, labels: dict[str, torch.Tensor], data: DataBundle,
+                 spec: ModelSpec, weights_key: str) -> PreflightResult:
+    """Each task of model.tasks has an output (named or in order), checked like a single one."""
+    try:
+        outputs = tasks.by_name(output, spec.tasks)
+    except tasks.TaskMismatch as exc:
+        raise InputError(f"the model does not return the task {exc.task!r} named in model.tasks",
+                         where="model.tasks", got=exc.got, expected=exc.expected,
+                         fix="name the tasks as the model's forward returns them (its dict keys, or one "
+                             "name per tuple position), or return an output per task") from exc
+    seen = []
+    for name, logits in outputs.items():
+        classes = _check_output(logits, images.shape[0], weights_key, task=name)
+        needed = _label_classes(labels[name], data, task=name)
+        if classes < needed:
+            raise InputError(f"the model's {name!r} output has {classes} classes, but the dataset's "
+                             f"{name!r} labels need {needed}", where="model.tasks",
+                             got=f"{classes} outputs for task {name!r}", expected=f"at least {needed}",
+                             fix=f"build the {name!r} head with {needed} outputs, or check that model.tasks "
+                                 "lists the tasks in the order the model returns them")
+        seen.append((classes, needed))
+    return PreflightResult(sample_shape=tuple(data.sample_shape), batch=images.shape[0],
+                           output_classes=min(c for c, _ in seen), label_classes=min(n for _, n in seen))
 
 
 # --------------------------------------------------------------------------- the weights
@@ -111,21 +142,44 @@ def _is_imagefolder(data: DataBundle) -> bool:
     return type(getattr(data.eval, "dataset", data.eval)).__name__ == "ImageFolder"
 
 
-def _probe_batch(data: DataBundle, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _probe_batch(data: DataBundle, size: int, spec: ModelSpec) -> tuple[torch.Tensor, object]:
     with user_code("reading a batch of the eval split", where="data.dataset",
                    fix="make every item an (image tensor of one shape, integer label) pair"):
-        images, labels = next(iter(data.batches("eval", size)))
-    labels = torch.as_tensor(labels)
+        images, labels = next(iter(data.loader(data.eval, size, named=False)))
+    if spec.tasks is not None:
+        try:
+            labels = tasks.named_targets(labels, spec.tasks)
+        except tasks.TargetMismatch as exc:
+            raise InputError(f"the dataset's targets have no task {exc.task!r} of model.tasks",
+                             where="data.dataset", got=exc.got, expected=exc.expected,
+                             fix="return {task: int} targets with every task of model.tasks, or list in "
+                                 "model.tasks only the tasks the dataset labels") from exc
+    if tasks.is_multi(labels) and spec.tasks is None:
+        raise InputError("the dataset gives {task: int} targets, but the recipe names no tasks",
+                         where="model.tasks", got=f"targets with tasks {sorted(map(str, labels))}",
+                         expected="model.tasks naming the model's outputs",
+                         fix=f"add `model.tasks: {list(map(str, labels))}` (in the order the model returns "
+                             "them, for a tuple)")
+    if tasks.is_multi(labels):
+        for name, column in labels.items():
+            _check_labels(torch.as_tensor(column), name)
+    else:
+        labels = torch.as_tensor(labels)
     if not images.isfinite().all():
         bad = int((~images.isfinite()).sum())
         raise InputError("the dataset's images hold NaN or inf", where="data.dataset",
                          got=f"{bad} of {images.numel()} values in the first batch",
                          expected="finite pixel values", fix="check the dataset's loading and normalization")
-    if labels.numel() and int(labels.min()) < 0:
-        raise InputError("the dataset has negative labels", where="data.dataset",
-                         got=f"label {int(labels.min())}", expected="class indices 0, 1, 2, ...",
-                         fix="map the labels to 0 .. classes-1")
+    if not tasks.is_multi(labels):
+        _check_labels(labels, "")
     return images, labels
+
+
+def _check_labels(labels: torch.Tensor, task: str) -> None:
+    if labels.numel() and int(labels.min()) < 0:
+        raise InputError("the dataset has negative labels" + (f" for task {task!r}" if task else ""),
+                         where="data.dataset", got=f"label {int(labels.min())}",
+                         expected="class indices 0, 1, 2, ...", fix="map the labels to 0 .. classes-1")
 
 
 def _forward(module: nn.Module, images: torch.Tensor, spec: ModelSpec) -> object:
@@ -171,8 +225,10 @@ def _rejected(module: nn.Module, exc: BaseException, spec: ModelSpec,
 # --------------------------------------------------------------------------- the output
 
 
-def _check_output(output: object, batch: int, weights_key: str) -> int:
-    """The number of classes in ``output``, which must be finite [batch, classes] float logits."""
+def _check_output(output: object, batch: int, weights_key: str, *, task: str = "") -> int:
+    """The number of classes in ``output``, which must be finite [batch, classes] float logits
+    (``task``: which output of a multi-task model, for the message)."""
+    of = f"the model's {task!r} output" if task else "the model's output"
     if not isinstance(output, torch.Tensor):
         got = f"a {type(output).__name__}"
     elif output.ndim != 2 or output.shape[0] != batch or not output.is_floating_point():
@@ -180,29 +236,43 @@ def _check_output(output: object, batch: int, weights_key: str) -> int:
     else:
         got = None
     if got is not None:
-        raise InputError("the model's output is not a [batch, classes] tensor of logits",
+        raise InputError(f"{of} is not a [batch, classes] tensor of logits",
                          where="model.source", got=got,
                          expected=f"a float tensor of shape ({batch}, classes)",
-                         fix="return the logits tensor from forward() (e.g. wrap the model so it does)")
+                         fix="return the logits tensor from forward() (e.g. wrap the model so it does)"
+                             + ("" if task else "; a model with one output per task names them in "
+                                                "model.tasks"))
     if not output.isfinite().all():
         bad = int((~output.isfinite()).sum())
-        raise InputError("the model outputs NaN or inf on the dataset's images", where=weights_key,
+        raise InputError(f"{of} holds NaN or inf on the dataset's images" if task else
+                         "the model outputs NaN or inf on the dataset's images", where=weights_key,
                          got=f"{bad} of {output.numel()} outputs on {batch} images", expected="finite logits",
                          fix="check the checkpoint and the model's forward (a division by zero, a log of 0?)")
     return int(output.shape[1])
 
 
-def _label_classes(labels: torch.Tensor, data: DataBundle) -> int:
+def _label_classes(labels: torch.Tensor, data: DataBundle, *, task: str | None = None) -> int:
     """Classes the labels need: the dataset's count, or more when a label goes beyond it.
 
     (A ``<module>:<callable>`` dataset's count is inferred from its training
     labels, so an evaluation label beyond it is not necessarily a mistake.)
+    ``task``: the labels of one task of a multi-task dataset.
     """
     largest = int(labels.max()) if labels.numel() else -1
-    in_memory = getattr(data.eval, "labels", None)
-    if isinstance(in_memory, torch.Tensor) and in_memory.numel():  # every label, at no cost
-        largest = max(largest, int(in_memory.max()))
-    return max(data.num_classes or 0, largest + 1)
+    every = _every_label(data, task)
+    if every is not None and every.numel():
+        largest = max(largest, int(every.max()))
+    return max((data.num_classes or 0) if task is None else 0, largest + 1)
+
+
+def _every_label(data: DataBundle, task: str | None) -> torch.Tensor | None:
+    """Every eval label, where an in-memory dataset holds them at no cost (one task's column)."""
+    labels, names = getattr(data.eval, "labels", None), getattr(data.eval, "tasks", None)
+    if not isinstance(labels, torch.Tensor):
+        return None
+    if task is None:
+        return labels if names is None else None
+    return labels[:, names.index(task)] if names is not None and task in names else None
 
 
 def _too_few_outputs(classes: int, needed: int, spec: ModelSpec) -> InputError:

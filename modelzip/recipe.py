@@ -10,21 +10,32 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from modelzip.errors import InputError, RecipeError, RecipeProblem, clip_repr
 from modelzip.plugin import CROSS_FIELD, ArtifactKind, PassConfig, PathText, cross_field_error
 from modelzip.registry import PassRegistry, default_registry, suggest
 from modelzip.target import TargetConfig
 from modelzip.target_registry import TargetRegistry, default_targets
+from modelzip.tasks import MAX_TASKS, TASK_NAME
 from modelzip.yamlsource import MAX_BYTES, MAX_DEPTH, YamlDocument, YamlInputError, format_path, parse_yaml
 
 RECIPE_VERSION = 1
-BUILTIN_DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder")
+BUILTIN_DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "multi-fashion")
 # Image channels of each built-in dataset (imagefolder images are converted to RGB).
-DATASET_CHANNELS = {"fashion-mnist": 1, "mnist": 1, "cifar10": 3, "imagefolder": 3}
+DATASET_CHANNELS = {"fashion-mnist": 1, "mnist": 1, "cifar10": 3, "imagefolder": 3, "multi-fashion": 1}
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -51,6 +62,28 @@ class ModelSpec(Section):
     in_channels: int | None = Field(
         None, ge=1, le=MAX_DIM, description="adapt the first convolution to this many input channels"
     )
+    # Unset: left out of dumps, so single-task models keep their ids (and cache keys) as before.
+    tasks: tuple[str, ...] | None = Field(
+        None, exclude_if=lambda value: value is None, min_length=1, max_length=MAX_TASKS,
+        description="names of a multi-task model's outputs: its dict keys, or its tuple positions in "
+                    "order; the dataset's targets are then {task: int} (default: one task)")
+    task_weights: dict[str, Annotated[float, Field(ge=0, le=1000)]] | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description="finetune/qat loss = sum of weight x each task's loss (default 1 each), "
+                    "e.g. {cls: 1.0, rot: 0.5}; needs `tasks`")
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return value
+        bad = [name for name in value if not TASK_NAME.match(name)]
+        if bad:
+            raise ValueError(f"task names are identifiers (letters, digits, _), not {bad}")
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"each task is named once, but {repeated} repeat")
+        return value
 
     @field_validator("source")
     @classmethod
@@ -138,9 +171,52 @@ class DataSpec(Section):
         return self
 
 
+def task_key_problems(values: dict[str, Any], tasks: tuple[str, ...] | None,
+                      path: tuple[str, ...]) -> list[tuple[tuple[str, ...], str, Any]]:
+    """Keys of a per-task mapping that ``model.tasks`` does not name (with a did-you-mean)."""
+    if tasks is None:
+        return [(path, "per-task values need `model.tasks` naming the tasks; give one number for a "
+                       "single-task model, or add `model.tasks`", sorted(values))]
+    problems = []
+    for key in values:
+        if key not in tasks:
+            hint = suggest(key, list(tasks))
+            problems.append((path + (key,), f"unknown task {clip_repr(key)}" + (f"; {hint}" if hint else "")
+                             + f" (model.tasks: {', '.join(tasks)})", None))
+    return problems
+
+
+def _fraction_per_task(value: Any) -> float | dict[str, float]:
+    """A fraction in [0, 1] for every task, or {task: fraction}: one problem per key, not one per
+    branch of a union."""
+    def fraction(x: Any) -> float:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 1:
+            raise ValueError("input should be a number from 0 to 1, or {task: number}")
+        return float(x)
+
+    if isinstance(value, dict):
+        return {str(task): fraction(x) for task, x in value.items()}
+    return fraction(value)
+
+
+# One number for every task, or {task: number}.
+PerTask = Annotated[float | dict[str, float], PlainValidator(_fraction_per_task), WithJsonSchema({
+    "anyOf": [{"type": "number", "minimum": 0, "maximum": 1},
+              {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}}]})]
+
+
 class Gates(Section):
-    max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="absolute, final vs input model")
-    min_accuracy: float | None = Field(None, ge=0, le=1, description="final top-1 accuracy")
+    max_accuracy_drop: PerTask | None = Field(
+        None, description="absolute, final vs input model; a multi-task model: every task, or {task: drop}")
+    min_accuracy: PerTask | None = Field(
+        None, description="final top-1 accuracy; a multi-task model: every task, or {task: accuracy}")
+
+    def per_task(self, name: str, tasks: tuple[str, ...]) -> dict[str, float]:
+        """``name``'s threshold for each task it applies to (one number applies to all)."""
+        value = getattr(self, name)
+        if value is None:
+            return {}
+        return dict(value) if isinstance(value, dict) else dict.fromkeys(tasks, value)
     min_size_ratio: float | None = Field(None, gt=0, description="fp32 baseline ONNX bytes / final bytes")
     min_speedup: float | None = Field(None, gt=0, description="ORT latency at data.batch_size, baseline / final")
 
@@ -218,6 +294,20 @@ class Recipe(Section):
     # The registry the passes were validated with; run_recipe uses it unless told otherwise.
     _registry: PassRegistry | None = PrivateAttr(None)
     _targets: TargetRegistry | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _per_task_keys_name_tasks(self) -> Recipe:
+        """task_weights and per-task gates name tasks of model.tasks (checked without the model)."""
+        problems = []
+        if self.model.task_weights is not None:
+            problems += task_key_problems(self.model.task_weights, self.model.tasks, ("model", "task_weights"))
+        for name in ("max_accuracy_drop", "min_accuracy"):
+            value = getattr(self.gates, name)
+            if isinstance(value, dict):
+                problems += task_key_problems(value, self.model.tasks, ("gates", name))
+        if problems:
+            raise cross_field_error(type(self).__name__, problems)
+        return self
 
     @model_validator(mode="after")
     def _gates_measurable(self) -> Recipe:

@@ -35,8 +35,19 @@ def _count(n: int | None) -> str:
     return f"{n / 1e6:.3f} M" if n >= 1e5 else f"{n:,}"
 
 
+def task_names(report: dict[str, Any]) -> list[str]:
+    """A multi-task model's tasks (report.json's per-task accuracies); [] for a single-task model."""
+    return list(report["baseline"]["onnx"].get("task_accuracy") or {})
+
+
+def summary_header(report: dict[str, Any]) -> list[str]:
+    """SUMMARY_HEADER, with a column per task after "accuracy" for a multi-task model."""
+    return SUMMARY_HEADER[:3] + [f"{t} accuracy" for t in task_names(report)] + SUMMARY_HEADER[3:]
+
+
 def summary_rows(report: dict[str, Any]) -> list[list[str]]:
-    """One row per measured artifact: name, backend, accuracy, params (non-zero), MACs, size, time."""
+    """One row per measured artifact: name, backend, accuracy (and each task's), params (non-zero),
+    MACs, size, time."""
     rows = []
     base = report["baseline"]
     optimized = base.get("optimize")  # absent from a report.json written before the optimize step
@@ -49,7 +60,24 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
         label = f"{step['index']}: {step['pass']}" + (" (implicit)" if step.get("implicit") else "")
         rows.append(_row(label, step["metrics"], step["wall_time_s"], cached=step["cached"],
                          note=str(step["details"].get("summary", ""))))
+    tasks = task_names(report)
+    if tasks:
+        metrics = [base["torch"], base["onnx"], *(step["metrics"] for step in report["steps"])]
+        rows = [row[:3] + [_task_cell(m, t) for t in tasks] + row[3:] for row, m in zip(rows, metrics)]
     return rows
+
+
+def _task_cell(metrics: dict[str, Any], task: str) -> str:
+    accuracy = (metrics.get("task_accuracy") or {}).get(task)
+    return "n/a" if accuracy is None else percent(accuracy)
+
+
+def task_headline(report: dict[str, Any]) -> str:
+    """" · left 90.10% (-0.20 pp), right ..." for a multi-task model; "" for a single-task one."""
+    final = report["final"]
+    deltas = final["ratios"].get("task_accuracy_delta") or {}
+    return "".join(f" · {t} {percent(a)} ({100 * deltas[t]:+.2f} pp)"
+                   for t, a in (final.get("task_accuracy") or {}).items() if t in deltas)
 
 
 NOT_EVALUATED = "not evaluated (evaluation.steps: final)"
@@ -125,11 +153,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     parts = [
         f"# modelzip report: {report['recipe']['name']}",
         f"**{status}** · final accuracy {percent(final['accuracy'])} "
-        f"({100 * ratios['accuracy_delta']:+.2f} pp vs input) · "
+        f"({100 * ratios['accuracy_delta']:+.2f} pp vs input){task_headline(report)} · "
         f"size {megabytes(final['size_bytes'])} ({ratios['size']:.2f}x smaller, zip {ratios['zip_size']:.2f}x)"
         + (f" · speedup {ratios['speedup']:.2f}x at batch {headline_batch(report)} ({headline_verdict(report)})"
            if "speedup" in ratios else ""),
-        "## Steps", _table(SUMMARY_HEADER, summary_rows(report)),
+        "## Steps", _table(summary_header(report), summary_rows(report)),
     ]
     if report.get("evaluation", {}).get("steps") == "final":
         parts.append(STEPS_NOTE)

@@ -47,14 +47,15 @@ def write_html(out, report: dict[str, Any], charts: ChartMemo | None = None) -> 
 def render_html(report: dict[str, Any], charts: ChartMemo | None = None) -> str:
     final, ratios = report["final"], report["final"]["ratios"]
     status = report["status"]
-    headline = (f"final accuracy {md.percent(final['accuracy'])} ({100 * ratios['accuracy_delta']:+.2f} pp vs input), "
+    headline = (f"final accuracy {md.percent(final['accuracy'])} ({100 * ratios['accuracy_delta']:+.2f} pp vs input)"
+                f"{md.task_headline(report)}, "
                 f"{md.megabytes(final['size_bytes'])} ({ratios['size']:.2f}x smaller, zip {ratios['zip_size']:.2f}x)")
     if ratios.get("speedup") is not None:
         headline += (f", {ratios['speedup']:.2f}x faster at batch {md.headline_batch(report)} "
                      f"({md.headline_verdict(report)})")
     body = [f"<h1>modelzip report: {_e(report['recipe']['name'])}</h1>",
             f"<p><span class='{'pass' if status == 'passed' else 'fail'}'>{_e(status)}</span> · {_e(headline)}</p>",
-            "<h2>Steps</h2>", _table(md.SUMMARY_HEADER, md.summary_rows(report)),
+            "<h2>Steps</h2>", _table(md.summary_header(report), md.summary_rows(report)),
             "<div class='charts'>" + "".join(f"<figure>{chart}</figure>" for chart in _charts(report, charts))
             + "</div>"]
     if final.get("latency"):

@@ -52,20 +52,20 @@ class Measurer:
         return found
 
     def _with_accuracy(self, artifact) -> Metrics:
-        from modelzip.evaluation.accuracy import onnx_accuracy, torch_accuracy
+        from modelzip.evaluation.accuracy import onnx_task_accuracies, torch_task_accuracies
 
         stats = self.stats(artifact)
         if artifact.kind == "torch":
             module = artifact.loaded().module
-            evaluate = lambda b, progress: torch_accuracy(module, b, progress=progress)  # noqa: E731
+            evaluate = lambda b, progress: torch_task_accuracies(module, b, progress=progress)  # noqa: E731
         else:
-            evaluate = lambda b, progress: onnx_accuracy(Path(artifact.path), b, threads=self.threads,  # noqa: E731
-                                                         progress=progress)
+            evaluate = lambda b, progress: onnx_task_accuracies(  # noqa: E731
+                Path(artifact.path), b, threads=self.threads, progress=progress)
         data = self._data()
         total = len(data.eval)
         with self.ui.track(total, f"accuracy ({stats.accuracy_backend}, {total} images)") as advance:
             accuracy = evaluate(data.batches("eval"), progress=advance)
-        return stats.with_accuracy(accuracy, total)
+        return stats.with_accuracy(accuracy.mean, total, accuracy.named)
 
     def _stats(self, artifact) -> Metrics:
         if artifact.kind == "torch":

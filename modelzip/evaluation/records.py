@@ -49,6 +49,9 @@ class Metrics:
     macs: int  # per sample
     size_bytes: int  # torch: serialized state_dict; ONNX: the file
     zip_bytes: int | None = None  # ONNX only: the file after deflate
+    # A multi-task model's top-1 per task, in model.tasks order (``accuracy`` is their mean);
+    # () for a single-task model, whose report.json has no "task_accuracy" key.
+    task_accuracy: tuple[tuple[str, float], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out = {"accuracy": self.accuracy, "accuracy_backend": self.accuracy_backend,
@@ -56,19 +59,28 @@ class Metrics:
                "params_nonzero": self.params_nonzero, "macs": self.macs, "size_bytes": self.size_bytes}
         if self.zip_bytes is not None:
             out["zip_bytes"] = self.zip_bytes
+        if self.task_accuracy:
+            out["task_accuracy"] = dict(self.task_accuracy)
         return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Metrics:
         return cls(d["accuracy"], d["accuracy_backend"], d["eval_samples"], d["params_total"],
-                   d["params_nonzero"], d["macs"], d["size_bytes"], d.get("zip_bytes"))
+                   d["params_nonzero"], d["macs"], d["size_bytes"], d.get("zip_bytes"),
+                   tuple((d.get("task_accuracy") or {}).items()))
 
     @property
     def evaluated(self) -> bool:
         return self.accuracy is not None
 
-    def with_accuracy(self, accuracy: float, eval_samples: int) -> Metrics:
-        return replace(self, accuracy=accuracy, eval_samples=eval_samples)
+    def with_accuracy(self, accuracy: float, eval_samples: int,
+                      task_accuracy: dict[str, float] | None = None) -> Metrics:
+        return replace(self, accuracy=accuracy, eval_samples=eval_samples,
+                       task_accuracy=tuple((task_accuracy or {}).items()))
+
+    def of_task(self, task: str) -> float | None:
+        """One task's accuracy (None: not evaluated, or no such task)."""
+        return dict(self.task_accuracy).get(task)
 
 
 @dataclass(frozen=True)
@@ -182,6 +194,12 @@ class Ratios:
     accuracy_delta_vs_onnx: float
     speedups: tuple[tuple[int, float], ...] = ()  # (batch, baseline/final median), ascending batch
     speedup: float | None = None  # at data.batch_size: what gates.min_speedup checks
+    # A multi-task model's final - input accuracy per task (model.tasks order); () for one task.
+    task_deltas: tuple[tuple[str, float], ...] = ()
+
+    def task_drop(self, task: str) -> float:
+        """Input model - final accuracy of one task (what a per-task max_accuracy_drop checks)."""
+        return 0.0 - dict(self.task_deltas)[task]
 
     @property
     def accuracy_drop(self) -> float:
@@ -200,7 +218,9 @@ class Ratios:
         return cls(size=onnx.size_bytes / final.size_bytes, zip_size=onnx.zip_bytes / final.zip_bytes,
                    accuracy_delta=final.accuracy - baseline.reference.accuracy,
                    accuracy_delta_vs_onnx=final.accuracy - onnx.accuracy, speedups=speedups,
-                   speedup=dict(speedups)[batch_size] if latency else None)
+                   speedup=dict(speedups)[batch_size] if latency else None,
+                   task_deltas=tuple((task, accuracy - baseline.reference.of_task(task))
+                                     for task, accuracy in final.task_accuracy))
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"size": self.size, "zip_size": self.zip_size, "accuracy_delta": self.accuracy_delta,
@@ -208,6 +228,8 @@ class Ratios:
         out.update({f"speedup_{batch_key(b)}": r for b, r in self.speedups})
         if self.speedup is not None:
             out["speedup"] = self.speedup
+        if self.task_deltas:
+            out["task_accuracy_delta"] = dict(self.task_deltas)
         return out
 
     @classmethod
@@ -215,7 +237,7 @@ class Ratios:
         prefix = f"speedup_{_BATCH}"
         speedups = tuple(sorted((int(k.removeprefix(prefix)), v) for k, v in d.items() if k.startswith(prefix)))
         return cls(d["size"], d["zip_size"], d["accuracy_delta"], d["accuracy_delta_vs_onnx"], speedups,
-                   d.get("speedup"))
+                   d.get("speedup"), tuple((d.get("task_accuracy_delta") or {}).items()))
 
 
 @dataclass(frozen=True)

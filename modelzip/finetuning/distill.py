@@ -19,17 +19,23 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from modelzip import tasks
+
 
 class CrossEntropy:
-    """Plain supervised objective: ``(images, logits, labels) -> loss``."""
+    """Plain supervised objective: ``(images, output, labels) -> loss``; a multi-task model's
+    ({task: labels} targets, modelzip.tasks) is the sum over tasks, each × its ``task_weights``."""
 
     distills = False
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    def __init__(self, label_smoothing: float = 0.0, task_weights: dict[str, float] | None = None) -> None:
         self.label_smoothing = label_smoothing
+        self.task_weights = task_weights
 
-    def __call__(self, images: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
-        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+    def __call__(self, images: Tensor, output, labels) -> Tensor:
+        return tasks.weighted_loss(
+            output, labels, lambda _task, logits, target: F.cross_entropy(
+                logits, target, label_smoothing=self.label_smoothing), self.task_weights)
 
     def to(self, device: torch.device | str) -> CrossEntropy:
         return self
@@ -56,21 +62,26 @@ class Distillation:
     distills = True
 
     def __init__(self, teacher: nn.Module, *, alpha: float, temperature: float,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, task_weights: dict[str, float] | None = None) -> None:
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
         self.alpha = alpha
         self.temperature = temperature
         self.label_smoothing = label_smoothing
+        self.task_weights = task_weights
 
     def to(self, device: torch.device | str) -> Distillation:
         self.teacher.to(device)
         return self
 
-    def __call__(self, images: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+    def __call__(self, images: Tensor, output, labels) -> Tensor:
+        """Each head matches the teacher's same head (by task name; the first output without tasks)."""
         with torch.no_grad():
-            teacher_logits = self.teacher(images)
-        return distillation_loss(logits, teacher_logits, labels, alpha=self.alpha,
-                                 temperature=self.temperature, label_smoothing=self.label_smoothing)
+            teacher_output = self.teacher(images)
+        teacher = {name: logits for name, logits, _ in tasks.pairs(teacher_output, labels)}
+        return tasks.weighted_loss(
+            output, labels, lambda task, logits, target: distillation_loss(
+                logits, teacher[task], target, alpha=self.alpha, temperature=self.temperature,
+                label_smoothing=self.label_smoothing), self.task_weights)
 
 
 def check_teacher_fits(teacher: nn.Module, student: nn.Module, sample: Tensor) -> str | None:
@@ -81,7 +92,7 @@ def check_teacher_fits(teacher: nn.Module, student: nn.Module, sample: Tensor) -
         model.eval()
         try:
             with torch.no_grad():
-                shapes.append(tuple(model(sample).shape))
+                shapes.append(tasks.shapes(model(sample)))
         except RuntimeError as exc:
             return f"{'teacher' if not shapes else 'student'} fails on the input: {exc}"
         finally:
@@ -100,11 +111,12 @@ class TeacherMismatch(ValueError):
 
 
 def make_objective(teacher: nn.Module | None = None, *, alpha: float = 0.5, temperature: float = 4.0,
-                   label_smoothing: float = 0.0):
+                   label_smoothing: float = 0.0, task_weights: dict[str, float] | None = None):
     """Cross-entropy without a teacher, else distillation from ``teacher``."""
     if teacher is None:
-        return CrossEntropy(label_smoothing)
-    return Distillation(teacher, alpha=alpha, temperature=temperature, label_smoothing=label_smoothing)
+        return CrossEntropy(label_smoothing, task_weights)
+    return Distillation(teacher, alpha=alpha, temperature=temperature, label_smoothing=label_smoothing,
+                        task_weights=task_weights)
 
 
 def check_objective(objective, student: nn.Module, sample: Tensor) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from modelzip import tasks
 from modelzip.evaluation.accuracy import torch_accuracy
 from modelzip.finetuning.augment import Augment
 from modelzip.finetuning.checkpoint import CheckpointStore, snapshot
@@ -176,7 +177,7 @@ class _Trainer:
         with track(count, f"epoch {epoch}/{self.epochs}") as advance:
             for i, (images, labels) in enumerate(batches):
                 losses[i] = self._train_step(images, labels, generator).detach()
-                sizes.append(len(labels))
+                sizes.append(tasks.batch_size(labels))
                 if (i + 1) % CHECK_EVERY == 0:
                     self._check_finite(losses, i + 1 - CHECK_EVERY, i + 1, epoch)
                 advance(1)
@@ -188,7 +189,7 @@ class _Trainer:
 
     def _train_step(self, images: Tensor, labels: Tensor, generator) -> Tensor:
         images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
+        labels = tasks.to_device(labels, self.device)
         if self.settings.augment.active:
             images = self.settings.augment(images, generator)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None

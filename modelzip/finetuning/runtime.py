@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from modelzip import tasks
+
 
 class LocalRuntime:
     """A single process: identity wrapping, every batch, and it is the main process."""
@@ -59,9 +61,9 @@ class DistributedRuntime(LocalRuntime):
 
     def shard(self, batches):
         for images, labels in batches:
-            if len(labels) < self.world_size:  # too small to split: every rank skips it alike
+            if tasks.batch_size(labels) < self.world_size:  # too small to split: every rank skips it alike
                 continue
-            yield images.chunk(self.world_size)[self.rank], labels.chunk(self.world_size)[self.rank]
+            yield images.chunk(self.world_size)[self.rank], tasks.chunk(labels, self.world_size)[self.rank]
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist

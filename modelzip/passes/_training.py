@@ -98,11 +98,12 @@ def _non_finite_error(exc: NonFiniteLoss, config, ctx, pass_name: str) -> PassEr
 
 def objective_for(distill, label_smoothing: float, artifact, ctx, pass_name: str):
     """Cross-entropy, or distillation when ``distill`` (a DistillConfig) is set (also quantize's qat)."""
+    weights = ctx.recipe.model.task_weights
     if distill is None:
-        return make_objective(label_smoothing=label_smoothing)
+        return make_objective(label_smoothing=label_smoothing, task_weights=weights)
     teacher = _teacher(distill.teacher, artifact, ctx, pass_name)
     return make_objective(teacher, alpha=distill.alpha, temperature=distill.temperature,
-                          label_smoothing=label_smoothing)
+                          label_smoothing=label_smoothing, task_weights=weights)
 
 
 def teacher_mismatch_error(exc: TeacherMismatch, ctx, pass_name: str) -> PassError:

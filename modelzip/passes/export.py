@@ -56,11 +56,12 @@ def export_checked(artifact, path, config: ExportConfig, ctx, *, pass_name: str)
     by parity with torch on real images; the parity record. (Also quantize's export of a torch input.)"""
     from modelzip.onnx_export import check_parity, export_onnx
 
+    tasks = ctx.recipe.model.tasks  # a multi-task model: one named output per task
     export_onnx(artifact.module, artifact.input_shape, path, opset=config.opset, exporter=config.exporter,
-                dynamic_batch=config.dynamic_batch, pass_name=pass_name, step=ctx.step)
+                dynamic_batch=config.dynamic_batch, pass_name=pass_name, step=ctx.step, tasks=tasks)
     sample = _parity_inputs(ctx, artifact.input_shape, config)
     return check_parity(artifact.module, path, sample, atol=config.parity_atol, rtol=config.parity_rtol,
-                        pass_name=pass_name, step=ctx.step)
+                        pass_name=pass_name, step=ctx.step, tasks=tasks)
 
 
 def _parity_inputs(ctx, input_shape, config: ExportConfig):

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip import tasks
 from modelzip.pruning import (
     PruneFailure,
     before_after,
@@ -39,7 +40,14 @@ from modelzip.pruning import (
     prunable_layers,
     resolve_patterns,
 )
-from modelzip.pruning.verify import TracedError, feeding_layers, first_divergence, masked_original, run_traced
+from modelzip.pruning.verify import (
+    TracedError,
+    feeding_layers,
+    first_divergence,
+    masked_original,
+    output_layers,
+    run_traced,
+)
 
 # Modules whose changed shape modelzip.structure can rebuild on reload (exact types).
 REBUILDABLE = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -91,6 +99,7 @@ def prune_channels(module: nn.Module, input_shape: tuple[int, ...], settings: Ch
         raise PruneFailure(f"the model does not run on its example input {tuple(example.shape)}: "
                            f"{failed.cause}", fix="check model.input_shape in the recipe") from failed
     ignored, protected = _ignored(original, settings.ignore, order, expected)
+    protected |= output_layers(original, example) - ignored  # every head of a multi-task model
     taylor = _taylor_batches(batches, settings.taylor_batches) if settings.importance == "taylor" else None
 
     def attempt(ratio: float) -> Attempt:
@@ -162,7 +171,8 @@ def _prune_at(original: nn.Module, example: torch.Tensor, ratio: float, settings
             pruner = tp.pruner.MetaPruner(
                 model, example, importance=_importance(settings.importance), pruning_ratio=ratio,
                 global_pruning=settings.allocation == "global", iterative_steps=settings.steps,
-                ignored_layers=[model.get_submodule(n) for n in sorted(ignored)], round_to=settings.round_to)
+                ignored_layers=[model.get_submodule(n) for n in sorted(ignored)], round_to=settings.round_to,
+                output_transform=tasks.outputs_of)  # a multi-task model's tuple or dict: every output
         except Exception as exc:  # tracing raises whatever the model's ops raise
             cause = " ".join(str(exc).split()[:60])
             raise PruneFailure(f"Torch-Pruning cannot trace the model: {type(exc).__name__}: {cause}",
@@ -232,7 +242,8 @@ def _accumulate_gradients(model: nn.Module, batches: list) -> None:
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
         for images, labels in batches:
-            loss = nn.functional.cross_entropy(model(images.to(device)), labels.to(device))
+            loss = tasks.weighted_loss(model(images.to(device)), tasks.to_device(labels, device),
+                                       lambda _task, logits, target: nn.functional.cross_entropy(logits, target))
             loss.backward()
 
 

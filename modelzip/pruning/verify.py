@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip import tasks
 from modelzip.pruning import PRUNABLE_TYPES
 
 _COMPARED = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -178,6 +179,32 @@ def _is_depthwise(layer: nn.Module) -> bool:
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
-    while isinstance(output, (tuple, list)):
-        output = output[0]
+    while not isinstance(output, torch.Tensor):
+        output = tasks.primary(output)  # a tuple's or a dict's first
     return output
+
+
+def output_layers(model: nn.Module, x: torch.Tensor) -> set[str]:
+    """The prunable layers whose output IS one of the model's outputs (or a view of it): each
+    head of a multi-task model. Their output units are the classes, so they are never pruned."""
+    produced: dict[int, str] = {}
+    alive: list[torch.Tensor] = []  # held, so no later tensor reuses a freed one's memory address
+
+    def seen(name: str, out: Any) -> None:  # a forward hook must return None, or it replaces the output
+        if torch.is_tensor(out):
+            alive.append(out)
+            produced.setdefault(_storage(out), name)
+
+    hooks = [layer.register_forward_hook(lambda m, a, out, name=name: seen(name, out))
+             for name, layer in model.named_modules() if isinstance(layer, PRUNABLE_TYPES)]
+    try:
+        with torch.no_grad():
+            outputs = tasks.outputs_of(model(x))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {produced[_storage(t)] for t in outputs if torch.is_tensor(t) and _storage(t) in produced}
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage().data_ptr()

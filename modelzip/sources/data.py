@@ -33,6 +33,7 @@ from modelzip.sources.locations import (  # noqa: F401 - re-exported: where the 
     APT_PACKAGES,
     DATA_ENV,
     DOWNLOAD_DIR,
+    FILES_FROM,
     IDX_FILES,
     SYSTEM_DATA_DIR,
     TORCHVISION_FOLDERS,
@@ -43,6 +44,7 @@ from modelzip.sources.locations import (  # noqa: F401 - re-exported: where the 
     find_idx_file,
 )
 from modelzip.sources.user_code import check_arguments, import_callable, user_code
+from modelzip.tasks import named_targets
 
 SPLITS = ("train", "validation", "eval")
 
@@ -54,6 +56,8 @@ DEFAULT_NORMALIZE: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "imagefolder": IMAGENET_NORMALIZE,
+    # Of the training canvases at seed 0 (the max of two items is brighter than one item).
+    "multi-fashion": ((0.3044,), (0.3640,)),
 }
 
 # Seeds are mixed with a per-purpose stream number, so that e.g. a calibration
@@ -71,23 +75,29 @@ class InMemoryDataset(Dataset):
     per-sample DataLoader on a small CPU machine.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, rows: Tensor | None = None) -> None:
+    def __init__(self, images: Tensor, labels: Tensor, rows: Tensor | None = None,
+                 tasks: tuple[str, ...] | None = None) -> None:
         self.images = images  # float32, N x C x H x W, normalized
-        self.labels = labels  # int64, N
+        self.labels = labels  # int64, N; with ``tasks``: N x tasks, one column per task
         self.rows = torch.arange(len(labels)) if rows is None else rows
+        self.tasks = tasks  # a multi-task dataset's task names: items' targets are {task: int}
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[Tensor, Any]:
         row = int(self.rows[index])
+        if self.tasks is not None:
+            return self.images[row], {t: int(v) for t, v in zip(self.tasks, self.labels[row])}
         return self.images[row], int(self.labels[row])
 
     def subset(self, positions: Tensor) -> InMemoryDataset:
-        return InMemoryDataset(self.images, self.labels, self.rows[positions])
+        return InMemoryDataset(self.images, self.labels, self.rows[positions], self.tasks)
 
-    def batch(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+    def batch(self, positions: Tensor) -> tuple[Tensor, Any]:
         rows = self.rows[positions]
+        if self.tasks is not None:
+            return self.images[rows], {t: self.labels[rows, i] for i, t in enumerate(self.tasks)}
         return self.images[rows], self.labels[rows]
 
 
@@ -116,6 +126,7 @@ class DataBundle:
     batch_size: int
     seed: int
     calibration_pool: Dataset | None = None  # capped training split before the carve; None: ``train``
+    tasks: tuple[str, ...] | None = None  # model.tasks: batches' targets are {task: labels}, in this order
 
     def batches(
         self, split: str, batch_size: int | None = None, *, shuffle: bool = False, seed: int | None = None
@@ -134,9 +145,11 @@ class DataBundle:
 
     def loader(
         self, dataset: Dataset, batch_size: int | None = None, *, shuffle: bool = False,
-        seed: int | None = None,
+        seed: int | None = None, named: bool = True,
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """(images, labels) batches of any dataset; the order is seeded when shuffled."""
+        """(images, labels) batches of any dataset; the order is seeded when shuffled. With
+        ``tasks``, labels are {task: labels} in that order (modelzip.tasks.named_targets) unless
+        ``named`` is False (the dataset's own targets, for preflight to check)."""
         batch_size = batch_size or self.batch_size
         if shuffle:
             generator = _generator(self.seed if seed is None else seed, "shuffle")
@@ -144,25 +157,32 @@ class DataBundle:
         else:
             order = torch.arange(len(dataset))
         if isinstance(dataset, InMemoryDataset):
-            return (dataset.batch(order[start:start + batch_size])
-                    for start in range(0, len(order), batch_size))
-        from torch.utils.data import DataLoader
+            batches = (dataset.batch(order[start:start + batch_size])
+                       for start in range(0, len(order), batch_size))
+        else:
+            from torch.utils.data import DataLoader
 
-        # The precomputed order is the sampler, so both paths shuffle identically.
-        return iter(DataLoader(dataset, batch_size=batch_size, sampler=order.tolist(), num_workers=0))
+            # The precomputed order is the sampler, so both paths shuffle identically.
+            batches = iter(DataLoader(dataset, batch_size=batch_size, sampler=order.tolist(), num_workers=0))
+        if self.tasks is None or not named:
+            return batches
+        names = self.tasks
+        return ((images, named_targets(labels, names)) for images, labels in batches)
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def load_data(spec: DataSpec, *, base_dir: Path, seed: int) -> DataBundle:
-    """Load, cap and split the dataset ``spec`` names."""
+def load_data(spec: DataSpec, *, base_dir: Path, seed: int, tasks: tuple[str, ...] | None = None) -> DataBundle:
+    """Load, cap and split the dataset ``spec`` names (``tasks``: model.tasks, see DataBundle)."""
     if spec.dataset in TORCHVISION_FOLDERS:
         train, eval_, num_classes = _load_idx_dataset(spec, base_dir)
     elif spec.dataset == "cifar10":
         train, eval_, num_classes = _load_cifar10(spec, base_dir)
     elif spec.dataset == "imagefolder":
         train, eval_, num_classes = _load_imagefolder(spec, base_dir)
+    elif spec.dataset == "multi-fashion":
+        train, eval_, num_classes = _load_multi_fashion(spec, base_dir, seed)
     else:
         train, eval_, num_classes = _load_from_callable(spec, base_dir)
     # ImageFolder lists samples class by class, so "the first N" would be a few classes only.
@@ -173,7 +193,7 @@ def load_data(spec: DataSpec, *, base_dir: Path, seed: int) -> DataBundle:
     return DataBundle(
         train=fine_tune, validation=validation, eval=eval_,
         sample_shape=tuple(eval_[0][0].shape), num_classes=num_classes,
-        batch_size=spec.batch_size, seed=seed, calibration_pool=train,
+        batch_size=spec.batch_size, seed=seed, calibration_pool=train, tasks=tasks,
     )
 
 
@@ -210,7 +230,8 @@ def _download_idx(spec: DataSpec, base_dir: Path) -> Path:
     return root / TORCHVISION_FOLDERS[spec.dataset] / "raw"
 
 
-def _load_idx_dataset(spec: DataSpec, base_dir: Path) -> tuple[Dataset, Dataset, int]:
+def _idx_directory(spec: DataSpec, base_dir: Path) -> Path:
+    """The folder holding the four IDX files of ``spec.dataset`` (downloaded there if allowed)."""
     searched = dataset_search_paths(spec.dataset, spec.root, base_dir)
     directory = find_idx_dir(spec.dataset, searched)
     if directory is None and not spec.download:
@@ -218,8 +239,11 @@ def _load_idx_dataset(spec: DataSpec, base_dir: Path) -> tuple[Dataset, Dataset,
         raise dataset_not_found(spec.dataset, searched,
                          f"{', '.join(stems)} (each optionally .gz), directly in a searched directory "
                          f"or in its {TORCHVISION_FOLDERS[spec.dataset]}/raw/")
-    if directory is None:
-        directory = _download_idx(spec, base_dir)
+    return directory if directory is not None else _download_idx(spec, base_dir)
+
+
+def _load_idx_dataset(spec: DataSpec, base_dir: Path) -> tuple[Dataset, Dataset, int]:
+    directory = _idx_directory(spec, base_dir)
     mean, std = _normalization(spec, channels=1)
     train = _read_idx_split(directory, *IDX_FILES["train"], mean=mean, std=std)
     eval_ = _read_idx_split(directory, *IDX_FILES["eval"], mean=mean, std=std)
@@ -227,6 +251,12 @@ def _load_idx_dataset(spec: DataSpec, base_dir: Path) -> tuple[Dataset, Dataset,
 
 
 def _read_idx_split(directory: Path, images_stem: str, labels_stem: str, *, mean, std) -> InMemoryDataset:
+    images, labels = _read_idx_arrays(directory, images_stem, labels_stem)
+    return InMemoryDataset(_normalized(images[:, None], mean, std), torch.from_numpy(labels.astype(np.int64)))
+
+
+def _read_idx_arrays(directory: Path, images_stem: str, labels_stem: str) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, H, W) and their labels (N,), checked."""
     images_path = find_idx_file(directory, images_stem)
     labels_path = find_idx_file(directory, labels_stem)
     images, labels = read_idx(images_path), read_idx(labels_path)
@@ -235,7 +265,21 @@ def _read_idx_split(directory: Path, images_stem: str, labels_stem: str, *, mean
                            "uint8 images, shape (N, H, W)")
     if labels.ndim != 1 or len(labels) != len(images):
         raise corrupt_idx(labels_path, f"shape {labels.shape}", f"({len(images)},), one label per image")
-    return InMemoryDataset(_normalized(images[:, None], mean, std), torch.from_numpy(labels.astype(np.int64)))
+    return images, labels
+
+
+def _load_multi_fashion(spec: DataSpec, base_dir: Path, seed: int) -> tuple[Dataset, Dataset, int]:
+    """Two-task canvases from the Fashion-MNIST files (modelzip.sources.multi_fashion)."""
+    from modelzip.sources import multi_fashion
+
+    directory = _idx_directory(spec.model_copy(update={"dataset": FILES_FROM[spec.dataset]}), base_dir)
+    mean, std = _normalization(spec, channels=1)
+    splits = []
+    for index, split in enumerate(("train", "eval")):
+        canvases, labels = multi_fashion.compose(*_read_idx_arrays(directory, *IDX_FILES[split]), seed, index)
+        splits.append(InMemoryDataset(*multi_fashion.to_tensors(canvases, labels, mean, std),
+                                      tasks=multi_fashion.TASKS))
+    return splits[0], splits[1], 10
 
 
 # --------------------------------------------------------------------------- other built-ins
@@ -358,12 +402,20 @@ def _check_dataset(dataset: Any, split: str, ref: str) -> None:
         item = dataset[0]
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
             problem = f"items of type {type(item).__name__}"
-        elif not isinstance(item[0], Tensor) or not _is_integer_label(item[1]):
+        elif not isinstance(item[0], Tensor) or not _is_target(item[1]):
             problem = f"items ({type(item[0]).__name__}, {type(item[1]).__name__})"
     if problem:
         raise InputError(f"the {split} split from dataset factory {ref!r} does not fit", where="data.dataset",
-                         got=problem, expected="a torch Dataset of (image_tensor, int_label) items",
+                         got=problem, expected="a torch Dataset of (image_tensor, int_label) items (or "
+                                               "(image_tensor, {task: int_label}) for a multi-task model)",
                          fix="return image tensors (e.g. via transforms.ToTensor()) and integer labels")
+
+
+def _is_target(target: Any) -> bool:
+    """An integer label, or a multi-task model's {task name: integer label}."""
+    if isinstance(target, dict):
+        return bool(target) and all(isinstance(k, str) and _is_integer_label(v) for k, v in target.items())
+    return _is_integer_label(target)
 
 
 def _is_integer_label(label: Any) -> bool:
@@ -385,6 +437,6 @@ def _count_classes(dataset: Dataset) -> int | None:
         return len(dataset.classes)
     if isinstance(getattr(dataset, "num_classes", None), int):
         return dataset.num_classes
-    if isinstance(dataset, InMemoryDataset):
+    if isinstance(dataset, InMemoryDataset) and dataset.tasks is None:
         return int(dataset.labels.max()) + 1
     return None  # unknown without reading every label

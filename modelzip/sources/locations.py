@@ -21,6 +21,9 @@ IDX_FILES = {
 }
 TORCHVISION_FOLDERS = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}
 APT_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}
+# Built-in datasets made from another one's files (sources.multi_fashion): searched, digested
+# and downloaded as that one.
+FILES_FROM = {"multi-fashion": "fashion-mnist"}
 
 
 
