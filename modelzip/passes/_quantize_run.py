@@ -6,12 +6,13 @@ dynamo, opset 18, dynamic batch); mode qat trains first, through the shared trai
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 
 from modelzip.errors import PassError
 from modelzip.finetuning.distill import TeacherMismatch
 from modelzip.finetuning.loop import Hooks, NonFiniteLoss, TrainSettings
-from modelzip.passes._training import objective_for, teacher_mismatch_error
+from modelzip.passes._training import checkpoint_store, objective_for, teacher_mismatch_error
 from modelzip.passes.export import ExportConfig, export_checked
 from modelzip.quantization import QuantizeFailure, qat
 from modelzip.quantization.run import quantize_onnx
@@ -22,6 +23,8 @@ def run_quantize(artifact, config, ctx, *, pass_name: str):
     scratch = ctx.work_dir / "scratch"
     scratch.mkdir(exist_ok=True)
     try:
+        if config.lowbit:
+            return _run_lowbit(artifact, config, ctx, pass_name, scratch)
         trained = None
         if config.mode == "qat":  # train first; the trained float model is what gets exported
             trained = _train(artifact, config, ctx, pass_name)
@@ -39,6 +42,34 @@ def run_quantize(artifact, config, ctx, *, pass_name: str):
     if parity is not None:
         ctx.record(export_parity=parity)
     return artifact.evolve(kind="onnx", path=result.path, module=None)
+
+
+def _run_lowbit(artifact, config, ctx, pass_name: str, scratch):
+    """qat with sub-8-bit weights (or float activations): train on the grids, export the baked
+    model, store its weights small (modelzip/quantization/lowbit*.py)."""
+    from modelzip.quantization.lowbit_run import quantize_lowbit
+
+    trained = _train_lowbit(artifact, config, ctx, pass_name)
+    baked = artifact.evolve(module=trained.module)
+    source, parity = _float_source(baked, scratch, ctx, pass_name)
+    result = quantize_lowbit(source, trained, data=ctx.data, input_shape=tuple(artifact.input_shape),
+                             timing=timing(ctx.recipe), work_dir=ctx.work_dir, scratch=scratch, seed=ctx.seed,
+                             progress=Progress(log=ctx.log, track=ctx.track))
+    ctx.record(**result.details.to_json(), export_parity=parity)
+    return artifact.evolve(kind="onnx", path=result.path, module=None)
+
+
+def _train_lowbit(artifact, config, ctx, pass_name: str):
+    from modelzip.quantization import lowbit
+
+    _needs_torch(artifact, ctx, pass_name)
+    grids = lowbit.plan(artifact.module, config.weights, config.int8_layers, tuple(config.exclude))
+    objective = objective_for(config.distill, 0.0, artifact, ctx, pass_name)
+    settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                             seed=ctx.seed + lowbit.SEED_OFFSET, device=ctx.device)
+    hooks = Hooks(log=ctx.log, track=ctx.track, checkpoints=checkpoint_store(artifact, config, ctx))
+    with _training_errors(config, ctx, pass_name):
+        return lowbit.train(artifact.module, ctx.data, settings, objective, grids, hooks=hooks)
 
 
 def settings(config) -> QuantizeSettings:
@@ -76,18 +107,29 @@ def _float_source(artifact, scratch, ctx, pass_name: str):
 
 def _train(artifact, config, ctx, pass_name: str) -> qat.Trained:
     """Quantization-aware fine-tuning of the torch input (qat mode)."""
+    _needs_torch(artifact, ctx, pass_name)
+    data = ctx.data
+    objective = objective_for(config.distill, 0.0, artifact, ctx, pass_name)
+    settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                             seed=ctx.seed + qat.SEED_OFFSET, device=ctx.device)
+    with _training_errors(config, ctx, pass_name):
+        return qat.train(artifact.module, data, settings, objective, exclude=tuple(config.exclude),
+                         reduce_range=config.reduce_range, hooks=Hooks(log=ctx.log, track=ctx.track))
+
+
+def _needs_torch(artifact, ctx, pass_name: str) -> None:
     if artifact.kind != "torch":
         raise PassError("mode qat trains the torch model, but this step receives an ONNX model",
                         pass_name=pass_name, step=ctx.step, got="an ONNX artifact",
                         expected="a torch model (QAT fine-tunes it before export)",
                         fix="put quantize: {mode: qat} before export (it exports by itself)")
-    data = ctx.data
-    objective = objective_for(config.distill, 0.0, artifact, ctx, pass_name)
-    settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-                             seed=ctx.seed + qat.SEED_OFFSET, device=ctx.device)
+
+
+@contextlib.contextmanager
+def _training_errors(config, ctx, pass_name: str):
+    """The training loop's failures as PassErrors."""
     try:
-        return qat.train(artifact.module, data, settings, objective, exclude=tuple(config.exclude),
-                         reduce_range=config.reduce_range, hooks=Hooks(log=ctx.log, track=ctx.track))
+        yield
     except TeacherMismatch as exc:
         raise teacher_mismatch_error(exc, ctx, pass_name) from exc
     except NonFiniteLoss as exc:
