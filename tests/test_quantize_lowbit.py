@@ -144,6 +144,21 @@ def test_lowbit_file_runs_in_parity(tmp_path, registry, data, trained_cnn, weigh
     assert f"{weights}: " in meta["modelzip.lowbit.formats"]
 
 
+def test_pipeline_writes_the_low_bit_file_as_the_final_model(tmp_path, registry):
+    """Through run_recipe: the trained weights are exported (not the baseline's export of the input),
+    and the final optimize step keeps the weights small."""
+    from modelzip import run_recipe
+    from modelzip.pipeline import RunOptions
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.replace("{mode: qat, weights: ternary}", "{mode: qat, weights: int2, int8_layers: []}"))
+    result = run_recipe(load_recipe(path, registry=registry), RunOptions(registry=registry))
+    step = result.report["steps"][0]
+    assert [row["grid"] for row in step["details"]["low_bit"]["layers"]] == ["int2"] * 3
+    model = onnx.load(str(result.output_dir / "model.onnx"))
+    assert {"MatMulNBits", "DequantizeLinear"} <= {node.op_type for node in model.graph.node}
+
+
 def test_file_computes_the_trained_weights_exactly(tmp_path, trained_cnn, data):
     """Every format reconstructs ``values * scale``: the file's logits match torch's closely."""
     from modelzip.evaluation.accuracy import onnx_outputs
