@@ -159,24 +159,31 @@ def test_pipeline_writes_the_low_bit_file_as_the_final_model(tmp_path, registry)
     assert {"MatMulNBits", "DequantizeLinear"} <= {node.op_type for node in model.graph.node}
 
 
-def test_file_computes_the_trained_weights_exactly(tmp_path, trained_cnn, data):
-    """Every format reconstructs ``values * scale``: the file's logits match torch's closely."""
+@pytest.mark.parametrize("grids, formats", [
+    ({"features.0": "int8", "features.4": "int2", "classifier.1": "binary"},
+     ["DequantizeLinear INT8", "DequantizeLinear INT4", "bit-packed uint8, unpacked at load"]),
+    ({"features.0": "int4", "features.4": "ternary", "classifier.1": "int4"},
+     ["DequantizeLinear INT4", "DequantizeLinear INT4", "MatMulNBits"]),
+])
+def test_file_computes_the_trained_model_exactly(tmp_path, trained_cnn, data, grids, formats):
+    """Every format reconstructs ``values * scale``, and the reference simulates what MatMulNBits'
+    int8 kernel does to its input: the file's logits match the reference's to float rounding."""
+    import copy
+
     from modelzip.evaluation.accuracy import onnx_outputs
     from modelzip.onnx_export import export_onnx
     from modelzip.quantization.layers import find_layers, load_module_map
 
-    grids = {"features.0": "int8", "features.4": "int2", "classifier.1": "binary"}
-    model, codes = lowbit.bake(lowbit._wrap(__import__("copy").deepcopy(trained_cnn), grids).eval())
+    model, codes = lowbit.bake(lowbit._wrap(copy.deepcopy(trained_cnn), grids).eval())
     source = tmp_path / "float.onnx"
     export_onnx(model, (1, 1, 28, 28), source, opset=18, exporter="dynamo", dynamic_batch=True,
                 pass_name="t", step=0)
     layers = find_layers(onnx.load(str(source)), load_module_map(tmp_path))
     rows = lowbit_onnx.rewrite(source, tmp_path / "small.onnx", codes, layers)
-    assert [row.format for row in rows] == ["DequantizeLinear INT8", "DequantizeLinear INT4",
-                                            "bit-packed uint8, unpacked at load"]
+    assert [row.format for row in rows] == formats
     images = next(iter(data.batches("eval", 64)))[0]
     with torch.no_grad():
-        expected = model(images).numpy()
+        expected = lowbit.reference(model, codes)(images).numpy()
     got = onnx_outputs(tmp_path / "small.onnx", images.numpy())
     assert np.abs(got - expected).max() < 1e-4
 
@@ -215,6 +222,7 @@ def test_weights_that_are_not_the_trained_grid_are_refused(tmp_path, trained_cnn
     ({"mode": "qat", "weights": "int2", "calibration_samples": 64}, "calibration_samples apply to the int8"),
     ({"mode": "qat", "int8_layers": ["features.0"]}, "int8_layers keeps layers at 8 bits"),
     ({"mode": "qat", "activations": "symmetric"}, "mode qat trains asymmetric"),
+    ({"mode": "qat", "weights": "auto"}, "add target_size"),
 ])
 def test_validate_refuses_combinations_with_reason_and_fix(params, says):
     with pytest.raises(ValueError) as excinfo:
@@ -228,6 +236,51 @@ def test_recipe_error_names_the_step(tmp_path, registry):
     with pytest.raises(RecipeError) as excinfo:
         load_recipe(path, registry=registry)
     assert "passes[0].quantize" in str(excinfo.value) and "needs mode: qat" in str(excinfo.value)
+
+
+def test_target_size_belongs_to_weights_auto():
+    with pytest.raises(ValueError, match="target_size"):
+        QuantizeConfig(mode="qat", weights="ternary", target_size=0.1)
+
+
+# --------------------------------------------------------------------------- weights: auto
+
+
+def test_layer_bytes_follow_the_file_formats():
+    from modelzip.quantization.lowbit_auto import layer_bytes
+
+    # 256 x 3136 Linear: 13 blocks of 256 per output; 2-bit codes 64 bytes + one fp32 scale per block
+    assert layer_bytes((256, 3136), True, "ternary") == 256 * 13 * (64 + 4)
+    assert layer_bytes((256, 3136), True, "int2") == 256 * 13 * (64 + 4) + 256 * 4  # packed zero points
+    assert layer_bytes((256, 3136), True, "binary") == 3136 * 256 // 8 + 4 * 256
+    assert layer_bytes((64, 32, 3, 3), False, "int4") == 64 * 32 * 9 // 2 + 4 * 64
+    assert layer_bytes((64, 32, 3, 3), False, "binary") == layer_bytes((64, 32, 3, 3), False, "int4")
+
+
+def test_auto_fits_the_budget_with_the_least_sensitive_grids(data, trained_cnn):
+    from modelzip.quantization import lowbit_auto
+
+    names = ["features.0", "features.4", "classifier.1"]
+    model = __import__("copy").deepcopy(trained_cnn)
+    all_int8 = sum(lowbit_auto.layer_bytes(tuple(model.get_submodule(n).weight.shape), "classifier" in n, "int8")
+                   for n in names)
+    plan = lowbit_auto.choose(model, data, names, budget_bytes=all_int8 // 2, other_bytes=0, fixed={"features.0"})
+    assert plan.estimated_bytes <= all_int8 // 2 and plan.grids["features.0"] == "int8"
+    assert any(grid != "int8" for grid in plan.grids.values())
+    rows = {row["layer"]: row for row in plan.rows}
+    assert set(rows["features.4"]["accuracy_drop"]) == set(lowbit_auto.CANDIDATES)
+    assert plan.estimated_bytes == sum(rows[n]["bytes"][plan.grids[n]] for n in names)
+    assert torch.equal(model.features[0].weight, trained_cnn.features[0].weight)  # probes restore weights
+    with pytest.raises(QuantizeFailure, match="target_size cannot be met"):
+        lowbit_auto.choose(model, data, names, budget_bytes=10, other_bytes=0, fixed=set())
+
+
+def test_auto_in_the_pass_reports_its_choice(tmp_path, registry, data, trained_cnn):
+    produced, details = run_pass(tmp_path, registry, data, trained_cnn, weights="auto", target_size=0.5)
+    auto = details["low_bit"]["auto"]
+    assert auto["estimated_bytes"] <= auto["budget_bytes"] == int(0.5 * auto["fp32_bytes"])
+    chosen = {row["layer"]: row["grid"] for row in auto["layers"]}
+    assert chosen == {row["layer"]: row["grid"] for row in details["low_bit"]["layers"]}
 
 
 def test_lowbit_choices_are_accepted():

@@ -7,6 +7,7 @@ dynamo, opset 18, dynamic batch); mode qat trains first, through the shared trai
 from __future__ import annotations
 
 import contextlib
+import copy
 import shutil
 
 from modelzip.errors import PassError
@@ -49,21 +50,47 @@ def _run_lowbit(artifact, config, ctx, pass_name: str, scratch):
     model, store its weights small (modelzip/quantization/lowbit*.py)."""
     from modelzip.quantization.lowbit_run import quantize_lowbit
 
-    trained = _train_lowbit(artifact, config, ctx, pass_name)
+    grids, auto = _grids(artifact, config, ctx, pass_name)
+    trained = _train_lowbit(artifact, config, ctx, pass_name, grids)
     baked = artifact.evolve(module=trained.module)
     source, parity = _float_source(baked, scratch, ctx, pass_name, reuse=False)
     result = quantize_lowbit(source, trained, data=ctx.data, input_shape=tuple(artifact.input_shape),
                              timing=timing(ctx.recipe), work_dir=ctx.work_dir, scratch=scratch, seed=ctx.seed,
-                             progress=Progress(log=ctx.log, track=ctx.track))
+                             progress=Progress(log=ctx.log, track=ctx.track), auto=auto)
     ctx.record(**result.details.to_json(), export_parity=parity)
     return artifact.evolve(kind="onnx", path=result.path, module=None)
 
 
-def _train_lowbit(artifact, config, ctx, pass_name: str):
-    from modelzip.quantization import lowbit
+def _grids(artifact, config, ctx, pass_name: str):
+    """(module name -> grid, the auto plan's report or None)."""
+    from modelzip.quantization import lowbit, lowbit_auto
 
     _needs_torch(artifact, ctx, pass_name)
-    grids = lowbit.plan(artifact.module, config.weights, config.int8_layers, tuple(config.exclude))
+    exclude = tuple(config.exclude)
+    if config.weights != "auto":
+        return lowbit.plan(artifact.module, config.weights, config.int8_layers, exclude), None
+    module = copy.deepcopy(artifact.module)
+    names = lowbit.layer_names(module, exclude)
+    fixed = lowbit.kept_int8(names, config.int8_layers) if config.int8_layers else set()
+    fp32 = _fp32_bytes(artifact, ctx)
+    weights = 4 * sum(module.get_submodule(name).weight.numel() for name in names)
+    ctx.log(f"weights auto: sensitivity of {len(names)} layers x {len(lowbit_auto.CANDIDATES)} grids")
+    plan = lowbit_auto.choose(module, ctx.data, names, budget_bytes=int(config.target_size * fp32),
+                              other_bytes=max(fp32 - weights, 0), fixed=fixed)
+    return plan.grids, {**plan.to_json(), "fp32_bytes": fp32, "target_size": config.target_size}
+
+
+def _fp32_bytes(artifact, ctx) -> int:
+    """The fp32 ONNX file's size: the pipeline's export of the input, else 4 bytes per parameter."""
+    exported = ctx.exported(artifact)
+    if exported is not None:
+        return exported[0].stat().st_size
+    return 4 * sum(p.numel() for p in artifact.module.parameters())
+
+
+def _train_lowbit(artifact, config, ctx, pass_name: str, grids: dict[str, str]):
+    from modelzip.quantization import lowbit
+
     objective = objective_for(config.distill, 0.0, artifact, ctx, pass_name)
     settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                              seed=ctx.seed + lowbit.SEED_OFFSET, device=ctx.device)

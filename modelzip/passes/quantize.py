@@ -19,8 +19,8 @@ from modelzip.passes._distill import DistillConfig, teacher_files
 from modelzip.plugin import GIVEN, Pass, PassConfig
 
 Mode = Literal["static", "dynamic", "weight_only", "qat"]
-Weights = Literal["int8", "int4", "int2", "ternary", "binary"]
-LOW_BIT = ("int4", "int2", "ternary", "binary")
+Weights = Literal["int8", "int4", "int2", "ternary", "binary", "auto"]
+LOW_BIT = ("int4", "int2", "ternary", "binary", "auto")
 
 # Which parameters mean something in which mode (and method); one written under another
 # choice would be silently ignored, so validation refuses it (PassConfig.applies_to).
@@ -48,6 +48,7 @@ _INT8_QAT_ONLY = ("calibration_samples", "calibration_batch_size", "reduce_range
                   "max_accuracy_drop", "prefer")
 _APPLIES_TO["percentile"] = {"mode": ("static",), "method": ("percentile",)}
 _APPLIES_TO["max_float_layers"] = {"max_accuracy_drop": GIVEN}  # it bounds the accuracy search
+_APPLIES_TO["target_size"] = {"weights": ("auto",)}
 
 
 class QuantizeConfig(PassConfig):
@@ -113,11 +114,16 @@ class QuantizeConfig(PassConfig):
         "int8",
         description="weight grid: int8 (every mode); qat only: int4 (symmetric), int2 (asymmetric), "
                     "ternary (TWN, {-a, 0, +a}), binary (XNOR, {-a, +a}), one scale per output channel; "
-                    "stored as MatMulNBits / bit-packed / INT4 DequantizeLinear (README: low-bit weights)")
+                    "stored as MatMulNBits / bit-packed / INT4 DequantizeLinear (README: low-bit weights); "
+                    "auto: a grid per layer from measured sensitivity, within target_size")
     int8_layers: tuple[str, ...] | None = Field(
         None,
         description="qat with sub-8-bit weights: globs of torch module names kept at 8 bits; null = "
-                    "the first and last Conv/Linear (input and logits suffer most), [] = none")
+                    "the first and last Conv/Linear (input and logits suffer most; auto: none), [] = none")
+    target_size: float | None = Field(
+        None, gt=0, le=1,
+        description="weights: auto: the file's budget as a fraction of the fp32 ONNX bytes (0.1 = 10x "
+                    "smaller); each layer gets the grid that loses the least measured accuracy per byte")
     # ---- all modes
     exclude: tuple[str, ...] = Field(
         (), description="glob patterns of torch module names (e.g. 'classifier.4', 'features.*') "
@@ -162,6 +168,9 @@ class QuantizeConfig(PassConfig):
                 f"weights: {self.weights} runs with float activations (MatMulNBits quantizes them to int8 "
                 "inside itself); int8 activation ranges are not trained for sub-8-bit weights. "
                 "Fix: remove activations (float is the default there), or weights: int8")
+        if self.weights == "auto" and self.target_size is None:
+            raise ValueError("weights: auto chooses a grid per layer to fit a size budget, and none is given. "
+                             "Fix: add target_size (e.g. target_size: 0.1 for a file 10x smaller than fp32)")
         self._lowbit_only_params()
         return self
 

@@ -39,6 +39,12 @@ SEED_OFFSET = 130_003  # low-bit QAT's own random stream, apart from other passe
 BITS = {"int8": 8, "int4": 4, "int2": 2, "ternary": 2, "binary": 1}  # storage bits (ternary: 2-bit codes)
 IDEAL_BITS = {"int8": 8.0, "int4": 4.0, "int2": 2.0, "ternary": float(np.log2(3)), "binary": 1.0}
 TWN_THRESHOLD = 0.7  # TWN's delta = 0.7 * mean|w|: the approximate optimum for Gaussian/uniform weights
+# A Linear on these grids runs as MatMulNBits at accuracy_level 4, whose 4-bit kernel rounds its
+# input to int8, symmetric, one scale per block of INPUT_BLOCK values along K (measured with
+# onnxruntime 1.32: simulating exactly that matches it to 3e-6; its 2-bit kernel at block 256
+# computes in float). Training and the parity reference simulate it, so they see what runs.
+KERNEL_INT8_INPUT = frozenset({"int4"})
+INPUT_BLOCK = 256  # = lowbit_onnx.MATMUL_NBITS_BLOCK
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,21 @@ def dequantize(weight: Tensor, grid: str) -> Tensor:
     return (values * scale.view(-1, *([1] * (weight.dim() - 1)))).to(weight.dtype)
 
 
+def round_input_blocks(x: Tensor, block: int = INPUT_BLOCK) -> Tensor:
+    """``x`` rounded as MatMulNBits' int8 kernel rounds its input (see KERNEL_INT8_INPUT), with a
+    straight-through gradient."""
+    k = x.shape[-1]
+    padded = F.pad(x.detach(), (0, -k % block)).unflatten(-1, (-1, block))
+    scale = padded.abs().amax(dim=-1, keepdim=True) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    rounded = (torch.round(padded / scale) * scale).flatten(-2)[..., :k]
+    return x + (rounded - x).detach()
+
+
+def _kernel_rounds_input(layer: nn.Module, grid: str) -> bool:
+    return isinstance(layer, nn.Linear) and grid in KERNEL_INT8_INPUT
+
+
 class LowBitLayer(nn.Module):
     """A Conv/Linear whose weight is rounded to ``grid`` in the forward pass, with a
     straight-through gradient to the wrapped layer's own (latent, float) weight, so fit()'s
@@ -104,8 +125,21 @@ class LowBitLayer(nn.Module):
         latent = self.layer.weight
         weight = latent + (dequantize(latent, self.grid) - latent).detach()
         if isinstance(self.layer, nn.Linear):
+            if self.grid in KERNEL_INT8_INPUT:
+                x = round_input_blocks(x)
             return F.linear(x, weight, self.layer.bias)
         return self.layer._conv_forward(x, weight, self.layer.bias)
+
+
+class KernelInput(nn.Module):
+    """A baked Linear behind the input rounding of its runtime kernel: the parity reference."""
+
+    def __init__(self, layer: nn.Linear) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(round_input_blocks(x))
 
 
 # --------------------------------------------------------------------------- which layer gets which grid
@@ -115,21 +149,29 @@ def plan(model: nn.Module, grid: str, int8_layers: tuple[str, ...] | None,
          exclude: tuple[str, ...] = ()) -> dict[str, str]:
     """Module name -> grid for every Conv/Linear not excluded. ``int8_layers``: globs kept at 8 bits;
     None = the first and last such layer (the input and the logits are the most sensitive)."""
+    names = layer_names(model, exclude)
+    eight = {names[0], names[-1]} if int8_layers is None else kept_int8(names, int8_layers)
+    return {name: "int8" if name in eight else grid for name in names}
+
+
+def layer_names(model: nn.Module, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The Conv/Linear modules to quantize, in module order."""
     names = [name for name, module in model.named_modules() if name and isinstance(module, QUANTIZABLE)
              and not _matches(name, exclude)]
     if not names:
         raise QuantizeFailure("the model has no Conv or Linear layer to quantize",
                               got=type(model).__name__, expected="a model with Conv/Linear layers")
-    if int8_layers is None:
-        eight = {names[0], names[-1]}
-    else:
-        unmatched = [p for p in int8_layers if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-        if unmatched:
-            raise QuantizeFailure(f"int8_layers pattern {unmatched[0]!r} matches no Conv/Linear layer",
-                                  got=unmatched[0], expected="one of " + ", ".join(names[:12]),
-                                  fix="use a torch module name or glob from the list above")
-        eight = {n for n in names if _matches(n, int8_layers)}
-    return {name: "int8" if name in eight else grid for name in names}
+    return names
+
+
+def kept_int8(names: list[str], int8_layers: tuple[str, ...]) -> set[str]:
+    """The layers ``int8_layers`` globs name; a glob naming none is a mistake."""
+    unmatched = [p for p in int8_layers if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise QuantizeFailure(f"int8_layers pattern {unmatched[0]!r} matches no Conv/Linear layer",
+                              got=unmatched[0], expected="one of " + ", ".join(names[:12]),
+                              fix="use a torch module name or glob from the list above")
+    return {n for n in names if _matches(n, int8_layers)}
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
@@ -141,7 +183,8 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 
 @dataclass
 class Trained:
-    module: Any  # the torch model with baked (quantized) weights: the "fake-quant" reference
+    module: Any  # the torch model with baked (quantized) weights: what is exported
+    reference: Any  # module with the runtime kernels' input rounding: the fake-quant forward, for parity
     codes: dict[str, Codes]  # module name -> its trained codes
     result: Any  # fit()'s FitResult
     distilled: bool
@@ -162,7 +205,18 @@ def train(module, data, settings, objective, grids: dict[str, str], hooks=None) 
     check_objective(objective, model, first_images(data))
     result = fit(model, data, settings, objective, hooks)
     model, codes = bake(model.cpu().eval())
-    return Trained(model, codes, result, objective.distills)
+    return Trained(model, reference(model, codes), codes, result, objective.distills)
+
+
+def reference(baked: nn.Module, codes: dict[str, Codes]) -> nn.Module:
+    """A copy of ``baked`` computing what the file's kernels compute (KernelInput where they round)."""
+    model = copy.deepcopy(baked)
+    for name, layer_codes in codes.items():
+        parent, child = _parent(model, name)
+        layer = getattr(parent, child)
+        if _kernel_rounds_input(layer, layer_codes.grid):
+            setattr(parent, child, KernelInput(layer))
+    return model.eval()
 
 
 def _wrap(model: nn.Module, grids: dict[str, str]) -> nn.Module:

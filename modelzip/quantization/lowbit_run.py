@@ -29,7 +29,7 @@ SESSION_METADATA = {"modelzip.onnxruntime.session_options": "none (a default ses
 
 def quantize_lowbit(source: Path, trained, *, data, input_shape: tuple[int, ...], timing: Timing,
                     work_dir: Path, scratch: Path, seed: int = 0, progress: Progress | None = None,
-                    prefer: str = "smaller") -> QuantizeResult:
+                    prefer: str = "smaller", auto: dict[str, Any] | None = None) -> QuantizeResult:
     """Write ``work_dir``/model.onnx from ``source`` (the float export of ``trained.module``)."""
     import onnx
 
@@ -46,12 +46,12 @@ def quantize_lowbit(source: Path, trained, *, data, input_shape: tuple[int, ...]
     if problem is not None:
         raise QuantizeFailure(f"the low-bit ONNX file fails onnx.checker: {problem}")
     progress.log(f"low-bit: {len(rows)} layers stored small, checking parity on real images")
-    parity = check_parity(trained.module, small, parity_images(data))
+    parity = check_parity(trained.reference, small, parity_images(data))
     latency = measure_latency(float_path, small, input_shape, timing, prefer, seed, progress)
     output = work_dir / OUTPUT_FILE
     shutil.copyfile(small, output)
     details = record(rows, parity, latency, float_bytes=float_path.stat().st_size, path=output,
-                     trained=trained)
+                     trained=trained, auto=auto)
     return QuantizeResult(output, details)
 
 
@@ -98,7 +98,8 @@ def check_parity(module, path: Path, images: np.ndarray, *, min_agreement: float
     agreement = float((got.argmax(-1) == expected.argmax(-1)).mean())
     report = {"samples": len(images), "top1_agreement": agreement,
               "max_abs_diff": float(np.abs(got - expected).max()), "min_agreement": min_agreement,
-              "reference": "torch model with the trained low-bit weights (fake-quant forward)",
+              "reference": "torch model with the trained low-bit weights and the kernels' input rounding "
+                           "(the fake-quant forward)",
               "session": "onnxruntime CPU, default options"}
     if agreement < min_agreement:
         raise QuantizeFailure("onnxruntime computes the low-bit file differently from the trained torch model",
@@ -110,7 +111,8 @@ def check_parity(module, path: Path, images: np.ndarray, *, min_agreement: float
     return report
 
 
-def record(rows, parity: dict[str, Any], latency, *, float_bytes: int, path: Path, trained):
+def record(rows, parity: dict[str, Any], latency, *, float_bytes: int, path: Path, trained,
+           auto: dict[str, Any] | None = None):
     """The step's QuantizeDetails: the low-bit table, sizes (weights vs graph), parity, training."""
     from modelzip.quantization.summary import QuantizeDetails, lowbit_summary
 
@@ -125,6 +127,8 @@ def record(rows, parity: dict[str, Any], latency, *, float_bytes: int, path: Pat
                  "ideal_layer_bytes": sum(row.ideal_bytes for row in rows)},
         "session_options": "none: a default onnxruntime session computes the file",
     }
+    if auto is not None:
+        table["auto"] = auto
     training = {"curve": result.history, "epochs_run": len(result.history),
                 "optimizer_steps": result.total_steps, "best_epoch": result.best_epoch,
                 "best_val_accuracy": result.best_val_accuracy, "wall_time_s": round(result.wall_time_s, 3),

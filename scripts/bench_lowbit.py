@@ -1,0 +1,102 @@
+"""`make bench-lowbit`: sub-8-bit weights (issue 15) on the Fashion-MNIST CNN, next to fp32 and int8.
+
+Runs recipes/bench/{fp32,quantize_static,qat_int4,qat_ternary,qat_binary}.yaml once (seed 0)
+through the CLI from the repository's baseline checkpoint (checkpoints/fashion_cnn.pt), then
+measures every artifact the same way as scripts/bench.py (accuracy on the full test set, file
+size, latency at batch 1 and 256 interleaved) and writes bench-lowbit.json plus the table
+between the low-bit markers of BENCHMARKS.md. One seed: each QAT run trains 3 epochs on CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / ".bench"
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench import measure, run_recipe  # noqa: E402
+
+RECIPES = ("fp32", "quantize_static", "qat_int4", "qat_ternary", "qat_binary")
+START, END = "<!-- bench-lowbit:start -->", "<!-- bench-lowbit:end -->"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=REPO / "checkpoints" / "fashion_cnn.pt")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads when timing")
+    parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--json", type=Path, default=REPO / "bench-lowbit.json")
+    return parser.parse_args(argv)
+
+
+def run_all(checkpoint: Path) -> dict[str, dict]:
+    runs = {}
+    for name in RECIPES:
+        out = WORK / "lowbit" / name
+        overrides = [f"model.checkpoint={checkpoint.resolve()}", "seed=0", f"output={out}",
+                     f"cache_dir={WORK / 'cache'}"]
+        report, wall = run_recipe(REPO / "recipes" / "bench" / f"{name}.yaml", overrides)
+        runs[name] = {"report": report, "wall_s": round(wall, 1), "onnx": out / "model.onnx"}
+        print(f"{name}: {report['final']['accuracy']:.4f} in {wall:.0f}s")
+    return runs
+
+
+def rows(runs: dict[str, dict], measured: dict[str, dict]) -> list[dict]:
+    fp32 = measured["fp32"]
+    out = []
+    for name in RECIPES:
+        m, step = measured[name], _quantize_step(runs[name]["report"])
+        low_bit = (step or {}).get("low_bit")
+        parity = (step or {}).get("agreement_with_float") if low_bit else None
+        out.append({
+            "recipe": name, "accuracy": m["accuracy"], "drop_pp": 100 * (fp32["accuracy"] - m["accuracy"]),
+            "bytes": m["size_bytes"], "ratio": fp32["size_bytes"] / m["size_bytes"],
+            "weight_bytes": low_bit["file"]["weight_bytes"] if low_bit else None,
+            "ideal_layer_bytes": low_bit["file"]["ideal_layer_bytes"] if low_bit else None,
+            "formats": sorted({f"{r['grid']}: {r['format']}" for r in low_bit["layers"]}) if low_bit else None,
+            "parity": parity, "batch_1_ms": m["batch_1"]["median_ms"], "batch_256_ms": m["batch_256"]["median_ms"],
+            "wall_s": runs[name]["wall_s"]})
+    return out
+
+
+def _quantize_step(report: dict) -> dict | None:
+    return next((s["details"] for s in report["steps"] if s["pass"] == "quantize"), None)
+
+
+def markdown(table: list[dict], threads: int) -> str:
+    lines = [START, "",
+             "| recipe | accuracy | drop vs fp32 | file | smaller than fp32 | weights in file (ideal packing) "
+             f"| parity vs torch | batch 1 / 256 ms ({threads} thread) | run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        weights = (f"{r['weight_bytes'] / 1e3:.0f} kB ({r['ideal_layer_bytes'] / 1e3:.0f} kB)"
+                   if r["weight_bytes"] else "-")
+        parity = (f"{100 * r['parity']['top1_agreement']:.2f}% of {r['parity']['samples']}, "
+                  f"max diff {r['parity']['max_abs_diff']:.2g}" if r["parity"] else "-")
+        lines.append(f"| {r['recipe']} | {100 * r['accuracy']:.2f}% | {r['drop_pp']:+.2f} pp "
+                     f"| {r['bytes'] / 1e3:.0f} kB | {r['ratio']:.1f}x | {weights} | {parity} "
+                     f"| {r['batch_1_ms']:.3f} / {r['batch_256_ms']:.2f} | {r['wall_s']:.0f} s |")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    runs = run_all(args.checkpoint)
+    measured = measure({name: run["onnx"] for name, run in runs.items()}, threads=args.threads)
+    table = rows(runs, measured)
+    text = markdown(table, args.threads)
+    args.json.write_text(json.dumps({"rows": table, "measured": measured}, indent=1, default=str) + "\n")
+    document = args.out.read_text()
+    if START in document and END in document:
+        head, _, rest = document.partition(START)
+        document = head + text + rest.partition(END)[2]
+        args.out.write_text(document)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
