@@ -30,14 +30,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=REPO / "checkpoints" / "fashion_cnn.pt")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads when timing")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES,
+                        help="a subset (fp32 is always run: the rows compare against it)")
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--json", type=Path, default=REPO / "bench-lowbit.json")
     return parser.parse_args(argv)
 
 
-def run_all(checkpoint: Path) -> dict[str, dict]:
+def run_all(checkpoint: Path, names: list[str]) -> dict[str, dict]:
     runs = {}
-    for name in RECIPES:
+    for name in names:
         out = WORK / "lowbit" / name
         # A cache per recipe: runs of different recipes can go on in parallel (a run locks its cache).
         overrides = [f"model.checkpoint={checkpoint.resolve()}", "seed=0", f"output={out}",
@@ -51,7 +53,7 @@ def run_all(checkpoint: Path) -> dict[str, dict]:
 def rows(runs: dict[str, dict], measured: dict[str, dict]) -> list[dict]:
     fp32 = measured["fp32"]
     out = []
-    for name in RECIPES:
+    for name in runs:
         m, step = measured[name], _quantize_step(runs[name]["report"])
         low_bit = (step or {}).get("low_bit")
         parity = (step or {}).get("agreement_with_float") if low_bit else None
@@ -96,7 +98,7 @@ def markdown(table: list[dict], threads: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    runs = run_all(args.checkpoint)
+    runs = run_all(args.checkpoint, [name for name in RECIPES if name == "fp32" or name in args.recipes])
     measured = measure({name: run["onnx"] for name, run in runs.items()}, threads=args.threads)
     table = rows(runs, measured)
     text = markdown(table, args.threads)
