@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=REPO / "checkpoints" / "fashion_cnn.pt")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads when timing")
+    parser.add_argument("--from-reports", action="store_true",
+                        help="run and measure nothing: the table from the report.json of runs already made in "
+                             ".bench/lowbit/<recipe> (each run's accuracy, sizes and latency vs its fp32 baseline)")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES,
                         help="a subset (fp32 is always run: the rows compare against it)")
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
@@ -96,8 +99,63 @@ def markdown(table: list[dict], threads: int) -> str:
     return "\n".join(lines)
 
 
+def from_reports(names: list[str]) -> tuple[list[dict], str]:
+    """Rows from each run's own report: accuracy and latency against the fp32 baseline that run measured."""
+    table = []
+    for name in names:
+        path = WORK / "lowbit" / name / "report.json"
+        if not path.is_file():
+            print(f"skip {name}: no {path}")
+            continue
+        report = json.loads(path.read_text())
+        final, baseline, step = report["final"], report["baseline"]["onnx"], _quantize_step(report) or {}
+        low_bit = step.get("low_bit")
+        latency = final.get("latency") or {}
+        table.append({
+            "recipe": name, "accuracy": final["accuracy"],
+            "vs_fp32_pp": 100 * (final["accuracy"] - baseline["accuracy"]),
+            "bytes": final["size_bytes"], "ratio": final["baseline_size_bytes"] / final["size_bytes"],
+            "weight_bytes": low_bit["file"]["weight_bytes"] if low_bit else None,
+            "ideal_layer_bytes": low_bit["file"]["ideal_layer_bytes"] if low_bit else None,
+            "grids": [f"{r['layer']} {r['grid']}" for r in low_bit["layers"]] if low_bit else None,
+            "parity": step.get("agreement_with_float") if low_bit else None,
+            "latency": {batch: {"fp32_ms": pair["baseline"]["median_ms"], "ms": pair["final"]["median_ms"],
+                                "verdict": pair["verdict"]} for batch, pair in latency.items()
+                        if isinstance(pair, dict)},
+            "wall_s": report["wall_time_s"]})
+    lines = [f"<!-- {SECTION}:begin (scripts/bench_lowbit.py writes this section) -->",
+             "## Low-bit weights (issue #15)", "",
+             "`python scripts/bench_lowbit.py --from-reports`: each recipe run once (seed 0, from "
+             "checkpoints/fashion_cnn.pt, 91.17%); figures from each run's own report: accuracy on the full "
+             "test set, size against the fp32 ONNX the run wrote for its baseline, latency against that fp32 file "
+             "(onnxruntime CPU, default session, interleaved, on a loaded 2-core machine). Parity: argmax agreement "
+             "of the file with the torch model it was trained as, on 1,024 test images.", "",
+             "| recipe | layers | accuracy | vs fp32 | file | smaller than fp32 | initializers (layers at ideal "
+             "packing) | parity vs torch | latency ms, fp32 -> this file | run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        weights = (f"{r['weight_bytes'] / 1e3:.0f} kB ({r['ideal_layer_bytes'] / 1e3:.0f} kB)"
+                   if r["weight_bytes"] else "-")
+        parity = (f"{100 * r['parity']['top1_agreement']:.2f}%, max diff {r['parity']['max_abs_diff']:.2g}"
+                  if r["parity"] else "-")
+        latency = "; ".join(f"{batch.replace('_', ' ')}: {v['fp32_ms']:.3g} -> {v['ms']:.3g} ({v['verdict']})"
+                            for batch, v in r["latency"].items()) or "-"
+        grids = ", ".join(r["grids"]) if r["grids"] else "int8 QDQ"
+        lines.append(f"| {r['recipe']} | {grids} | {100 * r['accuracy']:.2f}% | {r['vs_fp32_pp']:+.2f} pp "
+                     f"| {r['bytes'] / 1e3:.0f} kB | {r['ratio']:.1f}x | {weights} | {parity} | {latency} "
+                     f"| {r['wall_s']:.0f} s |")
+    lines += ["", f"<!-- {SECTION}:end -->", ""]
+    return table, "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.from_reports:
+        table, text = from_reports([name for name in args.recipes if name != "fp32"])
+        args.json.write_text(json.dumps({"rows": table, "source": "reports"}, indent=1) + "\n")
+        write_section(args.out, SECTION, text)
+        print(text)
+        return
     runs = run_all(args.checkpoint, [name for name in RECIPES if name == "fp32" or name in args.recipes])
     measured = measure({name: run["onnx"] for name, run in runs.items()}, threads=args.threads)
     table = rows(runs, measured)
