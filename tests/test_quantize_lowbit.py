@@ -249,9 +249,11 @@ def test_target_size_belongs_to_weights_auto():
 def test_layer_bytes_follow_the_file_formats():
     from modelzip.quantization.lowbit_auto import layer_bytes
 
-    # 256 x 3136 Linear: 13 blocks of 256 per output; 2-bit codes 64 bytes + one fp32 scale per block
-    assert layer_bytes((256, 3136), True, "ternary") == 256 * 13 * (64 + 4)
-    assert layer_bytes((256, 3136), True, "int2") == 256 * 13 * (64 + 4) + 256 * 4  # packed zero points
+    # 256 x 3136 Linear, 2 bits: 25 blocks of 128 per output, 32 bytes of codes + one fp32 scale each;
+    # 4 bits: 13 blocks of 256, 128 bytes each
+    assert layer_bytes((256, 3136), True, "ternary") == 256 * 25 * (32 + 4)
+    assert layer_bytes((256, 3136), True, "int2") == 256 * 25 * (32 + 4) + 256 * 7  # packed zero points
+    assert layer_bytes((256, 3136), True, "int4") == 256 * 13 * (128 + 4)
     assert layer_bytes((256, 3136), True, "binary") == 3136 * 256 // 8 + 4 * 256
     assert layer_bytes((64, 32, 3, 3), False, "int4") == 64 * 32 * 9 // 2 + 4 * 64
     assert layer_bytes((64, 32, 3, 3), False, "binary") == layer_bytes((64, 32, 3, 3), False, "int4")

@@ -213,7 +213,10 @@ class QuantizePass(Pass):
     # prefer: faster decides by that verdict; entries cached by version 1 lack both.
     # "3": static/qat graphs are arranged for onnxruntime's int8 kernels (placement: auto), and
     # details.nodes.as_run says what onnxruntime runs; version 2 entries are slower int8 models.
-    version = "3"
+    # "4": qat exports the trained model (version 3 reused the pipeline's export of the input when
+    # qat was the first pass: the untrained weights); sub-8-bit weights, 2-bit MatMulNBits in
+    # blocks of 128 (entries with blocks of 256 run ~100x slower at batch 1).
+    version = "4"
     quantizes = True
     # `prefer: faster` keeps whichever of int8 and float runs faster here: the CPU decides.
     reads = frozenset({"data", "timing"})

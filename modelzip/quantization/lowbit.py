@@ -39,12 +39,16 @@ SEED_OFFSET = 130_003  # low-bit QAT's own random stream, apart from other passe
 BITS = {"int8": 8, "int4": 4, "int2": 2, "ternary": 2, "binary": 1}  # storage bits (ternary: 2-bit codes)
 IDEAL_BITS = {"int8": 8.0, "int4": 4.0, "int2": 2.0, "ternary": float(np.log2(3)), "binary": 1.0}
 TWN_THRESHOLD = 0.7  # TWN's delta = 0.7 * mean|w|: the approximate optimum for Gaussian/uniform weights
-# A Linear on these grids runs as MatMulNBits at accuracy_level 4, whose 4-bit kernel rounds its
-# input to int8, symmetric, one scale per block of INPUT_BLOCK values along K (measured with
-# onnxruntime 1.32: simulating exactly that matches it to 3e-6; its 2-bit kernel at block 256
-# computes in float). Training and the parity reference simulate it, so they see what runs.
-KERNEL_INT8_INPUT = frozenset({"int4"})
-INPUT_BLOCK = 256  # = lowbit_onnx.MATMUL_NBITS_BLOCK
+# A Linear on a 4- or 2-bit grid runs as MatMulNBits (accuracy_level 4), in blocks of this many
+# rows per scale. Measured with onnxruntime 1.32 (K=3136, N=256, 1 thread): 2-bit at block 256
+# takes a slow path (2.57 ms at batch 1, exact float arithmetic), at block 128 its int8 kernel
+# (0.018 ms; fp32 MatMul 0.048 ms); 4-bit at 256 runs the int8 kernel (0.017 ms). Block 128 costs
+# 32/128 = 0.25 bit per weight in scales, block 256 half that.
+MATMUL_NBITS_BLOCK = {4: 256, 2: 128}
+# The int8 kernel rounds its input to int8, symmetric, one scale per block along K: simulating
+# exactly that matched onnxruntime to 3e-6 (4-bit) and 8e-7 (2-bit). Training and the parity
+# reference simulate it, so they see what runs.
+KERNEL_INT8_INPUT = frozenset({"int4", "int2", "ternary"})
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,11 @@ def dequantize(weight: Tensor, grid: str) -> Tensor:
     return (values * scale.view(-1, *([1] * (weight.dim() - 1)))).to(weight.dtype)
 
 
-def round_input_blocks(x: Tensor, block: int = INPUT_BLOCK) -> Tensor:
+def input_block(grid: str) -> int:
+    return MATMUL_NBITS_BLOCK[BITS[grid]]
+
+
+def round_input_blocks(x: Tensor, block: int) -> Tensor:
     """``x`` rounded as MatMulNBits' int8 kernel rounds its input (see KERNEL_INT8_INPUT), with a
     straight-through gradient."""
     k = x.shape[-1]
@@ -126,7 +134,7 @@ class LowBitLayer(nn.Module):
         weight = latent + (dequantize(latent, self.grid) - latent).detach()
         if isinstance(self.layer, nn.Linear):
             if self.grid in KERNEL_INT8_INPUT:
-                x = round_input_blocks(x)
+                x = round_input_blocks(x, input_block(self.grid))
             return F.linear(x, weight, self.layer.bias)
         return self.layer._conv_forward(x, weight, self.layer.bias)
 
@@ -134,12 +142,12 @@ class LowBitLayer(nn.Module):
 class KernelInput(nn.Module):
     """A baked Linear behind the input rounding of its runtime kernel: the parity reference."""
 
-    def __init__(self, layer: nn.Linear) -> None:
+    def __init__(self, layer: nn.Linear, block: int) -> None:
         super().__init__()
-        self.layer = layer
+        self.layer, self.block = layer, block
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layer(round_input_blocks(x))
+        return self.layer(round_input_blocks(x, self.block))
 
 
 # --------------------------------------------------------------------------- which layer gets which grid
@@ -215,7 +223,7 @@ def reference(baked: nn.Module, codes: dict[str, Codes]) -> nn.Module:
         parent, child = _parent(model, name)
         layer = getattr(parent, child)
         if _kernel_rounds_input(layer, layer_codes.grid):
-            setattr(parent, child, KernelInput(layer))
+            setattr(parent, child, KernelInput(layer, input_block(layer_codes.grid)))
     return model.eval()
 
 

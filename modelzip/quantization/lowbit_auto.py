@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from modelzip.quantization import QuantizeFailure
-from modelzip.quantization.lowbit import BITS, dequantize
-from modelzip.quantization.lowbit_onnx import MATMUL_NBITS_BLOCK
+from modelzip.quantization.lowbit import BITS, MATMUL_NBITS_BLOCK, dequantize
 
 CANDIDATES = ("int8", "int4", "ternary", "int2", "binary")
 SENSITIVITY_SAMPLES = 1024  # validation images per (layer, grid) probe
@@ -45,9 +44,10 @@ def layer_bytes(weight_shape: tuple[int, ...], linear: bool, grid: str) -> int:
     out = weight_shape[0]
     count = math.prod(weight_shape)
     if linear and grid in ("int4", "int2", "ternary"):
-        blocks = -(-(count // out) // MATMUL_NBITS_BLOCK)
+        block = MATMUL_NBITS_BLOCK[BITS[grid]]
+        blocks = -(-(count // out) // block)
         points = out * -(-blocks * 2 // 8) if grid == "int2" else 0
-        return out * blocks * (MATMUL_NBITS_BLOCK * BITS[grid] // 8 + 4) + points
+        return out * blocks * (block * BITS[grid] // 8 + 4) + points
     if linear and grid == "binary":
         return -(-count // 8) + 4 * out
     return (count if grid == "int8" else -(-count // 2)) + 4 * out

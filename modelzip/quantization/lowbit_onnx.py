@@ -5,9 +5,10 @@ as floats; each layer's weight initializer is replaced by the same values stored
 
 - Linear (Gemm/MatMul) at 4 or 2 bits (int4, int2, ternary): onnxruntime's ``MatMulNBits``
   (com.microsoft), which computes from packed codes (accuracy_level 4: int8 arithmetic; level 1
-  measured 10-40x slower). Blocks of 256 rows (2-bit MatMulNBits allows at most 256): one fp32
-  scale per block costs 32/256 = 0.125 bit per weight; every block of a column repeats that
-  column's trained scale, so the kernel computes the trained grid exactly.
+  measured 10-40x slower). Blocks of 256 rows at 4 bits, 128 at 2 bits (lowbit.MATMUL_NBITS_BLOCK:
+  where onnxruntime's int8 kernels run): one fp32 scale per block costs 0.125 or 0.25 bit per
+  weight; every block of a column repeats that column's trained scale, so the kernel computes
+  the trained grid exactly.
 - Linear with binary weights: no runtime kernel reads 1-bit codes, so the signs are stored
   bit-packed (uint8, 8 per byte) and unpacked in the graph with standard ops (BitShift,
   BitwiseAnd, Cast, then ``2b - 1`` times the scale). onnxruntime folds that constant subgraph
@@ -30,10 +31,9 @@ from typing import Any
 import numpy as np
 
 from modelzip.quantization import QuantizeFailure
-from modelzip.quantization.lowbit import IDEAL_BITS, Codes
+from modelzip.quantization.lowbit import IDEAL_BITS, MATMUL_NBITS_BLOCK, Codes
 
 OPSET = 21  # DequantizeLinear with INT4 initializers
-MATMUL_NBITS_BLOCK = 256
 ACCURACY_LEVEL = 4
 MATMUL_OPS = ("Gemm", "MatMul")
 _RECONSTRUCTION_RTOL = 1e-5  # the exported weight vs values * solved scale, relative to max|w|
@@ -191,7 +191,8 @@ def _matmul_nbits(model, node, codes: Codes, scale: np.ndarray) -> int:
     """Replace the Gemm/MatMul node with MatMulNBits (plus Add for a bias); the bytes written."""
     from onnx import helper, numpy_helper
 
-    bits, block = codes.bits, MATMUL_NBITS_BLOCK
+    bits = codes.bits
+    block = MATMUL_NBITS_BLOCK[bits]
     n, k = codes.values.shape
     offset = 2 ** (bits - 1)  # MatMulNBits' default zero point: symmetric codes need none stored
     unsigned = codes.values.astype(np.int16) + (offset if codes.zero_point is None

@@ -136,7 +136,7 @@ def record(rows, parity: dict[str, Any], latency, *, float_bytes: int, path: Pat
     grids = sorted({row.grid for row in rows})
     details = QuantizeDetails(
         mode="qat", settings={"weights": grids, "activations": "float",
-                              "matmul_nbits": {"block_size": lowbit_onnx.MATMUL_NBITS_BLOCK,
+                              "matmul_nbits": {"block_size_by_bits": lowbit_onnx.MATMUL_NBITS_BLOCK,
                                                "accuracy_level": lowbit_onnx.ACCURACY_LEVEL}},
         preprocess="none (the exported graph, weights replaced)", returned_float=False,
         layers={"total": len(rows), "quantized": [row.layer for row in rows], "kept_float": []},
