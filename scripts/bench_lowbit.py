@@ -24,6 +24,9 @@ from bench_report import write_section  # noqa: E402
 
 RECIPES = ("fp32", "quantize_static", "qat_int4", "qat_ternary", "qat_binary", "qat_int2", "qat_auto")
 SECTION = "lowbit"
+TARGETS = ("Targets (issue 15): ternary (3 epochs, distilled) >= 12x smaller than the fp32 ONNX within 1.5 pp; "
+           "binary >= 20x within 3 pp; int4 >= 7x within 0.5 pp; auto with target_size 0.1 at <= 10% of the "
+           "fp32 bytes and more accurate than uniform int2; parity >= 99.5%.")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -82,7 +85,7 @@ def markdown(table: list[dict], threads: int) -> str:
              "`make bench-lowbit` (scripts/bench_lowbit.py): each recipe once, seed 0, from "
              "checkpoints/fashion_cnn.pt; accuracy on the full test set; every file measured together "
              "(latency interleaved, onnxruntime CPU, default session). Parity: argmax agreement of the "
-             "file with the torch model it was trained as, on 1,024 test images.", "",
+             "file with the torch model it was trained as, on 1,024 test images.", "", TARGETS, "",
              "| recipe | layers | accuracy | vs fp32 | file | smaller than fp32 | initializers (layers at ideal "
              f"packing) | parity vs torch | batch 1 / 256 ms ({threads} thread) | run |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -125,11 +128,13 @@ def from_reports(names: list[str]) -> tuple[list[dict], str]:
             "wall_s": report["wall_time_s"]})
     lines = [f"<!-- {SECTION}:begin (scripts/bench_lowbit.py writes this section) -->",
              "## Low-bit weights (issue #15)", "",
-             "`python scripts/bench_lowbit.py --from-reports`: each recipe run once (seed 0, from "
-             "checkpoints/fashion_cnn.pt, 91.17%); figures from each run's own report: accuracy on the full "
+             "`python scripts/bench_lowbit.py --from-reports` after running each recipe once: `python -m modelzip "
+             "run recipes/bench/<recipe>.yaml --set model.checkpoint=checkpoints/fashion_cnn.pt --set seed=0 "
+             "--set output=.bench/lowbit/<recipe> --set cache_dir=.bench/cache-lowbit/<recipe>` (baseline "
+             "91.17%); figures from each run's own report: accuracy on the full "
              "test set, size against the fp32 ONNX the run wrote for its baseline, latency against that fp32 file "
              "(onnxruntime CPU, default session, interleaved, on a loaded 2-core machine). Parity: argmax agreement "
-             "of the file with the torch model it was trained as, on 1,024 test images.", "",
+             "of the file with the torch model it was trained as, on 1,024 test images.", "", TARGETS, "",
              "| recipe | layers | accuracy | vs fp32 | file | smaller than fp32 | initializers (layers at ideal "
              "packing) | parity vs torch | latency ms, fp32 -> this file | run |",
              "|---|---|---|---|---|---|---|---|---|---|"]
