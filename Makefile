@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DATASET ?= fashion-mnist
 
-.PHONY: demo test lint install deploy-extras data browser bench bench-olive olive-env fuzz clean
+.PHONY: demo test lint install deploy-extras data browser bench bench-lowbit bench-olive olive-env fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench: install data
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 	$(BIN)/python scripts/bench_unseen.py $(UNSEEN_ARGS)
 	$(BIN)/python scripts/bench_olive.py $(OLIVE_ARGS)
+
+# Sub-8-bit weights (issue 15): fp32, int8 and int4/ternary/binary QAT from checkpoints/fashion_cnn.pt,
+# one seed (three 3-epoch trainings on CPU); bench-lowbit.json and the low-bit table in BENCHMARKS.md.
+bench-lowbit: install data checkpoints/fashion_cnn.pt
+	$(BIN)/python scripts/bench_lowbit.py $(LOWBIT_ARGS)
 
 # Part 3 (bench-olive.json), issue #18: a quantize-only modelzip run against Olive's
 # OnnxStaticQuantization on the same fp32 ONNX and calibration images. Olive lives in its own

@@ -169,6 +169,27 @@ def test_constants_fold_except_dequantize_and_growth(tmp_path):
     np.testing.assert_array_equal(_outputs(result.path, {"x": x})[0], _outputs(source, {"x": x})[0])
 
 
+def test_a_chain_of_small_growths_does_not_fold_into_a_large_tensor(tmp_path):
+    """Each Cast doubles 512 stored bytes by less than the slack, but the chain would store 4 kB
+    (as unpacking bit-packed weights would store them as float): folding stops where the result
+    exceeds the stored bytes it is computed from by more than the slack."""
+    packed = numpy_helper.from_array(np.arange(512, dtype=np.uint8), "packed")
+    casts = [(TensorProto.UINT16, "wide"), (TensorProto.UINT32, "wider"), (TensorProto.UINT64, "widest")]
+    nodes = [helper.make_node("Cast", [source], [name], to=to)
+             for (to, name), source in zip(casts, ["packed", "wide", "wider"])]
+    nodes += [helper.make_node("Cast", ["widest"], ["as_float"], to=TensorProto.FLOAT),
+              helper.make_node("Add", ["x", "as_float"], ["y"])]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [512])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [512])], [packed])
+    source = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "g.onnx")
+    result = optimize_onnx(source, tmp_path / "out", OptimizeSettings(shorten_names=False))
+    model = onnx.load(str(result.path))
+    assert max(numpy_helper.to_array(init).nbytes for init in model.graph.initializer) <= 512 + 1024
+    assert result.folded.nodes == 1  # uint8 -> uint16 (1 kB); uint32 would be 2 kB from 512 bytes
+    x = np.ones(512, dtype=np.float32)
+    np.testing.assert_array_equal(_outputs(result.path, {"x": x})[0], _outputs(source, {"x": x})[0])
+
+
 def test_identical_initializers_are_stored_once(tmp_path):
     f = TensorProto.FLOAT
     weight = np.ones((4,), dtype=np.float32)

@@ -14,8 +14,11 @@ Not folded:
   bytes) and run float arithmetic;
 - random and other non-deterministic ops; nodes with subgraphs; ops outside the ONNX domain
   (onnx.reference does not implement them);
-- a node whose result is larger than its inputs by more than ``_GROWTH_SLACK`` bytes (an
-  Expand or ConstantOfShape would trade a tiny node for a large tensor);
+- a node whose result is larger than the stored constants it is computed from (through any
+  chain of folded nodes) by more than ``_GROWTH_SLACK`` bytes: an Expand or ConstantOfShape would
+  trade a tiny node for a large tensor, and a chain unpacking bit-packed weights (quantize's
+  binary weights: BitShift, BitwiseAnd, Cast, Mul) would store them as float again, growing a
+  little at each node;
 - a node producing a graph output (the output would become an initializer).
 """
 from __future__ import annotations
@@ -56,9 +59,10 @@ def fold_constants(model: onnx.ModelProto) -> Folded:
     constants: dict[str, np.ndarray] = {init.name: numpy_helper.to_array(init) for init in graph.initializer
                                         if init.name not in overridable}
     outputs = {value.name for value in graph.output}
+    stored = {name: _nbytes(value) for name, value in constants.items()}  # bytes each constant derives from
     kept, folded = [], []
     for node in graph.node:
-        values = _fold(node, constants, outputs, opsets)
+        values = _fold(node, constants, outputs, opsets, stored)
         if values is None:
             kept.append(node)
             continue
@@ -78,8 +82,9 @@ def fold_constants(model: onnx.ModelProto) -> Folded:
 
 
 def _fold(node: onnx.NodeProto, constants: dict[str, Any], outputs: set[str],
-          opsets: dict[str, int]) -> dict[str, Any] | None:
-    """{output name: value} of ``node`` when it folds, else None."""
+          opsets: dict[str, int], stored: dict[str, int]) -> dict[str, Any] | None:
+    """{output name: value} of ``node`` when it folds, else None. ``stored``: for each constant,
+    the bytes of the initializers it is computed from (updated for the outputs that fold)."""
     if not _foldable(node, constants, outputs):
         return None
     from onnx.reference import ReferenceEvaluator
@@ -90,10 +95,12 @@ def _fold(node: onnx.NodeProto, constants: dict[str, Any], outputs: set[str],
     except Exception:  # an op or attribute onnx.reference does not implement: leave it to the runtime
         return None
     values = {name: value for name, value in zip(node.output, results) if name}
+    source = sum(stored.get(name, 0) for name in feeds)
     if node.op_type != "Constant":
-        grown = sum(_nbytes(v) for v in values.values()) - sum(_nbytes(v) for v in feeds.values())
-        if grown > _GROWTH_SLACK:
+        if sum(_nbytes(v) for v in values.values()) - source > _GROWTH_SLACK:
             return None
+    for name, value in values.items():
+        stored[name] = source if node.op_type != "Constant" else _nbytes(value)
     return values
 
 

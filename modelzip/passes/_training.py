@@ -31,9 +31,7 @@ def run_finetune(artifact, config, ctx, *, pass_name: str):
     objective = objective_for(config.distill, config.label_smoothing, artifact, ctx, pass_name)
     augment = augment_for(config.augment, ctx.recipe.data)
     settings = train_settings(config, ctx, augment)
-    store = None
-    if ctx.resume_dir is not None:
-        store = CheckpointStore(ctx.resume_dir, fingerprint=_fingerprint(artifact, config, ctx))
+    store = checkpoint_store(artifact, config, ctx)
     if config.patience is not None and len(data.train) and not len(data.validation):
         ctx.log("patience is set but the validation split is empty (data.val_samples): no early stopping")
     pruner = _pruner(config.prune, artifact, ctx, pass_name)
@@ -47,6 +45,13 @@ def run_finetune(artifact, config, ctx, *, pass_name: str):
     pruning = pruner.details(trained.module) if pruner is not None else None
     _record(ctx, config, settings, trained.result, augment, objective, pruning)
     return artifact.evolve(module=trained.module)
+
+
+def checkpoint_store(artifact, config, ctx) -> CheckpointStore | None:
+    """Per-epoch checkpoints in the step's resume directory, so an interrupted run resumes (None: no directory)."""
+    if ctx.resume_dir is None:
+        return None
+    return CheckpointStore(ctx.resume_dir, fingerprint=_fingerprint(artifact, config, ctx))
 
 
 def train_settings(config, ctx, augment: Augment) -> TrainSettings:

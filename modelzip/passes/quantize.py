@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from modelzip.passes._distill import DistillConfig, teacher_files
 from modelzip.plugin import GIVEN, Pass, PassConfig
 
 Mode = Literal["static", "dynamic", "weight_only", "qat"]
+Weights = Literal["int8", "int4", "int2", "ternary", "binary", "auto"]
+LOW_BIT = ("int4", "int2", "ternary", "binary", "auto")
 
 # Which parameters mean something in which mode (and method); one written under another
 # choice would be silently ignored, so validation refuses it (PassConfig.applies_to).
@@ -27,7 +29,7 @@ _MODES_OF = {
     "calibration_batch_size": ("static", "qat"),
     "method": ("static",),
     "percentile": ("static",),
-    "activations": ("static",),
+    "activations": ("static", "qat"),
     "per_channel": ("static", "dynamic"),
     "reduce_range": ("static", "dynamic", "qat"),
     "placement": ("static", "qat"),
@@ -38,10 +40,15 @@ _MODES_OF = {
     "lr": ("qat",),
     "batch_size": ("qat",),
     "distill": ("qat",),
+    "int8_layers": ("qat",),
 }
 _APPLIES_TO = {name: {"mode": modes} for name, modes in _MODES_OF.items()}
+# qat parameters of the int8 QDQ graph only (activation ranges and their placement).
+_INT8_QAT_ONLY = ("calibration_samples", "calibration_batch_size", "reduce_range", "placement",
+                  "max_accuracy_drop", "prefer")
 _APPLIES_TO["percentile"] = {"mode": ("static",), "method": ("percentile",)}
 _APPLIES_TO["max_float_layers"] = {"max_accuracy_drop": GIVEN}  # it bounds the accuracy search
+_APPLIES_TO["target_size"] = {"weights": ("auto",)}
 
 
 class QuantizeConfig(PassConfig):
@@ -51,8 +58,8 @@ class QuantizeConfig(PassConfig):
         description="static: int8 weights and activations, calibrated (CNNs); dynamic: int8 weights, "
                     "activations quantized at run time (Linear/LSTM-heavy models); weight_only: "
                     "4- or 8-bit blockwise MatMul/Gemm weights (MatMulNBits); qat (torch input): "
-                    "fine-tune with fake int8 quantization, then static int8 with the learned "
-                    "activation ranges")
+                    "fine-tune with fake quantization, then static int8 with the learned "
+                    "activation ranges, or (weights: int4/int2/ternary/binary) a low-bit weight file")
     # ---- static
     calibration_samples: int = Field(
         512, ge=1, le=100_000,
@@ -65,10 +72,12 @@ class QuantizeConfig(PassConfig):
         "minmax", description="static: how activation ranges are chosen from calibration data")
     percentile: float = Field(
         99.999, gt=90, lt=100, description="static, method percentile: share of values kept in range")
-    activations: Literal["asymmetric", "symmetric"] = Field(
+    activations: Literal["asymmetric", "symmetric", "float"] = Field(
         "asymmetric",
         description="static: asymmetric = uint8 with a zero point (uses all 256 levels for ReLU "
-                    "outputs); symmetric = int8 centred on 0 (for targets that require it)")
+                    "outputs); symmetric = int8 centred on 0 (for targets that require it); qat: "
+                    "asymmetric (int8 weights), or float = weight-only (the default and only choice "
+                    "for sub-8-bit weights)")
     per_channel: bool = Field(True, description="static/dynamic: one weight scale per output channel")
     reduce_range: bool | None = Field(
         None,
@@ -100,6 +109,21 @@ class QuantizeConfig(PassConfig):
     distill: DistillConfig | None = Field(
         None, description="qat: knowledge distillation as in finetune, e.g. {teacher: input, alpha: 0.5}; "
                           "null: train on the labels")
+    # ---- qat: sub-8-bit weights
+    weights: Weights = Field(
+        "int8",
+        description="weight grid: int8 (every mode); qat only: int4 (symmetric), int2 (asymmetric), "
+                    "ternary (TWN, {-a, 0, +a}), binary (XNOR, {-a, +a}), one scale per output channel; "
+                    "stored as MatMulNBits / bit-packed / INT4 DequantizeLinear (README: low-bit weights); "
+                    "auto: a grid per layer from measured sensitivity, within target_size")
+    int8_layers: tuple[str, ...] | None = Field(
+        None,
+        description="qat with sub-8-bit weights: globs of torch module names kept at 8 bits; null = "
+                    "the first and last Conv/Linear (input and logits suffer most; auto: none), [] = none")
+    target_size: float | None = Field(
+        None, gt=0, le=1,
+        description="weights: auto: the file's budget as a fraction of the fp32 ONNX bytes (0.1 = 10x "
+                    "smaller); each layer gets the grid that loses the least measured accuracy per byte")
     # ---- all modes
     exclude: tuple[str, ...] = Field(
         (), description="glob patterns of torch module names (e.g. 'classifier.4', 'features.*') "
@@ -122,6 +146,55 @@ class QuantizeConfig(PassConfig):
             raise ValueError("block_size must be a power of 2 (16, 32, 64, 128 or 256)")
         return value
 
+    @model_validator(mode="after")
+    def _weights_fit_mode(self) -> QuantizeConfig:
+        if self.weights in LOW_BIT and self.mode != "qat":
+            raise ValueError(
+                f"weights: {self.weights} needs mode: qat: rounding trained weights to {self.weights} without "
+                f"training them on that grid loses most of the accuracy. Fix: mode: qat (e.g. {{mode: qat, "
+                f"weights: {self.weights}, epochs: 3}})" + (", or mode: weight_only with bits: 4 for 4-bit "
+                                                             "MatMul weights without training"
+                                                             if self.weights == "int4" else ""))
+        if self.activations == "float" and self.mode != "qat":
+            raise ValueError(
+                f"activations: float means weight-only quantization, but mode {self.mode} quantizes "
+                "activations (static) or does not train weights. Fix: mode: weight_only (4/8-bit MatMul "
+                "weights), or mode: qat with weights: int4, int2, ternary or binary")
+        if self.mode == "qat" and self.activations == "symmetric":
+            raise ValueError("mode qat trains asymmetric uint8 activation ranges; symmetric is not offered. "
+                             "Fix: remove activations (asymmetric), or activations: float for weight-only")
+        if self.weights in LOW_BIT and self.activations != "float" and "activations" in self.model_fields_set:
+            raise ValueError(
+                f"weights: {self.weights} runs with float activations (MatMulNBits quantizes them to int8 "
+                "inside itself); int8 activation ranges are not trained for sub-8-bit weights. "
+                "Fix: remove activations (float is the default there), or weights: int8")
+        if self.weights == "auto" and self.target_size is None:
+            raise ValueError("weights: auto chooses a grid per layer to fit a size budget, and none is given. "
+                             "Fix: add target_size (e.g. target_size: 0.1 for a file 10x smaller than fp32)")
+        self._lowbit_only_params()
+        return self
+
+    def _lowbit_only_params(self) -> None:
+        """Parameters of the int8 QAT graph (calibration, placement...) mean nothing to sub-8-bit weights,
+        and int8_layers nothing to it."""
+        if self.mode != "qat":
+            return
+        if self.lowbit:
+            given = sorted(self.model_fields_set & set(_INT8_QAT_ONLY))
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} apply to the int8 QAT graph only (activation calibration, placement, "
+                    f"accuracy search, float fallback); weights: {self.weights} with float activations "
+                    f"writes the low-bit file, which has none of these. Fix: remove {', '.join(given)}")
+        elif "int8_layers" in self.model_fields_set:
+            raise ValueError("int8_layers keeps layers at 8 bits when weights are sub-8-bit, but weights is "
+                             "int8. Fix: remove int8_layers, or set weights: int4, int2, ternary or binary")
+
+    @property
+    def lowbit(self) -> bool:
+        """Whether qat writes the weight-only (low-bit) file rather than the int8 QDQ graph."""
+        return self.mode == "qat" and (self.weights in LOW_BIT or self.activations == "float")
+
     @field_validator("exclude")
     @classmethod
     def _non_empty_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -140,7 +213,10 @@ class QuantizePass(Pass):
     # prefer: faster decides by that verdict; entries cached by version 1 lack both.
     # "3": static/qat graphs are arranged for onnxruntime's int8 kernels (placement: auto), and
     # details.nodes.as_run says what onnxruntime runs; version 2 entries are slower int8 models.
-    version = "3"
+    # "4": qat exports the trained model (version 3 reused the pipeline's export of the input when
+    # qat was the first pass: the untrained weights); sub-8-bit weights, 2-bit MatMulNBits in
+    # blocks of 128 (entries with blocks of 256 run ~100x slower at batch 1).
+    version = "4"
     quantizes = True
     # `prefer: faster` keeps whichever of int8 and float runs faster here: the CPU decides.
     reads = frozenset({"data", "timing"})

@@ -23,7 +23,7 @@ from modelzip.quantization.settings import Progress, QuantizeResult, QuantizeSet
 if TYPE_CHECKING:  # pragma: no cover - a plain value object; its module reads recipe specs
     from modelzip.sources.data import DataBundle
 
-__all__ = ["OUTPUT_FILE", "Quantizer", "quantize_onnx"]
+__all__ = ["OUTPUT_FILE", "Quantizer", "measure_latency", "quantize_onnx"]
 
 OUTPUT_FILE = "model.onnx"
 
@@ -72,7 +72,7 @@ def quantize_onnx(source: Path, settings: QuantizeSettings, *, data: DataBundle,
 
         mark_session_needs(quantized)
     agreement = _check_runs(quantized, float_path, data, seed)
-    latency = _latency(float_path, quantized, input_shape, timing, settings.prefer, seed, progress)
+    latency = measure_latency(float_path, quantized, input_shape, timing, settings.prefer, seed, progress)
     keep_float = summary.float_is_faster(latency, timing.batch_size) and settings.prefer == "faster"
     output = work_dir / OUTPUT_FILE
     shutil.copyfile(float_path if keep_float else quantized, output)
@@ -235,7 +235,7 @@ def _check_runs(quantized: Path, float_path: Path, data: DataBundle, seed: int) 
             "max_abs_diff": float(np.abs(got - expected).max())}
 
 
-def _latency(float_path: Path, quantized: Path, input_shape, timing: Timing, prefer: str, seed: int,
+def measure_latency(float_path: Path, quantized: Path, input_shape, timing: Timing, prefer: str, seed: int,
              progress: Progress) -> LatencyResult | None:
     """Float (the baseline) vs quantized (the final model) at batch 1 and the data batch size,
     as the pipeline times its final model: interleaved, with the speedup's 95% interval and
@@ -249,7 +249,7 @@ def _latency(float_path: Path, quantized: Path, input_shape, timing: Timing, pre
     track = progress.track or (lambda total, description: contextlib.nullcontext(lambda n=1: None))
     pairs = []
     for batch in sorted({1, timing.batch_size}):
-        with track(2, f"int8 vs float latency at batch {batch}"):
+        with track(2, f"quantized vs float latency at batch {batch}"):
             measured = compare_latency(float_path, quantized, tuple(input_shape), batch, threads=threads,
                                        warmup=timing.warmup, repeats=timing.repeats, seed=seed,
                                        tolerance=timing.tolerance)
