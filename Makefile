@@ -47,9 +47,10 @@ lint: install
 # Figures in BENCHMARKS.md and bench.json; `make bench BENCH_ARGS=--quick` for a short run.
 # Part 2 (bench-unseen.json): default recipes on four architectures, and the fine-tuning sweep.
 UNSEEN_ARGS ?= --sweep
-bench: install data
+bench: install data checkpoints/fashion_cnn.pt
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 	$(BIN)/python scripts/bench_unseen.py $(UNSEEN_ARGS)
+	$(BIN)/python scripts/bench_lowbit.py
 	$(BIN)/python scripts/bench_olive.py $(OLIVE_ARGS)
 
 # Sub-8-bit weights (issue 15): fp32, int8 and int4/ternary/binary QAT from checkpoints/fashion_cnn.pt,

@@ -75,6 +75,11 @@ def run_recipe(recipe: Path, overrides: list[str]) -> tuple[dict, float]:
 QUICK_LIMIT_TRAIN = 20_000
 
 
+# The low-bit QAT recipes: scripts/bench_lowbit.py runs them once each and measures their files together
+# with fp32 and int8 (its own section); three seeds of each here would add about 45 minutes.
+LOWBIT_RECIPES = ("qat_int4", "qat_ternary", "qat_binary", "qat_int2", "qat_auto")
+
+
 def recipe_runs(baselines: dict[str, dict], seeds: list[int], quick: bool) -> dict[str, list[dict]]:
     """Every recipe in recipes/bench (fp32 first) for each seed; skips recipes whose passes are absent.
 
@@ -84,6 +89,8 @@ def recipe_runs(baselines: dict[str, dict], seeds: list[int], quick: bool) -> di
 
     runs: dict[str, list[dict]] = {}
     for recipe in sorted((REPO / "recipes" / "bench").glob("*.yaml"), key=lambda p: p.stem != "fp32"):
+        if recipe.stem in LOWBIT_RECIPES:
+            continue
         try:
             parsed = load_recipe(recipe)
         except RecipeError as exc:

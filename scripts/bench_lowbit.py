@@ -19,10 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".bench"
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench import measure, run_recipe  # noqa: E402
+from bench import LOWBIT_RECIPES, measure, run_recipe  # noqa: E402
 from bench_report import write_section  # noqa: E402
 
-RECIPES = ("fp32", "quantize_static", "qat_int4", "qat_ternary", "qat_binary", "qat_int2", "qat_auto")
+RECIPES = ("fp32", "quantize_static", *LOWBIT_RECIPES)
 SECTION = "lowbit"
 TARGETS = ("Targets (issue 15): ternary (3 epochs, distilled) >= 12x smaller than the fp32 ONNX within 1.5 pp; "
            "binary >= 20x within 3 pp; int4 >= 7x within 0.5 pp; auto with target_size 0.1 at <= 10% of the "
