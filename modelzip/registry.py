@@ -1,4 +1,4 @@
-"""Pass discovery through the ``modelzip.passes`` entry-point group.
+"""Plugin discovery through entry-point groups; here the passes (``modelzip.passes``).
 
 Built-in passes are registered in pyproject.toml exactly as a third-party
 package registers its own. A plugin is checked when it is loaded; a malformed
@@ -10,6 +10,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
+from typing import ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -17,7 +18,8 @@ from modelzip.errors import PluginError, UnknownPassError
 from modelzip.plugin import ARTIFACT_KINDS, Pass, PassConfig
 
 ENTRY_POINT_GROUP = "modelzip.passes"
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # lower_snake_case, as entry-point names are written
+Plugin = TypeVar("Plugin")
 
 
 def closest(name: str, choices: list[str]) -> str | None:
@@ -33,18 +35,31 @@ def suggest(name: str, choices: list[str]) -> str | None:
 
 
 @dataclass
-class PassRegistry:
-    """Maps pass names to pass classes, loading entry points on first use."""
+class EntryPointRegistry(Generic[Plugin]):
+    """Names to plugin classes from one entry-point group, loaded on first use.
+
+    PassRegistry and TargetRegistry (modelzip.target_registry) differ only in their group, the
+    word their messages use, how a class is checked and the error for an unknown name.
+    """
+
+    group: ClassVar[str]
+    kind: ClassVar[str]  # "pass" | "target": the word in messages
 
     _entry_points: dict[str, list[EntryPoint]] = field(default_factory=dict)
-    _loaded: dict[str, type[Pass]] = field(default_factory=dict)
+    _loaded: dict[str, type[Plugin]] = field(default_factory=dict)
 
     @classmethod
-    def from_entry_points(cls) -> PassRegistry:
+    def from_entry_points(cls):
         registry = cls()
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        for ep in entry_points(group=cls.group):
             registry._entry_points.setdefault(ep.name, []).append(ep)
         return registry
+
+    def verify(self, plugin_cls: object, name: str, origin: str) -> None:
+        raise NotImplementedError
+
+    def unknown(self, name: str, available: list[str], suggestion: str | None) -> Exception:
+        raise NotImplementedError
 
     def names(self) -> list[str]:
         return sorted(set(self._entry_points) | set(self._loaded))
@@ -52,59 +67,71 @@ class PassRegistry:
     def __contains__(self, name: str) -> bool:
         return name in self._entry_points or name in self._loaded
 
-    def register(self, pass_cls: type[Pass], *, origin: str = "<direct>", replace: bool = False) -> None:
+    def register(self, plugin_cls: type[Plugin], *, origin: str = "<direct>", replace: bool = False) -> None:
         """Register a class directly (tests, notebooks). Same checks as entry points.
 
-        ``replace=True`` lets it stand in for an installed pass of the same name (a plugin's
+        ``replace=True`` lets it stand in for an installed plugin of the same name (a plugin's
         own tests, run where the plugin is also installed).
         """
-        verify_pass(pass_cls, getattr(pass_cls, "name", "?"), origin)
+        self.verify(plugin_cls, getattr(plugin_cls, "name", "?"), origin)
         if replace:
-            self._entry_points.pop(pass_cls.name, None)
-        elif pass_cls.name in self and self._loaded.get(pass_cls.name) is not pass_cls:
+            self._entry_points.pop(plugin_cls.name, None)
+        elif plugin_cls.name in self and self._loaded.get(plugin_cls.name) is not plugin_cls:
             raise PluginError(
-                "a pass with this name is already registered",
-                plugin=pass_cls.name,
-                fix="choose another `name` for the pass, or register(..., replace=True) to stand in for it",
+                f"a {self.kind} with this name is already registered",
+                plugin=plugin_cls.name,
+                fix=f"choose another `name` for the {self.kind}, or register(..., replace=True) to stand in for it",
             )
-        self._loaded[pass_cls.name] = pass_cls
+        self._loaded[plugin_cls.name] = plugin_cls
 
-    def get(self, name: str) -> type[Pass]:
-        """The pass class called ``name``; :class:`UnknownPassError` (with a did-you-mean) if
+    def get(self, name: str) -> type[Plugin]:
+        """The class called ``name``; the registry's unknown-name error (with a did-you-mean) if
         there is none."""
         if name in self._loaded:
             return self._loaded[name]
         eps = self._entry_points.get(name)
         if not eps:
             names = self.names()
-            raise UnknownPassError(name, available=names, suggestion=closest(name, names))
+            raise self.unknown(name, names, closest(name, names))
         distinct = {ep.value for ep in eps}
         if len(distinct) > 1:
             raise PluginError(
-                "two installed packages register a pass with this name",
+                f"two installed packages register a {self.kind} with this name",
                 plugin=name,
                 got=", ".join(sorted(distinct)),
                 fix="uninstall one of them",
             )
-        pass_cls = _load(eps[0])
-        verify_pass(pass_cls, name, eps[0].value)
-        self._loaded[name] = pass_cls
-        return pass_cls
+        plugin_cls = self._load(eps[0])
+        self.verify(plugin_cls, name, eps[0].value)
+        self._loaded[name] = plugin_cls
+        return plugin_cls
 
     def suggest(self, name: str) -> str | None:
         return suggest(name, self.names())
 
+    def _load(self, ep: EntryPoint) -> type[Plugin]:
+        try:
+            return ep.load()
+        except Exception as exc:  # any import failure of a third-party module
+            raise PluginError(
+                f"cannot import the {self.kind} ({type(exc).__name__}: {exc})",
+                plugin=ep.name,
+                got=ep.value,
+                fix="reinstall the package that provides it, or uninstall it",
+            ) from exc
 
-def _load(ep: EntryPoint) -> type[Pass]:
-    try:
-        return ep.load()
-    except Exception as exc:  # any import failure of a third-party module
-        raise PluginError(
-            f"cannot import the pass ({type(exc).__name__}: {exc})",
-            plugin=ep.name,
-            got=ep.value,
-            fix="reinstall the package that provides it, or uninstall it",
-        ) from exc
+
+class PassRegistry(EntryPointRegistry[Pass]):
+    """Maps pass names to pass classes, loading entry points on first use."""
+
+    group = ENTRY_POINT_GROUP
+    kind = "pass"
+
+    def verify(self, plugin_cls: object, name: str, origin: str) -> None:
+        verify_pass(plugin_cls, name, origin)
+
+    def unknown(self, name: str, available: list[str], suggestion: str | None) -> Exception:
+        return UnknownPassError(name, available=available, suggestion=suggestion)
 
 
 def verify_pass(pass_cls: object, name: str, origin: str) -> None:
@@ -115,7 +142,7 @@ def verify_pass(pass_cls: object, name: str, origin: str) -> None:
 
     if not (isinstance(pass_cls, type) and issubclass(pass_cls, Pass)):
         raise bad("the entry point is not a subclass of modelzip.Pass", "point it at a Pass subclass")
-    if not _NAME.match(name):
+    if not PLUGIN_NAME.match(name):
         raise bad("pass names are lower_snake_case", "rename the entry point")
     if getattr(pass_cls, "name", None) != name:
         raise bad(
