@@ -3,30 +3,22 @@ small ONNX file a default onnxruntime session runs in parity with the torch mode
 runtime fault caught by that parity check, and the recipe rules."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
 import torch
 
 from modelzip import load_recipe
-from modelzip.artifacts import Artifact
 from modelzip.errors import PassError, RecipeError
-from modelzip.finetuning.loop import TrainSettings, fit
-from modelzip.passes.quantize import QuantizeConfig, QuantizePass
+from modelzip.passes.quantize import QuantizeConfig
 from modelzip.quantization import QuantizeFailure, lowbit, lowbit_onnx
-from modelzip.recipe import DataSpec
 from modelzip.registry import PassRegistry
-from modelzip.sources.data import load_data
 from modelzip.zoo import tiny_cnn
-from tests.conftest import pass_context, synthetic_recipe
+from tests.qat_kit import qat_recipe, run_quantize, synthetic_data, torch_artifact, trained_tiny_cnn
 
 torch.set_num_threads(1)  # tiny models; leave the other core alone
 
-RECIPE = synthetic_recipe("  - quantize: {mode: qat, weights: ternary}", name="lowbit",
-                          data_args="{train: 512, eval: 256, noise: 2.5}", val_samples=64,
-                          evaluation="{latency: false, threads: 1}")
+RECIPE = qat_recipe("  - quantize: {mode: qat, weights: ternary}", name="lowbit")
 
 
 @pytest.fixture(scope="module")
@@ -36,30 +28,16 @@ def registry() -> PassRegistry:
 
 @pytest.fixture(scope="module")
 def data():
-    spec = DataSpec(dataset="modelzip.testing:synthetic_dataset",
-                    args={"train": 512, "eval": 256, "noise": 2.5}, batch_size=64, val_samples=64)
-    return load_data(spec, base_dir=Path("."), seed=0)
+    return synthetic_data()
 
 
 @pytest.fixture(scope="module")
 def trained_cnn(data):
-    torch.manual_seed(0)
-    model = tiny_cnn(num_classes=4)
-    fit(model, data, TrainSettings(epochs=4, lr=0.05, seed=0))
-    return model.eval()
+    return trained_tiny_cnn(data, epochs=4)
 
 
 def run_pass(tmp_path, registry, data, module, **params):
-    recipe_path = tmp_path / "recipe.yaml"
-    recipe_path.write_text(RECIPE)
-    recipe = load_recipe(recipe_path, registry=registry)
-    work = tmp_path / f"work{len(list(tmp_path.glob('work*')))}"
-    work.mkdir()
-    artifact = Artifact(kind="torch", input_shape=(1, 1, 28, 28), id="in", module=module)
-    ctx = pass_context(recipe, data, pass_name="quantize", work_dir=work, baseline=artifact,
-                       build_module=lambda: tiny_cnn(num_classes=4))
-    produced = QuantizePass().run(artifact, QuantizeConfig(mode="qat", **params), ctx)
-    return produced, ctx.details
+    return run_quantize(tmp_path, registry, data, RECIPE, torch_artifact(module), mode="qat", **params)
 
 
 # --------------------------------------------------------------------------- grids

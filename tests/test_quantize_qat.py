@@ -3,8 +3,6 @@ onnxruntime runs, learned activation ranges carried into the graph, accuracy vs 
 and config errors."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
@@ -14,8 +12,6 @@ from modelzip import load_recipe, run_recipe
 from modelzip.artifacts import Artifact
 from modelzip.errors import PassError, RecipeError
 from modelzip.evaluation.accuracy import onnx_accuracy, onnx_outputs
-from modelzip.finetuning.loop import TrainSettings, fit
-from modelzip.passes.quantize import QuantizeConfig, QuantizePass
 from modelzip.pipeline import RunOptions
 from modelzip.quantization.qat_modules import (
     ActivationFakeQuant,
@@ -25,17 +21,12 @@ from modelzip.quantization.qat_modules import (
     insert_fake_quant,
     remove_fake_quant,
 )
-from modelzip.recipe import DataSpec
 from modelzip.registry import PassRegistry
-from modelzip.sources.data import load_data
-from modelzip.zoo import tiny_cnn
-from tests.conftest import pass_context, synthetic_recipe
+from tests.qat_kit import qat_recipe, run_quantize, synthetic_data, torch_artifact, trained_tiny_cnn
 
 torch.set_num_threads(1)  # tiny models; leave the other core alone
 
-RECIPE = synthetic_recipe("  - quantize: {mode: qat}", name="qat",
-                          data_args="{train: 512, eval: 256, noise: 2.5}", val_samples=64,
-                          evaluation="{latency: false, threads: 1}")
+RECIPE = qat_recipe("  - quantize: {mode: qat}", name="qat")
 
 
 @pytest.fixture(scope="module")
@@ -45,34 +36,16 @@ def registry() -> PassRegistry:
 
 @pytest.fixture(scope="module")
 def data():
-    spec = DataSpec(dataset="modelzip.testing:synthetic_dataset",
-                    args={"train": 512, "eval": 256, "noise": 2.5}, batch_size=64, val_samples=64)
-    return load_data(spec, base_dir=Path("."), seed=0)
+    return synthetic_data()
 
 
 @pytest.fixture(scope="module")
 def trained_cnn(data):
-    """tiny_cnn trained on the noisy bands: good, far from perfect (noise 2.5)."""
-    torch.manual_seed(0)
-    model = tiny_cnn(num_classes=4)
-    fit(model, data, TrainSettings(epochs=6, lr=0.05, seed=0))
-    return model.eval()
+    return trained_tiny_cnn(data, epochs=6)
 
 
 def run_pass(tmp_path, registry, data, artifact, **params):
-    recipe_path = tmp_path / "recipe.yaml"
-    recipe_path.write_text(RECIPE)
-    recipe = load_recipe(recipe_path, registry=registry)
-    work = tmp_path / f"work{len(list(tmp_path.glob('work*')))}"
-    work.mkdir()
-    ctx = pass_context(recipe, data, pass_name="quantize", work_dir=work, baseline=artifact,
-                       build_module=lambda: tiny_cnn(num_classes=4))
-    produced = QuantizePass().run(artifact, QuantizeConfig(**params), ctx)
-    return produced, ctx.details
-
-
-def torch_artifact(module) -> Artifact:
-    return Artifact(kind="torch", input_shape=(1, 1, 28, 28), id="in", module=module)
+    return run_quantize(tmp_path, registry, data, RECIPE, artifact, **params)
 
 
 # --------------------------------------------------------------------------- fake quantization
