@@ -10,6 +10,7 @@ something needs the module. A fully cached rerun needs only ids, so it never doe
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -54,9 +55,16 @@ class Artifact:
     loader: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
 
     def evolve(self, **changes: Any) -> Artifact:
-        """A new artifact derived from this one, e.g. ``evolve(kind="onnx", path=p, module=None)``."""
+        """A new artifact derived from this one, e.g. ``evolve(kind="onnx", path=p, module=None)``.
+
+        New content (a module or a file) is not what this artifact's id names, so unless ``id`` is
+        given it gets a provisional one, never the parent's: a lookup by id (the pipeline's export
+        of the input, PassContext.exported) cannot mistake a trained model for its input. The
+        pipeline names a pass's output by its cache key."""
         if "module" in changes:  # a new module replaces what the loader would have loaded
             changes.setdefault("loader", None)
+        if ("module" in changes or "path" in changes) and "id" not in changes:
+            changes["id"] = f"{self.id}+unsaved-{uuid.uuid4().hex[:12]}"
         return replace(self, **changes)
 
     def loaded(self) -> Artifact:

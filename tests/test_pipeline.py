@@ -335,3 +335,14 @@ def test_quantizing_the_input_model_reuses_the_baseline_export(tiny_recipe):
     details = run_recipe(load_recipe(tiny_recipe, ["evaluation.latency=false"])).report["steps"][0]["details"]
     assert details["float_export"].startswith("the pipeline's export of this model")
     assert details["export_parity"]["top1_agreement"] == 1.0
+
+
+def test_an_artifact_with_new_content_never_keeps_its_parents_id():
+    from modelzip.artifacts import Artifact
+
+    parent = Artifact(kind="torch", input_shape=(1, 1, 28, 28), id="in", module=tiny_cnn(num_classes=4))
+    trained = parent.evolve(module=tiny_cnn(num_classes=4))
+    exported = parent.evolve(kind="onnx", path="m.onnx", module=None)
+    assert len({parent.id, trained.id, exported.id}) == 3  # a lookup by id cannot mistake one for another
+    assert parent.evolve(lineage=()).id == "in"  # the same content keeps its name
+    assert parent.evolve(module=parent.module, id="key").id == "key"  # the pipeline names outputs by key

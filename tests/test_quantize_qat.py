@@ -176,7 +176,8 @@ def test_qat_in_a_recipe_and_after_export(tmp_path, registry):
     result = pipeline("ok", "  - quantize: {mode: qat, calibration_samples: 64}\n")
     step = result.report["steps"][0]
     assert step["kind"] == "onnx" and step["details"]["qat"]["epochs_run"] == 1
-    # The trained model keeps its input's id: the baseline's export (untrained weights) must not be reused.
+    # The trained model is new content with a new id (Artifact.evolve): the baseline's export of the
+    # untrained weights must not be reused.
     assert "float_export" not in step["details"]
     assert (result.output_dir / "model.onnx").is_file()
     with pytest.raises(PassError) as info:

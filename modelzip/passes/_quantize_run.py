@@ -30,7 +30,7 @@ def run_quantize(artifact, config, ctx, *, pass_name: str):
         if config.mode == "qat":  # train first; the trained float model is what gets exported
             trained = _train(artifact, config, ctx, pass_name)
             artifact = artifact.evolve(module=trained.module)
-        source, parity = _float_source(artifact, scratch, ctx, pass_name, reuse=trained is None)
+        source, parity = _float_source(artifact, scratch, ctx, pass_name)
         result = quantize_onnx(source, settings(config), data=ctx.data,
                                input_shape=tuple(artifact.input_shape), timing=timing(ctx.recipe),
                                work_dir=ctx.work_dir, scratch=scratch, seed=ctx.seed,
@@ -53,7 +53,7 @@ def _run_lowbit(artifact, config, ctx, pass_name: str, scratch):
     grids, auto = _grids(artifact, config, ctx, pass_name)
     trained = _train_lowbit(artifact, config, ctx, pass_name, grids)
     baked = artifact.evolve(module=trained.module)
-    source, parity = _float_source(baked, scratch, ctx, pass_name, reuse=False)
+    source, parity = _float_source(baked, scratch, ctx, pass_name)
     result = quantize_lowbit(source, trained, data=ctx.data, input_shape=tuple(artifact.input_shape),
                              timing=timing(ctx.recipe), work_dir=ctx.work_dir, scratch=scratch, seed=ctx.seed,
                              progress=Progress(log=ctx.log, track=ctx.track), auto=auto)
@@ -116,14 +116,14 @@ def timing(recipe) -> Timing:
                   warmup=evaluation.warmup, repeats=evaluation.repeats, tolerance=evaluation.latency_tolerance)
 
 
-def _float_source(artifact, scratch, ctx, pass_name: str, *, reuse: bool):
+def _float_source(artifact, scratch, ctx, pass_name: str):
     """(the float ONNX to quantize, the export's parity record or None for an ONNX input).
 
-    ``reuse``: take the pipeline's export of the input when there is one. Not after training:
-    the trained artifact keeps its input's id, so that export holds the untrained weights."""
+    The pipeline's export of this very model is reused when there is one (the input, say, exported
+    for the baseline); a model trained here has a new id (Artifact.evolve), so it is exported."""
     if artifact.kind == "onnx":
         return artifact.path, None
-    reused = ctx.exported(artifact) if reuse else None  # e.g. the pipeline's export for the baseline
+    reused = ctx.exported(artifact)
     if reused is not None:
         path, details = reused
         ctx.record(float_export="the pipeline's export of this model (the baseline's), reused")
