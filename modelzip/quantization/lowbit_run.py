@@ -114,12 +114,12 @@ def check_parity(module, path: Path, images: np.ndarray, *, min_agreement: float
 def record(rows, parity: dict[str, Any], latency, *, float_bytes: int, path: Path, trained,
            auto: dict[str, Any] | None = None):
     """The step's QuantizeDetails: the low-bit table, sizes (weights vs graph), parity, training."""
+    from modelzip.quantization.qat import training_record
     from modelzip.quantization.summary import QuantizeDetails, lowbit_summary
 
     file_bytes = path.stat().st_size
     weights = lowbit_onnx.weight_bytes(path)
     layer_bytes = sum(row.bytes for row in rows)
-    result = trained.result
     table = {
         "layers": [row.to_json() for row in rows],
         "file": {"bytes": file_bytes, "weight_bytes": weights, "graph_bytes": file_bytes - weights,
@@ -129,10 +129,6 @@ def record(rows, parity: dict[str, Any], latency, *, float_bytes: int, path: Pat
     }
     if auto is not None:
         table["auto"] = auto
-    training = {"curve": result.history, "epochs_run": len(result.history),
-                "optimizer_steps": result.total_steps, "best_epoch": result.best_epoch,
-                "best_val_accuracy": result.best_val_accuracy, "wall_time_s": round(result.wall_time_s, 3),
-                "distilled": trained.distilled, "resumed_after_epoch": result.resumed_after_epoch}
     grids = sorted({row.grid for row in rows})
     details = QuantizeDetails(
         mode="qat", settings={"weights": grids, "activations": "float",
@@ -143,5 +139,5 @@ def record(rows, parity: dict[str, Any], latency, *, float_bytes: int, path: Pat
         nodes={}, exclude={}, excluded_but_quantized=[], agreement_with_float=parity,
         size={"float_bytes": float_bytes, "quantized_bytes": file_bytes,
               "ratio": round(float_bytes / max(file_bytes, 1), 3)},
-        latency=latency, qat=training, low_bit=table)
+        latency=latency, qat=training_record(trained), low_bit=table)
     return lowbit_summary(details)

@@ -191,13 +191,8 @@ def record(trained: Trained, quantizer, quantized: Path, static_summary: str) ->
     overridden = {name for row in learned for name in (row["tensor"], *row["also_set_on"])}
     calibrated = sorted(set(graph_scales) - overridden)
     result = trained.result
-    details = {
-        "curve": result.history, "epochs_run": len(result.history), "optimizer_steps": result.total_steps,
-        "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-        "wall_time_s": round(result.wall_time_s, 3), "distilled": trained.distilled,
-        "sparsity_preserved": result.sparsity,
-        "learned_ranges": learned, "calibrated_tensors": calibrated,
-    }
+    details = {**training_record(trained), "sparsity_preserved": result.sparsity,
+               "learned_ranges": learned, "calibrated_tensors": calibrated}
     applied = sum(1 for row in learned if row["scale_in_graph"] is not None)
     epochs = len(result.history)
     head = (f"qat {epochs} epoch{'s' if epochs != 1 else ''}"
@@ -221,3 +216,12 @@ def _activation_scales(path: Path) -> dict[str, float]:
             if scale is not None:
                 scales[node.input[0]] = float(numpy_helper.to_array(scale).reshape(-1)[0])
     return scales
+
+
+def training_record(trained) -> dict[str, Any]:
+    """How a QAT run trained (int8 or low-bit: anything with ``result`` and ``distilled``), for the report."""
+    result = trained.result
+    return {"curve": result.history, "epochs_run": len(result.history), "optimizer_steps": result.total_steps,
+            "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+            "wall_time_s": round(result.wall_time_s, 3), "distilled": trained.distilled,
+            "resumed_after_epoch": result.resumed_after_epoch}
