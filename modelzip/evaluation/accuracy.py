@@ -98,8 +98,7 @@ def onnx_task_accuracies(
 
 def onnx_outputs(path: Path, x: np.ndarray, *, threads: int | None = None) -> np.ndarray:
     """The first output of the ONNX model at ``path`` for input ``x``."""
-    session = ort_session(path, threads=threads)
-    return session.run(None, {_single_input_name(session, path): x})[0]
+    return next(iter(onnx_all_outputs(path, x, threads=threads).values()))
 
 
 def onnx_all_outputs(path: Path, x: np.ndarray, *, threads: int | None = None) -> dict[str, np.ndarray]:
