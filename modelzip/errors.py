@@ -121,34 +121,37 @@ class InputError(ModelzipError):
     exit_code = EXIT_INVALID_INPUT
 
 
-class UnknownPassError(InputError):
-    """No pass of this name is registered (``PassRegistry.get``). ``suggestion`` is the closest
-    registered name or None; ``available`` lists them all."""
+class UnknownPluginError(InputError):
+    """No plugin of this name is registered (``EntryPointRegistry.get``). ``suggestion`` is the
+    closest registered name or None; ``available`` lists them all."""
+
+    plugin_kind = "plugin"  # the words each kind of plugin is named with in the message
+    nothing = "(none installed)"
+    listing = ""  # how the user sees what is installed
 
     def __init__(self, name: str, *, available: list[str], suggestion: str | None = None) -> None:
         self.name = name
         self.available = list(available)
         self.suggestion = suggestion
         hint = f"did you mean {suggestion!r}? " if suggestion else ""
-        super().__init__(
-            f"unknown pass {clip_repr(name)}", expected=", ".join(self.available) or "(no passes installed)",
-            fix=f"{hint}`modelzip passes` lists the installed passes; a third-party pass needs its "
-                "package installed (or `PassRegistry.register` in-process)",
-        )
+        super().__init__(f"unknown {self.plugin_kind} {clip_repr(name)}",
+                         expected=", ".join(self.available) or self.nothing, fix=hint + self.listing)
 
 
-class UnknownTargetError(InputError):
+class UnknownPassError(UnknownPluginError):
+    """No pass of this name is registered (``PassRegistry.get``)."""
+
+    plugin_kind = "pass"
+    nothing = "(no passes installed)"
+    listing = ("`modelzip passes` lists the installed passes; a third-party pass needs its package installed "
+               "(or `PassRegistry.register` in-process)")
+
+
+class UnknownTargetError(UnknownPluginError):
     """No deploy target of this name is registered (``TargetRegistry.get``)."""
 
-    def __init__(self, name: str, *, available: list[str], suggestion: str | None = None) -> None:
-        self.name = name
-        self.available = list(available)
-        self.suggestion = suggestion
-        hint = f"did you mean {suggestion!r}? " if suggestion else ""
-        super().__init__(
-            f"unknown deploy target {clip_repr(name)}", expected=", ".join(self.available) or "(none installed)",
-            fix=f"{hint}`modelzip targets` lists the installed targets",
-        )
+    plugin_kind = "deploy target"
+    listing = "`modelzip targets` lists the installed targets"
 
 
 _WRITABLE = "choose a directory you can write (`output` in the recipe, or --out)"
