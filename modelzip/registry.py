@@ -14,7 +14,7 @@ from typing import ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from modelzip.errors import PluginError, UnknownPassError
+from modelzip.errors import PluginError, UnknownPassError, UnknownPluginError
 from modelzip.plugin import ARTIFACT_KINDS, Pass, PassConfig
 
 ENTRY_POINT_GROUP = "modelzip.passes"
@@ -44,6 +44,7 @@ class EntryPointRegistry(Generic[Plugin]):
 
     group: ClassVar[str]
     kind: ClassVar[str]  # "pass" | "target": the word in messages
+    unknown_error: ClassVar[type[UnknownPluginError]]
 
     _entry_points: dict[str, list[EntryPoint]] = field(default_factory=dict)
     _loaded: dict[str, type[Plugin]] = field(default_factory=dict)
@@ -56,9 +57,6 @@ class EntryPointRegistry(Generic[Plugin]):
         return registry
 
     def verify(self, plugin_cls: object, name: str, origin: str) -> None:
-        raise NotImplementedError
-
-    def unknown(self, name: str, available: list[str], suggestion: str | None) -> Exception:
         raise NotImplementedError
 
     def names(self) -> list[str]:
@@ -92,7 +90,7 @@ class EntryPointRegistry(Generic[Plugin]):
         eps = self._entry_points.get(name)
         if not eps:
             names = self.names()
-            raise self.unknown(name, names, closest(name, names))
+            raise self.unknown_error(name, available=names, suggestion=closest(name, names))
         distinct = {ep.value for ep in eps}
         if len(distinct) > 1:
             raise PluginError(
@@ -126,12 +124,11 @@ class PassRegistry(EntryPointRegistry[Pass]):
 
     group = ENTRY_POINT_GROUP
     kind = "pass"
+    unknown_error = UnknownPassError
 
     def verify(self, plugin_cls: object, name: str, origin: str) -> None:
         verify_pass(plugin_cls, name, origin)
 
-    def unknown(self, name: str, available: list[str], suggestion: str | None) -> Exception:
-        return UnknownPassError(name, available=available, suggestion=suggestion)
 
 
 def verify_pass(pass_cls: object, name: str, origin: str) -> None:

@@ -18,12 +18,10 @@ class TargetRegistry(EntryPointRegistry[Target]):
 
     group = ENTRY_POINT_GROUP
     kind = "target"
+    unknown_error = UnknownTargetError
 
     def verify(self, plugin_cls: object, name: str, origin: str) -> None:
         verify_target(plugin_cls, name, origin)
-
-    def unknown(self, name: str, available: list[str], suggestion: str | None) -> Exception:
-        return UnknownTargetError(name, available=available, suggestion=suggestion)
 
 
 def verify_target(target_cls: object, name: str, origin: str) -> None:
