@@ -279,9 +279,17 @@ class _Runner:
 
             from modelzip.preflight import preflight
 
-            seen = asdict(preflight(source.loaded().module, self.data, self.recipe.model))
+            seen = asdict(preflight(self._preflight_module(source), self.data, self.recipe.model))
             self.cache.save_metrics(key, seen)
         return seen.get("label_classes")
+
+    @staticmethod
+    def _preflight_module(source: art.Artifact):
+        if source.kind == "torch":
+            return source.loaded().module
+        from modelzip.sources.onnx_model import OnnxModule
+
+        return OnnxModule(Path(source.path))
 
     def _stage_resolved_recipe(self) -> None:
         import yaml
@@ -294,6 +302,11 @@ class _Runner:
 
         spec = self.recipe.model
         model_id = model_fingerprint(spec, self.recipe.base_dir, memo=self.cache)
+        if spec.onnx_file is not None:
+            from modelzip.sources.locations import resolve_onnx_model
+
+            return art.Artifact(kind="onnx", input_shape=tuple(spec.input_shape), id=model_id,
+                                path=resolve_onnx_model(spec.onnx_file, self.recipe.base_dir))
         return art.Artifact(kind="torch", input_shape=tuple(spec.input_shape), id=model_id,
                             loader=cache(self._load_input_module))
 
@@ -312,6 +325,8 @@ class _Runner:
         parity check has tied its logits to the ONNX file's, whose accuracy is then the reference
         (the same number in every run measured here, at a third of the cost or less)."""
         self.ui.log("measuring the baseline")
+        if source.kind == "onnx":
+            return self._onnx_baseline(source)
         export = PassStep(name="export", config=self.registry.get("export").Config())
         measure = self.measurer.metrics if self.recipe.evaluation.steps == "all" else self.measurer.stats
         if not self.recipe.optimize:
@@ -325,6 +340,17 @@ class _Runner:
         onnx_artifact, record = self._step(-1, self._optimize_step(), exported, baseline_model=source,
                                            label="baseline", evaluate=True)
         return Baseline(torch=measure(source), onnx=record.metrics, export=meta["details"],
+                        optimize=record.details, onnx_artifact=onnx_artifact)
+
+    def _onnx_baseline(self, source: art.Artifact) -> Baseline:
+        """An ONNX input ("onnx:<file>") is the fp32 file already: nothing is exported, and the
+        reference is the file optimized as the final one is (or the file itself)."""
+        if not self.recipe.optimize:
+            return Baseline(torch=self.measurer.stats(source), onnx=self.measurer.metrics(source), export=None,
+                            onnx_artifact=source)
+        onnx_artifact, record = self._step(-1, self._optimize_step(), source, baseline_model=source,
+                                           label="baseline", evaluate=True)
+        return Baseline(torch=self.measurer.stats(source), onnx=record.metrics, export=None,
                         optimize=record.details, onnx_artifact=onnx_artifact)
 
     def _optimize_step(self) -> PassStep:

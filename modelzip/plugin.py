@@ -210,6 +210,11 @@ class Pass:
         decides it, e.g. data only when a data-driven option is on."""
         return self.reads
 
+    def consumes_for(self, config: PassConfig) -> tuple[ArtifactKind, ...]:
+        """Kinds of model a step with ``config`` takes (a subset of ``consumes``; `validate` checks
+        it): override when a parameter decides it, e.g. a mode that trains the torch model."""
+        return self.consumes
+
     def input_files(self, config: PassConfig) -> list[str]:
         """Paths, as written in the recipe, of files this pass opens (e.g. a teacher checkpoint);
         their content digests join the step's cache key."""

@@ -37,6 +37,7 @@ BUILTIN_DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "multi-f
 # Image channels of each built-in dataset (imagefolder images are converted to RGB).
 DATASET_CHANNELS = {"fashion-mnist": 1, "mnist": 1, "cifar10": 3, "imagefolder": 3, "multi-fashion": 1}
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+ONNX_SOURCE = "onnx:"  # model.source "onnx:<file>.onnx": an fp32 ONNX file, run through ONNX passes only
 
 
 # Upper bounds below are far past any real use; they stop values that would only hang
@@ -53,7 +54,8 @@ class Section(BaseModel):
 
 
 class ModelSpec(Section):
-    source: str = Field(description='"torchvision:<name>", "<module>:<callable>" or "modelzip.zoo:<name>"')
+    source: str = Field(description='"torchvision:<name>", "<module>:<callable>", "modelzip.zoo:<name>", '
+                                    'or "onnx:<file>.onnx" (an fp32 ONNX file; then only ONNX passes apply)')
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
     checkpoint: PathText | None = Field(
         None, description="state_dict file (.pt/.pth), loaded with weights_only=True")
@@ -88,9 +90,31 @@ class ModelSpec(Section):
     @field_validator("source")
     @classmethod
     def _source_form(cls, value: str) -> str:
+        if value.startswith(ONNX_SOURCE):
+            if not value[len(ONNX_SOURCE):].strip().endswith(".onnx"):
+                raise ValueError('expected "onnx:<path to a .onnx file>", relative to the recipe')
+            return value
         if not _CALLABLE.match(value):
-            raise ValueError('expected "torchvision:<name>" or "<module>:<callable>"')
+            raise ValueError('expected "torchvision:<name>", "<module>:<callable>" or "onnx:<file>.onnx"')
         return value
+
+    @property
+    def onnx_file(self) -> str | None:
+        """The path an "onnx:" source names, as written (None for a torch source)."""
+        return self.source[len(ONNX_SOURCE):].strip() if self.source.startswith(ONNX_SOURCE) else None
+
+    @model_validator(mode="after")
+    def _onnx_carries_its_weights(self) -> ModelSpec:
+        if self.onnx_file is None:
+            return self
+        torch_only = [key for key in ("checkpoint", "args", "in_channels", "trust_checkpoint")
+                      if getattr(self, key)]  # unset, null, {} and false all mean "not given"
+        if torch_only:
+            raise ValueError(
+                f"{', '.join(torch_only)} {'applies' if len(torch_only) == 1 else 'apply'} to a torch model, but "
+                f"model.source is an ONNX file, which holds its graph and weights. Fix: remove "
+                f"{', '.join(torch_only)}, or name the torch factory (and checkpoint) as model.source")
+        return self
 
     @field_validator("input_shape")
     @classmethod
@@ -493,7 +517,10 @@ class _Validator:
             self.problem(("base_dir",), "unknown key 'base_dir'",
                          "paths in a recipe are relative to the recipe file's directory")
             data = {k: v for k, v in data.items() if k != "base_dir"}
-        steps = self.validate_passes(data.get("passes"))
+        model = data.get("model")
+        source = model.get("source") if isinstance(model, dict) else None
+        onnx_input = isinstance(source, str) and source.startswith(ONNX_SOURCE)
+        steps = self.validate_passes(data.get("passes"), "onnx" if onnx_input else "torch")
         targets = self.validate_deploy(data.get("deploy"))
         top = {k: v for k, v in data.items() if k not in ("passes", "deploy")}
         try:
@@ -513,14 +540,16 @@ class _Validator:
         recipe._targets = self._targets
         return recipe
 
-    def validate_passes(self, raw: Any) -> list[PassStep] | None:
+    def validate_passes(self, raw: Any, kind: ArtifactKind = "torch") -> list[PassStep] | None:
+        """The passes, each checked alone and against the kind of model it receives (``kind``:
+        the input model's)."""
         if raw is None:
             return []
         if not isinstance(raw, list):
             self.problem(("passes",), "expected a list of {pass_name: {params}} entries")
             return None
         steps: list[PassStep] = []
-        kind: ArtifactKind = "torch"
+        input_kind = kind
         quantized_by: str | None = None  # e.g. "passes[2].quantize", once the model is quantized
         ok = True
         for index, entry in enumerate(raw):
@@ -529,11 +558,17 @@ class _Validator:
                 ok = False
                 continue
             pass_obj = self.registry.get(step.name)()
-            if kind not in pass_obj.consumes:
+            consumes = pass_obj.consumes_for(step.config)
+            if kind not in consumes:
+                from_onnx_file = kind == input_kind == "onnx"
                 self.problem(("passes", index, step.name),
-                             f"{step.name!r} takes {_kinds(pass_obj.consumes)} model, but the "
-                             f"model is {kind} at this point",
-                             "reorder the passes (export turns torch into onnx)")
+                             f"{step.name!r}{_mode(step) if consumes != pass_obj.consumes else ''} takes "
+                             f"{_kinds(consumes)} model, but the "
+                             + ("input model is an ONNX file (model.source)" if from_onnx_file
+                                else f"model is {kind} at this point"),
+                             "name the torch factory and its checkpoint as model.source/model.checkpoint "
+                             "(an ONNX file runs through ONNX passes only: quantize, optimize)"
+                             if from_onnx_file else "reorder the passes (export turns torch into onnx)")
                 ok = False
             elif pass_obj.quantizes and quantized_by is not None:
                 self.problem(("passes", index, step.name),
@@ -714,6 +749,12 @@ def _one_key(name: str, config: type[BaseModel]) -> dict[str, Any]:
     """JSON Schema of a one-key entry ``{name: {params}}`` (a pass or a target)."""
     return {"type": "object", "properties": {name: {"anyOf": [config.model_json_schema(), {"type": "null"}]}},
             "required": [name], "additionalProperties": False}
+
+
+def _mode(step: PassStep) -> str:
+    """" (mode qat)": the parameter that narrowed what the step takes (Pass.consumes_for)."""
+    mode = getattr(step.config, "mode", None)
+    return f" (mode {mode})" if isinstance(mode, str) else ""
 
 
 def _kinds(kinds: tuple[str, ...]) -> str:

@@ -51,8 +51,10 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     base = report["baseline"]
     optimized = base.get("optimize")  # absent from a report.json written before the optimize step
-    reference = ("the accuracy reference is the fp32 ONNX below (the export's parity check ties the two)"
-                 if base.get("accuracy_reference") == "onnx" else "")
+    reference = ("" if base.get("accuracy_reference") != "onnx"
+                 else "an ONNX file (model.source): the accuracy reference is its measurement below"
+                 if base.get("export") is None
+                 else "the accuracy reference is the fp32 ONNX below (the export's parity check ties the two)")
     rows.append(_row("input model", base["torch"], None, cached=False, note=reference))
     rows.append(_row("baseline fp32 ONNX", base["onnx"], None, cached=False,
                      note=f"optimized as the final file: {optimized['summary']}" if optimized else ""))
@@ -177,12 +179,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         parts += ["## Warnings", "\n".join(f"- {Finding.from_json(w).format()}" for w in report["warnings"])]
     if report.get("unchecked"):
         parts += ["## Not checked", "\n".join(f"- {Unchecked.from_json(u).format()}" for u in report["unchecked"])]
-    parts += ["## Environment", _environment_line(env),
-              f"Parity of the baseline export: max |diff| "
-              f"{report['baseline']['export']['parity']['max_abs_diff']:.2e} "
-              f"(tolerance atol {report['baseline']['export']['parity']['atol']}, "
-              f"rtol {report['baseline']['export']['parity']['rtol']})."]
+    parts += ["## Environment", _environment_line(env), _export_parity_line(report["baseline"].get("export"))]
     return "\n\n".join(parts) + "\n"
+
+
+def _export_parity_line(export: dict[str, Any] | None) -> str:
+    if export is None:
+        return "The input model is an ONNX file: nothing was exported."
+    parity = export["parity"]
+    return (f"Parity of the baseline export: max |diff| {parity['max_abs_diff']:.2e} "
+            f"(tolerance atol {parity['atol']}, rtol {parity['rtol']}).")
 
 
 def _step_tables(report: dict[str, Any]) -> list[str]:

@@ -3,7 +3,9 @@
 Per model (the zoo Fashion-MNIST CNN and the depthwise residual net):
 
 1. the fp32 ONNX modelzip exports for the recipe (recipes/bench/fp32.yaml) is Olive's input;
-   modelzip, which takes torch models only, exports that same file itself within its run;
+   modelzip runs twice: from the checkpoint ("modelzip", exporting that same file itself within
+   its run) and from the very file Olive gets ("modelzip onnx": `model.source: onnx:<file>`),
+   the like-for-like comparison;
 2. the calibration images are modelzip's own: the seeded 512-image training subset that
    `quantize: {mode: static}` streams (modelzip.quantization.static.calibration_batches with
    the recipe's data, seed and batch size), saved as .npy, read by Olive through
@@ -50,7 +52,7 @@ USER_SCRIPT = REPO / "scripts" / "olive_user_script.py"
 # name -> (model.source, default checkpoint: `make demo`'s, and bench_unseen.py's dsresnet baseline)
 MODELS = {"fashion_cnn": ("modelzip.zoo:fashion_cnn", REPO / "checkpoints" / "fashion_cnn.pt"),
           "dsresnet": ("modelzip.zoo:dsresnet", REPO / ".bench" / "checkpoints" / "dsresnet-6ep-all.pt")}
-TOOLS = ("modelzip", "olive", "olive default")
+TOOLS = ("modelzip", "modelzip onnx", "olive", "olive default")
 # Olive's latency metric per batch: (warmup, timed runs). Batch 1 as modelzip's
 # evaluation.repeats default (200); batch 256 Olive's own default (modelzip caps its batch-256
 # runs at ~3 s per model, 5-30 runs here).
@@ -69,7 +71,7 @@ PHASES = [
     ("quantize: calibration", "quantization/static.py", "calibrate"),
     ("quantize: ORT quantize_static", "quantization/static.py", "quantize"),
     ("quantize: accuracy check on validation (max_accuracy_drop)", "quantization/run.py", "_accuracy_search"),
-    ("quantize: int8 vs float latency", "quantization/run.py", "_latency"),
+    ("quantize: int8 vs float latency (prefer: faster only)", "quantization/run.py", "measure_latency"),
     ("final measurement (latency, baseline vs final; accuracy is measured after the pass)", "pipeline.py",
      "_final"),
     ("final: latency", "evaluation/measure.py", "latency"),
@@ -206,9 +208,15 @@ def modelzip_command(source: str, checkpoint: Path, out: Path, profile: Path | N
             "--set", f"model.checkpoint={checkpoint}", "--set", f"output={out}"]
 
 
+def modelzip_onnx_command(fp32: Path, out: Path) -> list[str]:
+    """The same recipe started from the fp32 ONNX Olive is given (no checkpoint, no export)."""
+    return [sys.executable, "-m", "modelzip", "run", str(RECIPE), "--no-cache", "--set", f"model.source=onnx:{fp32}",
+            "--set", "model.checkpoint=null", "--set", "model.args={}", "--set", f"output={out}"]
+
+
 def run_once(tool: str, model_dir: Path, commands: dict, round_index: int) -> dict:
     log = model_dir / "logs" / f"{tool.replace(' ', '_')}-{round_index}.log"
-    if tool == "modelzip":
+    if tool.startswith("modelzip"):
         result = timed(commands[tool], log, {**os.environ, "PYTHONUNBUFFERED": "1"})
         ok = result["rc"] in (0, 1)  # 1: a gate failed (dsresnet is not 3.9x smaller); the artifact exists
     else:
@@ -242,9 +250,11 @@ def wall_summary(walls: dict[str, list[dict]]) -> dict:
         summary[tool] = {"runs_s": seconds, "median_s": statistics.median(seconds), "min_s": min(seconds),
                          "max_s": max(seconds)}
     # Within a round the tools ran back to back: their ratio drifts less than either time does.
-    pairs = [m["wall_s"] / o["wall_s"] for m, o in zip(walls["modelzip"], walls["olive"], strict=True)]
-    summary["modelzip_over_olive"] = {"per_round": [round(p, 3) for p in pairs],
-                                      "median": statistics.median(pairs), "min": min(pairs), "max": max(pairs)}
+    for tool in ("modelzip", "modelzip onnx"):
+        pairs = [m["wall_s"] / o["wall_s"] for m, o in zip(walls[tool], walls["olive"], strict=True)]
+        summary[f"{tool.replace(' ', '_')}_over_olive"] = {
+            "per_round": [round(p, 3) for p in pairs], "median": statistics.median(pairs), "min": min(pairs),
+            "max": max(pairs)}
     return summary
 
 
@@ -268,7 +278,8 @@ def measure(artifacts: dict[str, Path], bundle, input_shape: tuple[int, ...]) ->
                               min_timed_s=MIN_TIMED_S, sessions=SESSIONS)
         for name, one in lat.items():
             rows[name][f"batch_{batch}"] = {"median_ms": one.median_ms, "p90_ms": one.p90_ms, "runs": one.runs}
-        pairs = [("fp32", name) for name in artifacts if name != "fp32"] + [("olive", "modelzip")]
+        pairs = ([("fp32", name) for name in artifacts if name != "fp32"]
+                 + [("olive", name) for name in ("modelzip", "modelzip onnx") if name in artifacts])
         for base, final in pairs:
             c = compare_times(lat[base].times_ns, lat[final].times_ns, lat[base].slots)
             comparisons.setdefault(f"{final} vs {base}", {})[f"batch_{batch}"] = {
@@ -343,6 +354,7 @@ def bench_model(model: str, checkpoint: Path, data: dict, olive_bin: Path, round
     fp32 = fp32_onnx(model, source, checkpoint)
     settings = matched_settings(data["params"])
     commands = {"olive_bin": olive_bin, "modelzip": modelzip_command(source, checkpoint, model_dir / "modelzip"),
+                "modelzip onnx": modelzip_onnx_command(fp32, model_dir / "modelzip_onnx"),
                 "olive": olive_config(fp32, data, settings, model_dir / "olive", model_dir / "olive-cache"),
                 "olive default": olive_config(fp32, data, {}, model_dir / "olive_default",
                                               model_dir / "olive_default-cache")}

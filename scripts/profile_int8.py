@@ -69,7 +69,7 @@ def build(model: str, checkpoint: Path, directory: Path, data) -> dict[str, Path
         work = directory / model / placement
         (work / "scratch").mkdir(parents=True)
         result = quantize_onnx(fp32, QuantizeSettings(mode="static", placement=placement), data=data,
-                               input_shape=(1, 1, 28, 28), timing=Timing(latency=False, batch_size=256),
+                               input_shape=(1, 1, 28, 28), timing=Timing(batch_size=256),
                                work_dir=work, scratch=work / "scratch", seed=0)
         shutil.rmtree(work / "scratch")
         paths[f"int8 placement {placement}"] = result.path

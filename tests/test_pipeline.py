@@ -313,18 +313,28 @@ def test_evaluation_steps_decides_which_accuracies_are_measured(tiny_recipe, ste
     assert report["final"]["accuracy"] == report["steps"][1]["metrics"]["accuracy"] is not None
 
 
-def test_a_quantize_only_run_times_its_pair_once(tiny_recipe):
-    """quantize times int8 against the float export of its torch input, which is the baseline export's
-    file: the final latency is that measurement, not a second one. (With the default final optimize
-    step both files the report compares are the optimized ones, which are timed.)"""
-    _with_passes(tiny_recipe, "  - quantize: {}\n")
-    ui = CountingUI()
-    result = run_recipe(load_recipe(tiny_recipe, ["optimize=false"]), RunOptions(ui=ui))
-    timed = result.report["steps"][0]["details"]["latency"]
+def test_a_quantize_only_run_times_its_pair_once(tiny_recipe, monkeypatch):
+    """quantize under prefer: faster times int8 against the float export of its torch input, which is
+    the baseline export's file: the final latency is that measurement, not a second one. (With the
+    default final optimize step both files the report compares are the optimized ones, which are
+    timed; under prefer: smaller the pass times nothing.) Where int8 was measured slower, the float
+    model comes back: the final file is the baseline's, and nothing more is timed either."""
+    from modelzip.evaluation import latency
+
+    timed = []
+    measure = latency.measure_latency
+    monkeypatch.setattr(latency, "measure_latency", lambda *a, **k: timed.append(a[2]) or measure(*a, **k))
+    _with_passes(tiny_recipe, "  - quantize: {prefer: faster}\n")
+    result = run_recipe(load_recipe(tiny_recipe, ["optimize=false"]), RunOptions(ui=CountingUI()))
+    step = result.report["steps"][0]["details"]
     final = result.report["final"]["latency"]
+    assert timed == [1, 64]  # the pass's two batch sizes, once each
     for batch in ("batch_1", "batch_64"):
-        assert final[batch] == timed[batch] and final[batch]["stopped"] in ("tight", "repeats", "time_cap",
-                                                                            "min_span")
+        if step["returned"] == "quantized":
+            assert final[batch] == step["latency"][batch]
+        else:
+            assert final[batch]["verdict"] == "same model"
+        assert step["latency"][batch]["stopped"] in ("tight", "repeats", "time_cap", "min_span")
     assert final["cached"] is False
 
 

@@ -180,9 +180,11 @@ def test_qat_in_a_recipe_and_after_export(tmp_path, registry):
     # untrained weights must not be reused.
     assert "float_export" not in step["details"]
     assert (result.output_dir / "model.onnx").is_file()
-    with pytest.raises(PassError) as info:
+    with pytest.raises(RecipeError) as info:  # refused before anything runs
         pipeline("late", "  - export: {}\n  - quantize: {mode: qat}\n")
-    assert info.value.step == 1 and "quantize: {mode: qat} before export" in info.value.fix
+    (problem,) = info.value.problems
+    assert problem.path == "passes[1].quantize" and "'quantize' (mode qat) takes a torch model" in problem.message
+    assert "reorder the passes" in problem.suggestion
 
 
 # --------------------------------------------------------------------------- config

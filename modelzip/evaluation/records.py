@@ -248,9 +248,9 @@ class Baseline:
     parity check ties its logits to the ONNX file's, and the ONNX accuracy is the reference.
     """
 
-    torch: Metrics
+    torch: Metrics  # the input model (an "onnx:" input: that file's stats)
     onnx: Metrics  # of the exported file, optimized as the recipe writes its final file
-    export: dict[str, Any]  # what the export pass recorded (opset, exporter, parity, summary)
+    export: dict[str, Any] | None  # what the export pass recorded (opset, exporter, parity, summary); None: ONNX input
     optimize: dict[str, Any] | None = None  # what the optimize pass recorded; None under `optimize: false`
     onnx_artifact: Any = field(default=None, compare=False)  # the measured Artifact (not in the report)
 

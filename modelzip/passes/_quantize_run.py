@@ -112,7 +112,7 @@ def settings(config) -> QuantizeSettings:
 
 def timing(recipe) -> Timing:
     evaluation = recipe.evaluation
-    return Timing(latency=evaluation.latency, batch_size=recipe.data.batch_size, threads=evaluation.threads,
+    return Timing(batch_size=recipe.data.batch_size, threads=evaluation.threads,
                   warmup=evaluation.warmup, repeats=evaluation.repeats, tolerance=evaluation.latency_tolerance)
 
 

@@ -216,10 +216,18 @@ class QuantizePass(Pass):
     # "4": qat exports the trained model (version 3 reused the pipeline's export of the input when
     # qat was the first pass: the untrained weights); sub-8-bit weights, 2-bit MatMulNBits in
     # blocks of 128 (entries with blocks of 256 run ~100x slower at batch 1).
-    version = "4"
+    # "5": int8 and float are timed only under prefer: faster (details.latency is null otherwise;
+    # the report's final latency has the speedup).
+    version = "5"
     quantizes = True
     # `prefer: faster` keeps whichever of int8 and float runs faster here: the CPU decides.
     reads = frozenset({"data", "timing"})
+
+    def consumes_for(self, config: QuantizeConfig) -> tuple[str, ...]:
+        return ("torch",) if config.mode == "qat" else self.consumes  # qat trains the torch model
+
+    def reads_for(self, config: QuantizeConfig) -> frozenset[str]:
+        return self.reads if config.prefer == "faster" else self.reads - {"timing"}
 
     def input_files(self, config: QuantizeConfig) -> list[str]:
         return teacher_files(config.distill)

@@ -40,9 +40,8 @@ class QuantizeSettings:
 
 @dataclass(frozen=True)
 class Timing:
-    """How float and quantized models are timed against each other."""
+    """How float and quantized models are timed against each other (under `prefer: faster`)."""
 
-    latency: bool  # measure at all (prefer: faster measures anyway)
     batch_size: int  # the data batch size, timed besides batch 1
     threads: int | None = None  # onnxruntime intra-op threads (None: the default)
     warmup: int = 10

@@ -26,8 +26,8 @@ class QuantizeDetails:
     excluded_but_quantized: list[str]
     agreement_with_float: dict[str, Any]
     size: dict[str, Any]
-    # Float (baseline) vs quantized (final), measured like the pipeline's final latency; None when
-    # evaluation.latency is false and prefer is smaller.
+    # Float (baseline) vs quantized (final), measured like the pipeline's final latency, when
+    # prefer: faster chooses by it; else None.
     latency: LatencyResult | None
     summary: str = ""
     accuracy: dict[str, Any] | None = None  # the accuracy-aware search (max_accuracy_drop)

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from modelzip.cache import file_sha256
 from modelzip.recipe import ModelSpec
-from modelzip.sources.locations import resolve_checkpoint
+from modelzip.sources.locations import resolve_checkpoint, resolve_onnx_model
 from modelzip.sources.user_code import callable_source_file, module_file
 
 
@@ -33,8 +33,12 @@ class Memo(Protocol):
 
 
 def model_fingerprint(spec: ModelSpec, base_dir: Path, memo: Memo | None = None) -> str:
-    """Content id of the input model: spec, checkpoint bytes and the factory's source file."""
+    """Content id of the input model: spec, checkpoint bytes and the factory's source file (an
+    ONNX input: spec and file bytes)."""
     digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode())
+    if spec.onnx_file is not None:
+        digest.update(file_sha256(resolve_onnx_model(spec.onnx_file, base_dir)).encode())
+        return digest.hexdigest()[:16]
     checkpoint = resolve_checkpoint(spec.checkpoint, base_dir)
     if checkpoint is not None:
         digest.update(file_sha256(checkpoint).encode())

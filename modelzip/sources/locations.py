@@ -80,6 +80,17 @@ def resolve_checkpoint(path: str | None, base_dir: Path) -> Path | None:
     return checkpoint_file(p if p.is_absolute() else base_dir / p, where="model.checkpoint")
 
 
+def resolve_onnx_model(path: str, base_dir: Path) -> Path:
+    """The file an "onnx:<file>" model.source names; an InputError when it is not a file."""
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() else base_dir / p
+    if not p.is_file():
+        raise InputError("ONNX model file not found", where="model.source", got=str(p),
+                         expected="an fp32 .onnx file (e.g. written by torch.onnx.export)",
+                         fix="check the path after 'onnx:' (relative paths start at the recipe's directory)")
+    return p
+
+
 def checkpoint_file(path: Path, *, where: str) -> Path:
     """``path`` when it is a file; an InputError at ``where`` when it is missing or a directory."""
     if path.is_dir():
