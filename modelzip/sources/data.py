@@ -95,10 +95,13 @@ class InMemoryDataset(Dataset):
         return InMemoryDataset(self.images, self.labels, self.rows[positions], self.tasks)
 
     def batch(self, positions: Tensor) -> tuple[Tensor, Any]:
-        rows = self.rows[positions]
+        # Gathered by numpy: torch's indexing runs on its intra-op thread pool, and on a busy
+        # 2-core machine a 256-image gather took ~17 ms that way against 0.03 ms in numpy (measured).
+        rows = self.rows[positions].numpy()
+        images, labels = torch.from_numpy(self.images.numpy()[rows]), torch.from_numpy(self.labels.numpy()[rows])
         if self.tasks is not None:
-            return self.images[rows], {t: self.labels[rows, i] for i, t in enumerate(self.tasks)}
-        return self.images[rows], self.labels[rows]
+            return images, {t: labels[:, i] for i, t in enumerate(self.tasks)}
+        return images, labels
 
 
 def subset(dataset: Dataset, positions: Tensor) -> Dataset:
