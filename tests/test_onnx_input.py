@@ -85,3 +85,13 @@ def test_a_missing_file_and_a_fixed_batch_are_input_errors(tmp_path):
     with pytest.raises(InputError) as caught:
         run_recipe(load_recipe(recipe), RunOptions())
     assert caught.value.where == "model.source" and "index: 0 Got: 8 Expected: 1" in str(caught.value)
+
+
+def test_a_cached_rerun_of_an_onnx_input_imports_nothing_heavy(tmp_path):
+    from tests.test_cached_rerun import _cli
+
+    write_onnx(tmp_path / "tiny.onnx")
+    recipe = onnx_recipe(tmp_path)
+    assert _cli("run", str(recipe), "--quiet", cwd=tmp_path)[1] == 0
+    heavy, code, err = _cli("run", str(recipe), "--quiet", cwd=tmp_path)
+    assert code == 0 and heavy == [], err
