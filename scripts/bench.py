@@ -77,7 +77,7 @@ QUICK_LIMIT_TRAIN = 20_000
 
 # The low-bit QAT recipes: scripts/bench_lowbit.py runs them once each and measures their files together
 # with fp32 and int8 (its own section); three seeds of each here would add about 45 minutes.
-LOWBIT_RECIPES = ("qat_int4", "qat_ternary", "qat_binary", "qat_int2", "qat_auto")
+LOWBIT_RECIPES = ("qat_int4", "qat_ternary", "qat_binary", "qat_int2", "qat_auto", "qat_int4_a8", "qat_auto_drop")
 
 
 def recipe_runs(baselines: dict[str, dict], seeds: list[int], quick: bool) -> dict[str, list[dict]]:

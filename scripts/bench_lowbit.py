@@ -1,6 +1,7 @@
 """`make bench-lowbit`: sub-8-bit weights (issue 15) on the Fashion-MNIST CNN, next to fp32 and int8.
 
-Runs recipes/bench/{fp32,quantize_static,qat_int4,qat_ternary,qat_binary,qat_int2,qat_auto}.yaml once (seed 0)
+Runs recipes/bench/{fp32,quantize_static,qat_int4,qat_ternary,qat_binary,qat_int2,qat_auto,qat_int4_a8,
+qat_auto_drop}.yaml once (seed 0)
 through the CLI from the repository's baseline checkpoint (checkpoints/fashion_cnn.pt), then
 measures every artifact the same way as scripts/bench.py (accuracy on the full test set, file
 size, latency at batch 1 and 256 interleaved) and writes bench-lowbit.json plus its section of
@@ -26,7 +27,8 @@ RECIPES = ("fp32", "quantize_static", *LOWBIT_RECIPES)
 SECTION = "lowbit"
 TARGETS = ("Targets (issue 15): ternary (3 epochs, distilled) >= 12x smaller than the fp32 ONNX within 1.5 pp; "
            "binary >= 20x within 3 pp; int4 >= 7x within 0.5 pp; auto with target_size 0.1 at <= 10% of the "
-           "fp32 bytes and more accurate than uniform int2; parity >= 99.5%.")
+           "fp32 bytes and more accurate than uniform int2; parity >= 99.5%. qat_int4_a8: int4 weights with int8 "
+           "(uint8) activations; qat_auto_drop: auto within max_accuracy_drop 0.01.")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,10 +71,22 @@ def rows(runs: dict[str, dict], measured: dict[str, dict]) -> list[dict]:
             "weight_bytes": low_bit["file"]["weight_bytes"] if low_bit else None,
             "ideal_layer_bytes": low_bit["file"]["ideal_layer_bytes"] if low_bit else None,
             "formats": sorted({f"{r['grid']}: {r['format']}" for r in low_bit["layers"]}) if low_bit else None,
-            "grids": [f"{r['layer']} {r['grid']}" for r in low_bit["layers"]] if low_bit else None,
+            "grids": _grids(low_bit),
             "parity": parity, "batch_1_ms": m["batch_1"]["median_ms"], "batch_256_ms": m["batch_256"]["median_ms"],
             "wall_s": runs[name]["wall_s"]})
     return out
+
+
+def _grids(low_bit: dict | None) -> list[str] | None:
+    """'layer grid' per layer ('+ int8 in' where its input is int8), and auto's budget check."""
+    if not low_bit:
+        return None
+    cells = [f"{r['layer']} {r['grid']}" + (" + int8 in" if r.get("activation") else "") for r in low_bit["layers"]]
+    verified = (low_bit.get("auto") or {}).get("verified")
+    if verified:
+        cells.append(f"auto: predicted drop {100 * verified['predicted_drop']:.2f} pp, trained "
+                     f"{100 * verified['drop']:.2f} pp on {verified['samples']} validation images")
+    return cells
 
 
 def _quantize_step(report: dict) -> dict | None:
@@ -120,7 +134,7 @@ def from_reports(names: list[str]) -> tuple[list[dict], str]:
             "bytes": final["size_bytes"], "ratio": final["baseline_size_bytes"] / final["size_bytes"],
             "weight_bytes": low_bit["file"]["weight_bytes"] if low_bit else None,
             "ideal_layer_bytes": low_bit["file"]["ideal_layer_bytes"] if low_bit else None,
-            "grids": [f"{r['layer']} {r['grid']}" for r in low_bit["layers"]] if low_bit else None,
+            "grids": _grids(low_bit),
             "parity": step.get("agreement_with_float") if low_bit else None,
             "latency": {batch: {"fp32_ms": pair["baseline"]["median_ms"], "ms": pair["final"]["median_ms"],
                                 "verdict": pair["verdict"]} for batch, pair in latency.items()

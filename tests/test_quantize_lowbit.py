@@ -196,10 +196,9 @@ def test_weights_that_are_not_the_trained_grid_are_refused(tmp_path, trained_cnn
     ({"mode": "static", "weights": "binary"}, "weights: binary needs mode: qat"),
     ({"mode": "weight_only", "weights": "int4"}, "mode: weight_only with bits: 4"),
     ({"mode": "static", "activations": "float"}, "activations: float means weight-only"),
-    ({"mode": "qat", "weights": "ternary", "activations": "asymmetric"}, "runs with float activations"),
     ({"mode": "qat", "weights": "int2", "calibration_samples": 64}, "calibration_samples apply to the int8"),
     ({"mode": "qat", "int8_layers": ["features.0"]}, "int8_layers keeps layers at 8 bits"),
-    ({"mode": "qat", "activations": "symmetric"}, "mode qat trains asymmetric"),
+    ({"mode": "qat", "activations": "symmetric"}, "symmetric int8 activations are offered with sub-8-bit"),
     ({"mode": "qat", "weights": "auto"}, "add target_size"),
 ])
 def test_validate_refuses_combinations_with_reason_and_fix(params, says):

@@ -52,11 +52,13 @@ def _run_lowbit(artifact, config, ctx, pass_name: str, scratch):
 
     grids, auto = _grids(artifact, config, ctx, pass_name)
     trained = _train_lowbit(artifact, config, ctx, pass_name, grids)
+    auto = _verify_auto(auto, trained, ctx)
     baked = artifact.evolve(module=trained.module)
     source, parity = _float_source(baked, scratch, ctx, pass_name)
     result = quantize_lowbit(source, trained, data=ctx.data, input_shape=tuple(artifact.input_shape),
                              timing=timing(ctx.recipe), work_dir=ctx.work_dir, scratch=scratch, seed=ctx.seed,
-                             progress=Progress(log=ctx.log, track=ctx.track), auto=auto)
+                             progress=Progress(log=ctx.log, track=ctx.track), auto=auto,
+                             activations=config.lowbit_activations)
     ctx.record(**result.details.to_json(), export_parity=parity)
     return artifact.evolve(kind="onnx", path=result.path, module=None)
 
@@ -75,9 +77,25 @@ def _grids(artifact, config, ctx, pass_name: str):
     fp32 = _fp32_bytes(artifact, ctx)
     weights = 4 * sum(module.get_submodule(name).weight.numel() for name in names)
     ctx.log(f"weights auto: sensitivity of {len(names)} layers x {len(lowbit_auto.CANDIDATES)} grids")
-    plan = lowbit_auto.choose(module, ctx.data, names, budget_bytes=int(config.target_size * fp32),
+    budget = None if config.target_size is None else int(config.target_size * fp32)
+    plan = lowbit_auto.choose(module, ctx.data, names, budget_bytes=budget,
+                              max_accuracy_drop=config.max_accuracy_drop,
                               other_bytes=max(fp32 - weights, 0), fixed=fixed)
     return plan.grids, {**plan.to_json(), "fp32_bytes": fp32, "target_size": config.target_size}
+
+
+def _verify_auto(auto, trained, ctx):
+    """weights: auto: the plan with the trained model's measured drop (the budget, checked)."""
+    from modelzip.quantization import lowbit_auto
+
+    if auto is None:
+        return None
+    verified = lowbit_auto.verify(auto, trained.reference, ctx.data)
+    if verified.get("within_budget") is False:
+        ctx.log(f"weights auto: the trained model drops {verified['drop']:.4f} on the validation images, over "
+                f"max_accuracy_drop {auto['max_accuracy_drop']} (predicted {auto['predicted_drop']:.4f}): "
+                "more epochs, or a smaller max_accuracy_drop, would help")
+    return {**auto, "verified": verified}
 
 
 def _fp32_bytes(artifact, ctx) -> int:
@@ -96,7 +114,8 @@ def _train_lowbit(artifact, config, ctx, pass_name: str, grids: dict[str, str]):
                              seed=ctx.seed + lowbit.SEED_OFFSET, device=ctx.device)
     hooks = Hooks(log=ctx.log, track=ctx.track, checkpoints=checkpoint_store(artifact, config, ctx))
     with _training_errors(config, ctx, pass_name):
-        return lowbit.train(artifact.module, ctx.data, settings, objective, grids, hooks=hooks)
+        return lowbit.train(artifact.module, ctx.data, settings, objective, grids, hooks=hooks,
+                            activations=config.lowbit_activations)
 
 
 def settings(config) -> QuantizeSettings:

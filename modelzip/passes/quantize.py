@@ -43,7 +43,8 @@ _MODES_OF = {
     "int8_layers": ("qat",),
 }
 _APPLIES_TO = {name: {"mode": modes} for name, modes in _MODES_OF.items()}
-# qat parameters of the int8 QDQ graph only (activation ranges and their placement).
+# qat parameters of the int8 QDQ graph only (calibrated activation ranges and their placement);
+# max_accuracy_drop is also weights: auto's accuracy budget.
 _INT8_QAT_ONLY = ("calibration_samples", "calibration_batch_size", "reduce_range", "placement",
                   "max_accuracy_drop", "prefer")
 _APPLIES_TO["percentile"] = {"mode": ("static",), "method": ("percentile",)}
@@ -76,8 +77,9 @@ class QuantizeConfig(PassConfig):
         "asymmetric",
         description="static: asymmetric = uint8 with a zero point (uses all 256 levels for ReLU "
                     "outputs); symmetric = int8 centred on 0 (for targets that require it); qat: "
-                    "asymmetric (int8 weights), or float = weight-only (the default and only choice "
-                    "for sub-8-bit weights)")
+                    "asymmetric (int8 weights); with sub-8-bit weights float (weight-only, their default), "
+                    "asymmetric or symmetric (each quantized layer's input fake-quantized to int8 in training "
+                    "and quantized in the file with the trained range)")
     per_channel: bool = Field(True, description="static/dynamic: one weight scale per output channel")
     reduce_range: bool | None = Field(
         None,
@@ -115,7 +117,7 @@ class QuantizeConfig(PassConfig):
         description="weight grid: int8 (every mode); qat only: int4 (symmetric), int2 (asymmetric), "
                     "ternary (TWN, {-a, 0, +a}), binary (XNOR, {-a, +a}), one scale per output channel; "
                     "stored as MatMulNBits / bit-packed / INT4 DequantizeLinear (README: low-bit weights); "
-                    "auto: a grid per layer from measured sensitivity, within target_size")
+                    "auto: a grid per layer from measured sensitivity, within target_size or max_accuracy_drop")
     int8_layers: tuple[str, ...] | None = Field(
         None,
         description="qat with sub-8-bit weights: globs of torch module names kept at 8 bits; null = "
@@ -131,7 +133,8 @@ class QuantizeConfig(PassConfig):
     max_accuracy_drop: float | None = Field(
         None, ge=0, le=1,
         description="accuracy budget on the validation split vs the float model (0.01 = 1 point); "
-                    "when exceeded, the most sensitive layers are kept float one at a time")
+                    "when exceeded, the most sensitive layers are kept float one at a time; weights: auto: "
+                    "the smallest grids whose measured drops (summed) stay within it, checked after training")
     max_float_layers: int = Field(
         3, ge=1, le=64, description="at most this many layers kept float by the accuracy search")
     prefer: Literal["smaller", "faster"] = Field(
@@ -160,19 +163,29 @@ class QuantizeConfig(PassConfig):
                 f"activations: float means weight-only quantization, but mode {self.mode} quantizes "
                 "activations (static) or does not train weights. Fix: mode: weight_only (4/8-bit MatMul "
                 "weights), or mode: qat with weights: int4, int2, ternary or binary")
-        if self.mode == "qat" and self.activations == "symmetric":
-            raise ValueError("mode qat trains asymmetric uint8 activation ranges; symmetric is not offered. "
-                             "Fix: remove activations (asymmetric), or activations: float for weight-only")
-        if self.weights in LOW_BIT and self.activations != "float" and "activations" in self.model_fields_set:
-            raise ValueError(
-                f"weights: {self.weights} runs with float activations (MatMulNBits quantizes them to int8 "
-                "inside itself); int8 activation ranges are not trained for sub-8-bit weights. "
-                "Fix: remove activations (float is the default there), or weights: int8")
-        if self.weights == "auto" and self.target_size is None:
-            raise ValueError("weights: auto chooses a grid per layer to fit a size budget, and none is given. "
-                             "Fix: add target_size (e.g. target_size: 0.1 for a file 10x smaller than fp32)")
+        if self.mode == "qat" and self.activations == "symmetric" and self.weights not in LOW_BIT:
+            raise ValueError("int8 QAT (weights: int8) trains asymmetric uint8 activation ranges for onnxruntime's "
+                             "QDQ quantizer; symmetric int8 activations are offered with sub-8-bit weights only. "
+                             "Fix: remove activations (asymmetric), activations: float for weight-only, or "
+                             "weights: int4, int2, ternary or binary")
+        self._auto_budget()
         self._lowbit_only_params()
         return self
+
+    def _auto_budget(self) -> None:
+        """weights: auto needs exactly one budget: a size (target_size) or an accuracy (max_accuracy_drop)."""
+        if self.weights != "auto":
+            return
+        if self.target_size is None and self.max_accuracy_drop is None:
+            raise ValueError("weights: auto chooses a grid per layer within a budget, and none is given. Fix: add "
+                             "target_size (e.g. target_size: 0.1 for a file 10x smaller than fp32) or "
+                             "max_accuracy_drop (e.g. 0.01: the smallest file whose measured drop stays within "
+                             "1 point)")
+        if self.target_size is not None and self.max_accuracy_drop is not None:
+            raise ValueError("weights: auto takes one budget, but both target_size and max_accuracy_drop are "
+                             "given: the smallest file within an accuracy drop, or the most accurate one within a "
+                             "size, not both. Fix: remove one of them (a size budget can also be a gate: "
+                             "gates.min_size_ratio)")
 
     def _lowbit_only_params(self) -> None:
         """Parameters of the int8 QAT graph (calibration, placement...) mean nothing to sub-8-bit weights,
@@ -180,15 +193,25 @@ class QuantizeConfig(PassConfig):
         if self.mode != "qat":
             return
         if self.lowbit:
-            given = sorted(self.model_fields_set & set(_INT8_QAT_ONLY))
+            given = set(self.model_fields_set) & {*_INT8_QAT_ONLY, "max_float_layers"}
+            if self.weights == "auto":
+                given.discard("max_accuracy_drop")  # auto's accuracy budget
             if given:
+                names = ", ".join(sorted(given))
+                budget = (" (max_accuracy_drop is a budget of weights: auto only)"
+                          if "max_accuracy_drop" in given else "")
                 raise ValueError(
-                    f"{', '.join(given)} apply to the int8 QAT graph only (activation calibration, placement, "
-                    f"accuracy search, float fallback); weights: {self.weights} with float activations "
-                    f"writes the low-bit file, which has none of these. Fix: remove {', '.join(given)}")
+                    f"{names} apply to the int8 QAT graph only (activation calibration, placement, accuracy "
+                    f"search, float fallback); weights: {self.weights} writes the low-bit file, whose activation "
+                    f"ranges (if int8) are trained, not calibrated{budget}. Fix: remove {names}")
         elif "int8_layers" in self.model_fields_set:
             raise ValueError("int8_layers keeps layers at 8 bits when weights are sub-8-bit, but weights is "
                              "int8. Fix: remove int8_layers, or set weights: int4, int2, ternary or binary")
+
+    @property
+    def lowbit_activations(self) -> str:
+        """The low-bit file's activations: float unless asymmetric or symmetric int8 is written."""
+        return self.activations if "activations" in self.model_fields_set else "float"
 
     @property
     def lowbit(self) -> bool:
@@ -216,8 +239,11 @@ class QuantizePass(Pass):
     # "4": qat exports the trained model (version 3 reused the pipeline's export of the input when
     # qat was the first pass: the untrained weights); sub-8-bit weights, 2-bit MatMulNBits in
     # blocks of 128 (entries with blocks of 256 run ~100x slower at batch 1).
-    # "5": int8 and float are timed only under prefer: faster (details.latency is null otherwise;
-    # the report's final latency has the speedup).
+    # "5": sub-8-bit weights with int8 activations (QuantizeLinear/DequantizeLinear inputs, biases
+    # apart); MatMulNBits' input rounding simulated as the kernel computes it (x * 127 / max), which
+    # changes what low-bit QAT trains; weights: auto takes max_accuracy_drop and verifies it. int8 and
+    # float are timed only under prefer: faster (details.latency is null otherwise; the report's
+    # final latency has the speedup).
     version = "5"
     quantizes = True
     # `prefer: faster` keeps whichever of int8 and float runs faster here: the CPU decides.

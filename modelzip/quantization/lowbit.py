@@ -19,6 +19,11 @@ Training rounds in the forward pass and passes gradients straight through to the
 scale is recomputed from the latent weight at every step and not differentiated.
 After training the latent weights are replaced by the quantized ones ("baked"), so the float
 export of the model is already the low-bit model, and ``Codes`` carry the integer values.
+
+Activations: float (weight-only), or int8 fake-quantized at each quantized layer's input, with
+the int8 QAT machinery's moving min/max observer (qat_modules.ActivationFakeQuant): asymmetric
+(uint8, zero point) or symmetric (int8, zero point 0). The trained range is kept per layer
+(``InputRange``); the file quantizes and dequantizes that input with it (lowbit_onnx.py).
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from modelzip.quantization import QuantizeFailure
-from modelzip.quantization.qat_modules import QUANTIZABLE
+from modelzip.quantization.qat_modules import QUANTIZABLE, ActivationFakeQuant
 
 SEED_OFFSET = 130_003  # low-bit QAT's own random stream, apart from other passes
 BITS = {"int8": 8, "int4": 4, "int2": 2, "ternary": 2, "binary": 1}  # storage bits (ternary: 2-bit codes)
@@ -49,6 +54,23 @@ MATMUL_NBITS_BLOCK = {4: 256, 2: 128}
 # exactly that matched onnxruntime to 3e-6 (4-bit) and 8e-7 (2-bit). Training and the parity
 # reference simulate it, so they see what runs.
 KERNEL_INT8_INPUT = frozenset({"int4", "int2", "ternary"})
+ACTIVATIONS = ("float", "asymmetric", "symmetric")
+
+
+@dataclass(frozen=True)
+class InputRange:
+    """A layer's int8 input grid as trained: ``x ≈ (q - zero_point) * scale``, q in [qmin, qmax]."""
+
+    scale: float
+    zero_point: int
+    symmetric: bool  # int8 with zero point 0; else uint8
+
+    @property
+    def limits(self) -> tuple[int, int]:
+        return (-128, 127) if self.symmetric else (0, 255)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": "int8" if self.symmetric else "uint8", "scale": self.scale, "zero_point": self.zero_point}
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,7 @@ class Codes:
     values: np.ndarray  # int8, the torch weight's shape: code - zero point
     scale: np.ndarray  # float32 [out_channels]
     zero_point: np.ndarray | None  # uint8 [out_channels], int2 only (codes = values + zero_point)
+    activation: InputRange | None = None  # the input's trained int8 grid; None: float input
 
     @property
     def bits(self) -> int:
@@ -110,9 +133,11 @@ def round_input_blocks(x: Tensor, block: int) -> Tensor:
     straight-through gradient."""
     k = x.shape[-1]
     padded = F.pad(x.detach(), (0, -k % block)).unflatten(-1, (-1, block))
-    scale = padded.abs().amax(dim=-1, keepdim=True) / 127
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    rounded = (torch.round(padded / scale) * scale).flatten(-2)[..., :k]
+    absmax = padded.abs().amax(dim=-1, keepdim=True)
+    absmax = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    # The kernel multiplies by 127 / max rather than dividing by the scale: on inputs already on an
+    # int8 grid (int8 activations) the two round differently often enough to matter.
+    rounded = (torch.round(padded * (127 / absmax)) * (absmax / 127)).flatten(-2)[..., :k]
     return x + (rounded - x).detach()
 
 
@@ -125,11 +150,15 @@ class LowBitLayer(nn.Module):
     straight-through gradient to the wrapped layer's own (latent, float) weight, so fit()'s
     zero masks and checkpoints see the layer as usual."""
 
-    def __init__(self, layer: nn.Module, grid: str) -> None:
+    def __init__(self, layer: nn.Module, grid: str, activations: str = "float") -> None:
         super().__init__()
         self.layer, self.grid = layer, grid
+        self.input_quant = None if activations == "float" else ActivationFakeQuant(
+            symmetric=activations == "symmetric")
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
         latent = self.layer.weight
         weight = latent + (dequantize(latent, self.grid) - latent).detach()
         if isinstance(self.layer, nn.Linear):
@@ -148,6 +177,21 @@ class KernelInput(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layer(round_input_blocks(x, self.block))
+
+
+class QuantizedInput(nn.Module):
+    """A baked layer behind its trained int8 input grid (what the file's QuantizeLinear and
+    DequantizeLinear compute): the parity reference."""
+
+    def __init__(self, layer: nn.Module, grid: InputRange) -> None:
+        super().__init__()
+        self.layer, self.grid = layer, grid
+
+    def forward(self, x: Tensor) -> Tensor:
+        # onnxruntime's order: round(x / scale), then + zero point (training adds first; a tie can differ)
+        scale, zero_point = self.grid.scale, float(self.grid.zero_point)
+        codes = torch.clamp(torch.round(x / scale) + zero_point, *self.grid.limits)
+        return self.layer((codes - zero_point) * scale)
 
 
 # --------------------------------------------------------------------------- which layer gets which grid
@@ -198,10 +242,11 @@ class Trained:
     distilled: bool
 
 
-def train(module, data, settings, objective, grids: dict[str, str], hooks=None) -> Trained:
+def train(module, data, settings, objective, grids: dict[str, str], hooks=None,
+          activations: str = "float") -> Trained:
     """Quantization-aware training of a copy of ``module`` with ``settings`` (TrainSettings) through
-    the shared loop, then bake. Raises QuantizeFailure without training images, TeacherMismatch,
-    NonFiniteLoss (as fit() does)."""
+    the shared loop, then bake. ``activations``: one of ACTIVATIONS. Raises QuantizeFailure without
+    training images, TeacherMismatch, NonFiniteLoss (as fit() does)."""
     from modelzip.finetuning.distill import check_objective
     from modelzip.finetuning.loop import fit
     from modelzip.finetuning.train import first_images
@@ -209,7 +254,7 @@ def train(module, data, settings, objective, grids: dict[str, str], hooks=None) 
     if len(data.train) == 0:
         raise QuantizeFailure("mode qat needs training images, but the training split is empty",
                               fix="raise data.limit_train")
-    model = _wrap(copy.deepcopy(module), grids)
+    model = _wrap(copy.deepcopy(module), grids, activations)
     check_objective(objective, model, first_images(data))
     result = fit(model, data, settings, objective, hooks)
     model, codes = bake(model.cpu().eval())
@@ -217,20 +262,26 @@ def train(module, data, settings, objective, grids: dict[str, str], hooks=None) 
 
 
 def reference(baked: nn.Module, codes: dict[str, Codes]) -> nn.Module:
-    """A copy of ``baked`` computing what the file's kernels compute (KernelInput where they round)."""
+    """A copy of ``baked`` computing what the file computes: QuantizedInput where an input is
+    int8, then KernelInput where the runtime kernel rounds its input again."""
     model = copy.deepcopy(baked)
     for name, layer_codes in codes.items():
         parent, child = _parent(model, name)
         layer = getattr(parent, child)
         if _kernel_rounds_input(layer, layer_codes.grid):
-            setattr(parent, child, KernelInput(layer, input_block(layer_codes.grid)))
+            layer = KernelInput(layer, input_block(layer_codes.grid))
+        if layer_codes.activation is not None:
+            layer = QuantizedInput(layer, layer_codes.activation)
+        setattr(parent, child, layer)
     return model.eval()
 
 
-def _wrap(model: nn.Module, grids: dict[str, str]) -> nn.Module:
+def _wrap(model: nn.Module, grids: dict[str, str], activations: str = "float") -> nn.Module:
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"unknown activations {activations!r}; expected one of {ACTIVATIONS}")
     for name, grid in grids.items():
         parent, child = _parent(model, name)
-        setattr(parent, child, LowBitLayer(getattr(parent, child), grid))
+        setattr(parent, child, LowBitLayer(getattr(parent, child), grid, activations))
     return model
 
 
@@ -246,9 +297,19 @@ def bake(model: nn.Module) -> tuple[nn.Module, dict[str, Codes]]:
         layer.weight.copy_(dequantize(layer.weight, wrapper.grid))
         codes[name] = Codes(wrapper.grid, values.cpu().numpy().astype(np.int8),
                             scale.cpu().numpy().astype(np.float32),
-                            None if zero_point is None else zero_point.cpu().numpy().astype(np.uint8))
+                            None if zero_point is None else zero_point.cpu().numpy().astype(np.uint8),
+                            _input_range(wrapper.input_quant))
         setattr(parent, child, layer)
     return model, codes
+
+
+def _input_range(observer: ActivationFakeQuant | None) -> InputRange | None:
+    """The trained input grid; None for float inputs, or an observer that saw no batch (the layer
+    never ran in training: its input stays float, in training as in the file)."""
+    if observer is None or not bool(observer.observed):
+        return None
+    scale, zero_point = observer.qparams()
+    return InputRange(float(scale), int(zero_point), observer.symmetric)
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:

@@ -1,4 +1,4 @@
-"""weights: auto -- a grid per layer from measured sensitivity, within a file-size budget.
+"""weights: auto -- a grid per layer from measured sensitivity, within a file-size or accuracy budget.
 
 1. Sensitivity: each Conv/Linear alone is rounded to each grid (no training) and the
    validation accuracy measured; its drop from float is that (layer, grid)'s cost.
@@ -9,6 +9,13 @@
    estimate fits the budget; then give bytes back: raise layers again, most accuracy per byte
    first, while the estimate still fits. Drops are treated as additive, which they are not
    exactly; QAT afterwards trains the chosen grids together.
+3'. With an accuracy budget (max_accuracy_drop) instead: from all int8, repeatedly take the move
+   with the least predicted drop per byte saved among those keeping the predicted drop (the sum
+   of the chosen grids' drops, each at least 0: a drop measured below 0 is noise and buys
+   nothing) within the budget, until none does: the smallest file the estimate allows. If all
+   int8 already measures over the budget, all stays int8 (the report shows the prediction).
+4. After QAT, ``verify`` measures the trained model (as the file computes it) on the same
+   validation images: the drop the budget was about, reported next to the prediction.
 """
 from __future__ import annotations
 
@@ -30,13 +37,25 @@ SENSITIVITY_SAMPLES = 1024  # validation images per (layer, grid) probe
 class AutoPlan:
     grids: dict[str, str]  # module name -> grid
     rows: list[dict[str, Any]]  # per layer: bytes and accuracy drop per grid, the choice
-    budget_bytes: int
+    budget_bytes: int | None  # the size budget, or None under an accuracy budget
     estimated_bytes: int
     float_accuracy: float
+    predicted_drop: float  # the chosen grids' drops summed (each at least 0)
+    max_accuracy_drop: float | None = None  # the accuracy budget, or None under a size budget
 
     def to_json(self) -> dict[str, Any]:
-        return {"budget_bytes": self.budget_bytes, "estimated_bytes": self.estimated_bytes,
+        return {"budget_bytes": self.budget_bytes, "max_accuracy_drop": self.max_accuracy_drop,
+                "estimated_bytes": self.estimated_bytes, "predicted_drop": round(self.predicted_drop, 5),
                 "float_accuracy": self.float_accuracy, "samples": SENSITIVITY_SAMPLES, "layers": self.rows}
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """What choosing needs: bytes and measured accuracy drop per (layer, grid)."""
+
+    costs: dict[str, dict[str, int]]
+    drops: dict[str, dict[str, float]]
+    float_accuracy: float
 
 
 def layer_bytes(weight_shape: tuple[int, ...], linear: bool, grid: str) -> int:
@@ -53,10 +72,8 @@ def layer_bytes(weight_shape: tuple[int, ...], linear: bool, grid: str) -> int:
     return (count if grid == "int8" else -(-count // 2)) + 4 * out
 
 
-def choose(model: nn.Module, data, names: list[str], *, budget_bytes: int, other_bytes: int,
-           fixed: set[str]) -> AutoPlan:
-    """The grid per layer in ``names``; ``fixed`` layers stay int8; ``other_bytes``: the file's
-    bytes besides these weights (biases, graph), estimated by the caller."""
+def measure(model: nn.Module, data, names: list[str]) -> Sensitivity:
+    """Each layer in ``names`` alone on each candidate grid: bytes, and validation accuracy lost."""
     images, labels = _validation(data)
     modules = {name: model.get_submodule(name) for name in names}
     costs = {name: {grid: layer_bytes(tuple(m.weight.shape), isinstance(m, nn.Linear), grid)
@@ -64,7 +81,34 @@ def choose(model: nn.Module, data, names: list[str], *, budget_bytes: int, other
     float_accuracy = _accuracy(model, images, labels)
     drops = {name: {grid: float_accuracy - _accuracy_with(model, modules[name], grid, images, labels)
                     for grid in CANDIDATES} for name in names}
+    return Sensitivity(costs, drops, float_accuracy)
+
+
+def choose(model: nn.Module, data, names: list[str], *, budget_bytes: int | None = None,
+           max_accuracy_drop: float | None = None, other_bytes: int, fixed: set[str]) -> AutoPlan:
+    """The grid per layer in ``names`` within one budget (bytes, or accuracy drop); ``fixed`` layers
+    stay int8; ``other_bytes``: the file's bytes besides these weights (biases, graph), estimated
+    by the caller."""
+    if (budget_bytes is None) == (max_accuracy_drop is None):
+        raise ValueError("choose takes exactly one of budget_bytes and max_accuracy_drop")
+    measured = measure(model, data, names)
+    costs, drops = measured.costs, measured.drops
     chosen = {name: "int8" for name in names}
+    if max_accuracy_drop is not None:
+        _within_drop(chosen, costs, drops, fixed, max_accuracy_drop)
+        total = other_bytes + sum(costs[n][chosen[n]] for n in names)
+    else:
+        total = _within_size(chosen, costs, drops, fixed, budget_bytes, other_bytes)
+    rows = [{"layer": n, "grid": chosen[n], "bits": BITS[chosen[n]], "fixed_int8": n in fixed,
+             "bytes": {g: costs[n][g] for g in CANDIDATES},
+             "accuracy_drop": {g: round(drops[n][g], 5) for g in CANDIDATES}} for n in names]
+    return AutoPlan(chosen, rows, budget_bytes, total, measured.float_accuracy,
+                    _predicted(chosen, drops), max_accuracy_drop)
+
+
+def _within_size(chosen, costs, drops, fixed, budget_bytes: int, other_bytes: int) -> int:
+    """Descend until the bytes fit, then give some back (the module docstring, 3); the bytes."""
+    names = list(chosen)
     total = other_bytes + sum(costs[n]["int8"] for n in names)
     while total > budget_bytes:
         move = _cheapest_move(chosen, costs, drops, fixed)
@@ -78,11 +122,43 @@ def choose(model: nn.Module, data, names: list[str], *, budget_bytes: int, other
         name, grid = move
         total += costs[name][grid] - costs[name][chosen[name]]
         chosen[name] = grid
-    total = _give_back(chosen, costs, drops, budget_bytes, total, fixed)
-    rows = [{"layer": n, "grid": chosen[n], "bits": BITS[chosen[n]], "fixed_int8": n in fixed,
-             "bytes": {g: costs[n][g] for g in CANDIDATES},
-             "accuracy_drop": {g: round(drops[n][g], 5) for g in CANDIDATES}} for n in names]
-    return AutoPlan(chosen, rows, budget_bytes, total, float_accuracy)
+    return _give_back(chosen, costs, drops, budget_bytes, total, fixed)
+
+
+def _predicted(chosen: dict[str, str], drops) -> float:
+    return sum(max(drops[name][grid], 0.0) for name, grid in chosen.items())
+
+
+def _within_drop(chosen, costs, drops, fixed, max_drop: float) -> None:
+    """Shrink while the predicted drop stays within ``max_drop`` (the module docstring, 3')."""
+    predicted = _predicted(chosen, drops)  # at int8: rounding noise, all of it kept if it exceeds the budget
+    while True:
+        best, best_key = None, None
+        for name, current in chosen.items():
+            for grid in CANDIDATES if name not in fixed else ():
+                saved = costs[name][current] - costs[name][grid]
+                extra = max(drops[name][grid], 0.0) - max(drops[name][current], 0.0)
+                if saved <= 0 or predicted + extra > max_drop:
+                    continue
+                key = (max(extra, 0.0) / saved, -saved)
+                if best_key is None or key < best_key:
+                    best, best_key = (name, grid, extra), key
+        if best is None:
+            return
+        name, grid, extra = best
+        chosen[name], predicted = grid, predicted + extra
+
+
+def verify(plan: dict[str, Any], reference: nn.Module, data) -> dict[str, Any]:
+    """The trained model's drop on the validation images the plan measured, vs its prediction."""
+    images, labels = _validation(data)
+    trained = _accuracy(reference, images, labels)
+    drop = plan["float_accuracy"] - trained
+    verified = {"trained_accuracy": trained, "drop": round(drop, 5), "predicted_drop": plan["predicted_drop"],
+                "samples": len(labels), "model": "the trained low-bit model as the file computes it"}
+    if plan.get("max_accuracy_drop") is not None:
+        verified["within_budget"] = drop <= plan["max_accuracy_drop"]
+    return verified
 
 
 def _cheapest_move(chosen, costs, drops, fixed) -> tuple[str, str] | None:

@@ -18,6 +18,16 @@ as floats; each layer's weight initializer is replaced by the same values stored
   exact in onnxruntime). INT2 initializers (opset 25) would be smaller, but onnxruntime 1.32's
   QDQ fusion computes them wrongly in a default session, so the file does not use them.
 
+- int8 activations (Codes.activation): a QuantizeLinear/DequantizeLinear pair with the trained
+  (scale, zero point) on the layer's data input, before the layer's own node (MatMulNBits takes
+  the dequantized float input and rounds it again inside, as the reference simulates). Measured
+  with onnxruntime 1.32: it does not fuse an INT4-weight DequantizeLinear into QLinearConv (only
+  INT8 weights with a quantized output too), so the convolution runs in float on exactly the
+  int8 grid's values: exact, not faster. Such a layer's bias is added by its own Add: with a
+  DequantizeLinear input and a bias initializer, onnxruntime 1.32 (WeightBiasQuantization, in a
+  default session) rounds the bias to int32 at scale input x weight scale, which the trained
+  model does not do (measured: 1-2% of argmaxes flipped on a noisy tiny model); apart, it is exact.
+
 The file's per-channel scale is solved from the exported weight (an exporter folds a following
 BatchNorm into the conv, which rescales each output channel) and the reconstruction is
 checked: a weight that is not ``values * scale`` per channel is a QuantizeFailure.
@@ -53,6 +63,7 @@ class LayerRow:
     bytes: int  # initializer bytes written for this layer (values, scales, zero points)
     ideal_bytes: int  # the same weights at IDEAL_BITS plus one fp32 scale per output channel
     scale: dict[str, float]  # min/median/max of the per-channel scales in the file
+    activation: dict[str, Any] | None = None  # the input's int8 grid (InputRange.to_json); None: float
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "bits_per_weight": round(8 * self.bytes / max(self.weights, 1), 3)}
@@ -75,6 +86,9 @@ def rewrite(source: Path, out: Path, codes: dict[str, Codes], layers) -> list[La
             continue
         node = nodes[layer.node]
         weight_name = _weight_input(node, initializers, layer.label)
+        if codes[name].activation is not None:
+            _quantize_input(model, node, codes[name].activation)
+            _bias_apart(model, node, initializers)
         row, contrib = _rewrite_layer(model, node, initializers, weight_name, codes[name], name)
         rows.append(row)
         used = used or contrib
@@ -109,6 +123,7 @@ def _rewrite_layer(model, node, initializers, weight_name: str, codes: Codes, la
     stats = {"min": float(scale.min()), "median": float(np.median(scale)), "max": float(scale.max())}
     common = dict(layer=label, node=node.name, op_type=node.op_type, grid=codes.grid, bits=codes.bits,
                   weights=int(codes.values.size), scale=stats,
+                  activation=None if codes.activation is None else codes.activation.to_json(),
                   ideal_bytes=int(np.ceil(IDEAL_BITS[codes.grid] * codes.values.size / 8)) + 4 * scale.size)
     if node.op_type in MATMUL_OPS and codes.bits in (2, 4) and _gemm_is_plain(node):
         added = _matmul_nbits(model, node, codes, scale)
@@ -145,6 +160,48 @@ def _solve_scale(weight: np.ndarray, codes: Codes, label: str) -> np.ndarray:
                               fix="report the model: something between training and export changed "
                                   "the weight other than per channel")
     return scale
+
+
+# --------------------------------------------------------------------------- int8 input
+
+
+def _quantize_input(model, node, grid) -> None:
+    """QuantizeLinear + DequantizeLinear with the trained ``grid`` (lowbit.InputRange) on the data input."""
+    from onnx import helper, numpy_helper
+
+    prefix = f"{node.name}_input"
+    dtype = np.int8 if grid.symmetric else np.uint8
+    scale = numpy_helper.from_array(np.array(grid.scale, np.float32), f"{prefix}_scale")
+    zero_point = numpy_helper.from_array(np.array(grid.zero_point, dtype), f"{prefix}_zero_point")
+    source = node.input[0]
+    new = [helper.make_node("QuantizeLinear", [source, scale.name, zero_point.name], [f"{prefix}_q"],
+                            name=f"{prefix}_quantize"),
+           helper.make_node("DequantizeLinear", [f"{prefix}_q", scale.name, zero_point.name], [f"{prefix}_dq"],
+                            name=f"{prefix}_dequantize")]
+    _insert_before(model, node, new)
+    model.graph.initializer.extend([scale, zero_point])
+    node.input[0] = f"{prefix}_dq"
+
+
+def _bias_apart(model, node, initializers) -> None:
+    """Conv/Gemm(x, W, b) -> Add(Conv/Gemm(x, W), b): see the module docstring (int8 activations)."""
+    from onnx import helper, numpy_helper
+
+    if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in initializers:
+        return
+    bias = numpy_helper.to_array(initializers[node.input[2]])
+    if node.op_type == "Conv":  # broadcast over [N, C, spatial...]: the weight's rank
+        bias = bias.reshape(1, -1, *([1] * (len(initializers[node.input[1]].dims) - 2)))
+    if node.op_type == "Gemm" and _attr(node, "beta", 1.0) != 1.0:
+        return  # not what a torch Linear exports; left as it is (the parity check judges it)
+    stored = numpy_helper.from_array(bias, f"{node.name}_bias_apart")
+    output = node.output[0]
+    node.output[0] = f"{node.name}_without_bias"
+    del node.input[2]
+    add = helper.make_node("Add", [node.output[0], stored.name], [output], name=f"{node.name}_bias")
+    index = list(model.graph.node).index(node)
+    model.graph.node.insert(index + 1, add)
+    model.graph.initializer.append(stored)
 
 
 # --------------------------------------------------------------------------- DequantizeLinear

@@ -29,7 +29,8 @@ SESSION_METADATA = {"modelzip.onnxruntime.session_options": "none (a default ses
 
 def quantize_lowbit(source: Path, trained, *, data, input_shape: tuple[int, ...], timing: Timing,
                     work_dir: Path, scratch: Path, seed: int = 0, progress: Progress | None = None,
-                    prefer: str = "smaller", auto: dict[str, Any] | None = None) -> QuantizeResult:
+                    prefer: str = "smaller", auto: dict[str, Any] | None = None,
+                    activations: str = "float") -> QuantizeResult:
     """Write ``work_dir``/model.onnx from ``source`` (the float export of ``trained.module``)."""
     import onnx
 
@@ -51,7 +52,7 @@ def quantize_lowbit(source: Path, trained, *, data, input_shape: tuple[int, ...]
     output = work_dir / OUTPUT_FILE
     shutil.copyfile(small, output)
     details = record(rows, parity, latency, float_bytes=float_path.stat().st_size, path=output,
-                     trained=trained, auto=auto)
+                     trained=trained, auto=auto, activations=activations)
     return QuantizeResult(output, details)
 
 
@@ -111,8 +112,16 @@ def check_parity(module, path: Path, images: np.ndarray, *, min_agreement: float
     return report
 
 
+def _activations_note(activations: str) -> str:
+    if activations == "float":
+        return "float (weight-only)"
+    return (f"int8 {activations}: QuantizeLinear/DequantizeLinear with the trained range on each quantized "
+            "layer's input; onnxruntime 1.32 runs the layers in float on those values (no int8 kernel "
+            "takes INT4 weights), so it simulates int8 inputs exactly but is not faster")
+
+
 def record(rows, parity: dict[str, Any], latency, *, float_bytes: int, path: Path, trained,
-           auto: dict[str, Any] | None = None):
+           auto: dict[str, Any] | None = None, activations: str = "float"):
     """The step's QuantizeDetails: the low-bit table, sizes (weights vs graph), parity, training."""
     from modelzip.quantization.qat import training_record
     from modelzip.quantization.summary import QuantizeDetails, lowbit_summary
@@ -126,12 +135,13 @@ def record(rows, parity: dict[str, Any], latency, *, float_bytes: int, path: Pat
                  "layer_weight_bytes": layer_bytes, "other_weight_bytes": weights - layer_bytes,
                  "ideal_layer_bytes": sum(row.ideal_bytes for row in rows)},
         "session_options": "none: a default onnxruntime session computes the file",
+        "activations": _activations_note(activations),
     }
     if auto is not None:
         table["auto"] = auto
     grids = sorted({row.grid for row in rows})
     details = QuantizeDetails(
-        mode="qat", settings={"weights": grids, "activations": "float",
+        mode="qat", settings={"weights": grids, "activations": activations,
                               "matmul_nbits": {"block_size_by_bits": lowbit_onnx.MATMUL_NBITS_BLOCK,
                                                "accuracy_level": lowbit_onnx.ACCURACY_LEVEL}},
         preprocess="none (the exported graph, weights replaced)", returned_float=False,

@@ -24,6 +24,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 ACTIVATION_QMIN, ACTIVATION_QMAX = 0, 255  # uint8, asymmetric: static mode's default
+# int8, symmetric (zero point 0): scale = max|range| / 127, but values clamp to [-128, 127] as
+# onnxruntime's QuantizeLinear saturates them, so training sees what the file computes.
+SYMMETRIC_QMIN, SYMMETRIC_QMAX, SYMMETRIC_LEVELS = -128, 127, 127
 AVERAGING_CONSTANT = 0.01  # weight of each new batch in the moving min/max (torch.ao's default)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 QUANTIZABLE = (*_CONVS, nn.Linear)
@@ -62,15 +65,18 @@ def fake_quantize_weight(weight: Tensor, qmax: int) -> Tensor:
 
 
 class ActivationFakeQuant(nn.Module):
-    """Observes a moving-average min/max while training and fake-quantizes to uint8 with it.
+    """Observes a moving-average min/max while training and fake-quantizes to uint8 with it
+    (``symmetric``: to int8 with zero point 0).
 
     The observer only moves in training mode, so validation (and the ranges handed to the
     exporter) use the ranges as trained. Buffers, so fit()'s best-epoch snapshot keeps them.
     """
 
-    def __init__(self, averaging_constant: float = AVERAGING_CONSTANT) -> None:
+    def __init__(self, averaging_constant: float = AVERAGING_CONSTANT, symmetric: bool = False) -> None:
         super().__init__()
         self.averaging_constant = averaging_constant
+        self.symmetric = symmetric
+        self.qmin, self.qmax = (SYMMETRIC_QMIN, SYMMETRIC_QMAX) if symmetric else (ACTIVATION_QMIN, ACTIVATION_QMAX)
         self.register_buffer("min_val", torch.zeros(()))
         self.register_buffer("max_val", torch.zeros(()))
         self.register_buffer("observed", torch.zeros((), dtype=torch.bool))
@@ -81,7 +87,7 @@ class ActivationFakeQuant(nn.Module):
         if not bool(self.observed):
             return x
         scale, zero_point = self.qparams()
-        return fake_quantize(x, scale, zero_point, ACTIVATION_QMIN, ACTIVATION_QMAX)
+        return fake_quantize(x, scale, zero_point, self.qmin, self.qmax)
 
     @torch.no_grad()
     def _observe(self, x: Tensor) -> None:
@@ -99,6 +105,9 @@ class ActivationFakeQuant(nn.Module):
         """(scale, zero_point) as float32 scalars; the range always contains 0 (exact zero padding)."""
         low = torch.clamp(self.min_val.detach(), max=0.0)
         high = torch.clamp(self.max_val.detach(), min=0.0)
+        if self.symmetric:
+            scale = (torch.maximum(-low, high) / SYMMETRIC_LEVELS).float()
+            return torch.where(scale > 0, scale, torch.ones_like(scale)), torch.zeros_like(scale)
         scale = ((high - low) / (ACTIVATION_QMAX - ACTIVATION_QMIN)).float()
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         zero_point = torch.clamp(torch.round(ACTIVATION_QMIN - low / scale), ACTIVATION_QMIN, ACTIVATION_QMAX)

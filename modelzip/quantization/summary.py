@@ -121,7 +121,9 @@ def lowbit_summary(details: QuantizeDetails) -> QuantizeDetails:
     epochs = training["epochs_run"]
     parts = [f"qat {epochs} epoch{'s' if epochs != 1 else ''}" + (" distilled" if training["distilled"] else "")
              + (f" (val {training['best_val_accuracy']:.4f})" if training["best_val_accuracy"] is not None else ""),
-             " + ".join(f"{n} {grid}" for grid, n in sorted(grids.items())) + " layers, "
+             " + ".join(f"{n} {grid}" for grid, n in sorted(grids.items())) + " layers"
+             + (f" with int8 {details.settings['activations']} inputs"
+                if details.settings.get("activations", "float") != "float" else "") + ", "
              f"{_mb(size['float_bytes'])} -> {_mb(size['quantized_bytes'])} ({size['ratio']:.1f}x smaller; "
              f"weights {_mb(file['weight_bytes'])}, graph {_mb(file['graph_bytes'])})",
              f"parity {100 * parity['top1_agreement']:.2f}% on {parity['samples']} images"]
