@@ -143,7 +143,7 @@ def test_after_int8_it_converts_from_the_float_torch_model_in_a_recipe(tmp_path)
 
 
 def test_validate_names_the_extra_when_the_converter_venv_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setenv(PYTHON_ENV, str(tmp_path / "nowhere/bin/python"))
+    monkeypatch.setenv(PYTHON_ENV, "/nowhere")
     with pytest.raises(RecipeError) as raised:
         parse_recipe(_RECIPE + "deploy:\n  - tflite: {precision: int8}\n", base_dir=tmp_path)
     message = str(raised.value)

@@ -57,7 +57,7 @@ class TfliteTarget(Target):
     def missing(self, config: TfliteConfig) -> list[str]:
         absent = super().missing(config)
         if not converter_python().is_file():
-            absent.append(f"litert-torch (its venv {converter_python().parents[1]})")
+            absent.append(f"litert-torch (its venv's python, {converter_python()})")
         return absent
 
     def source(self, config: TfliteConfig) -> str:
