@@ -155,3 +155,19 @@ def test_validate_rejects_an_unknown_precision_with_the_choices(tmp_path):
         parse_recipe(_RECIPE + "deploy:\n  - tflite: {precision: int4}\n", base_dir=tmp_path)
     assert "fp32" in str(raised.value) and "int8" in str(raised.value)
 
+
+
+def test_a_model_torch_export_cannot_trace_is_a_target_error_not_a_crash(tmp_path):
+    import torch
+
+    from modelzip.cache import StepCache
+    from modelzip.deploy.program import torch_program
+    from modelzip.errors import TargetError
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x  # a branch on the data: torch.export refuses it
+
+    with pytest.raises(TargetError) as raised:
+        torch_program(StepCache(tmp_path / "cache"), "branchy", DataDependent(), (1, 1, 28, 28))
+    assert "torch.export" in raised.value.what and raised.value.got

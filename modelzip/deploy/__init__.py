@@ -58,13 +58,17 @@ class Deployer:
         for step in self.recipe.deploy:
             target = self.targets.get(step.target)()
             kind = target.source(step.config)
-            source = final if kind == "final" else float_source() if kind == "float" else torch_source()
-            if source is None:
+            try:
+                source = final if kind == "final" else float_source() if kind == "float" else torch_source()
+                if source is None:
+                    raise TargetError(f"{step.target} converts from a torch model, and this recipe's model never "
+                                      "was one", got="an ONNX model source",
+                                      fix=f"leave {step.target} out of `deploy:`")
+            except TargetError as exc:
                 records.append(DeployRecord(
                     status=CONVERSION_FAILED, target=step.target, precision=step.config.precision,
-                    runtime=target.runtime, converted_from="none", params=step.params(), error={
-                        "what": f"{step.target} converts from a torch model, and this recipe's model never was one",
-                        "nodes": [], "got": "an ONNX model source", "fix": f"leave {step.target} out of `deploy:`"}))
+                    runtime=target.runtime, converted_from="none", params=step.params(),
+                    error={"what": exc.what, "nodes": [], "got": exc.got, "fix": exc.fix}))
                 continue
             records.append(self._one(step, target, source, final, final_accuracy, staging))
         return records

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from modelzip.cache import StepCache, content_key
+from modelzip.errors import TargetError
 
 PROGRAM = "model.pt2"
 VERSION = "1"  # bump when the saved program changes
@@ -25,8 +26,13 @@ def torch_program(cache: StepCache, artifact_id: str, module: Any, input_shape: 
         import torch
 
         example = torch.zeros((2, *input_shape[1:]))
-        with cache.store(key) as work:
+        try:
             program = torch.export.export(module.eval(), (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+        except Exception as exc:  # data-dependent control flow and friends: that target fails, the others run
+            raise TargetError("the float torch model cannot be saved as a torch.export program",
+                              got=f"{type(exc).__name__}: {str(exc)[:1000]}",
+                              fix="make the model torch.export-able, or leave this target out of `deploy:`") from exc
+        with cache.store(key) as work:
             torch.export.save(program, str(work / PROGRAM))
         entry = cache.entry(key)
     return entry / PROGRAM
