@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from modelzip.target import CalibratedConfig, Converted, ConvertInput, Target, TargetSession
+from modelzip.target import CalibratedConfig, Converted, ConvertInput, SourceKind, Target, TargetSession
 from modelzip.targets._common import MESSAGE_CHARS, conversion_error, io_names
 
 MODEL = "model.tflite"
@@ -60,7 +60,7 @@ class TfliteTarget(Target):
             absent.append(f"litert-torch (its venv's python, {converter_python()})")
         return absent
 
-    def source(self, config: TfliteConfig) -> str:
+    def source(self, config: TfliteConfig) -> SourceKind:
         return "torch"
 
     def calibrates(self, config: TfliteConfig) -> bool:

@@ -86,12 +86,6 @@ def _to_fp16(path: Path) -> str:
     return "fp16 weights (ai-edge-quantizer), computed in fp32"
 
 
-def _version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
-
-
 def main(request_path: Path) -> None:
     request = json.loads(request_path.read_text())
     started = time.perf_counter()
