@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DATASET ?= fashion-mnist
 
-.PHONY: demo test lint install deploy-extras data browser bench bench-lowbit bench-olive olive-env fuzz clean
+.PHONY: demo test lint install deploy-extras tflite-env data browser bench bench-lowbit bench-olive olive-env fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,14 +14,28 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The deploy targets that run here (openvino + nncf, MNN: ~560 MB, README "Deploy"); `make test`
+# The deploy targets that run here (openvino + nncf, MNN, ai-edge-litert: ~720 MB, and TFLite's
+# converter venv below; README "Deploy"); `make test`
 # tests them, `make demo` does not need them.
 DEPLOY_STAMP := $(VENV)/.deploy-stamp
 $(DEPLOY_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,deploy]'
 	touch $@
 
-deploy-extras: $(DEPLOY_STAMP)
+# TFLite's converter, litert-torch (~6.6 GB with its own CUDA torch, ~3 min here), in a venv of its
+# own beside .venv (it pins typing-extensions<4.13, modelzip's pydantic needs >=4.14), with the
+# torch version of .venv (the float model crosses over as a torch.export program).
+TFLITE_VENV  := $(VENV)-tflite
+TFLITE_STAMP := $(TFLITE_VENV)/.installed-stamp
+$(TFLITE_STAMP): $(STAMP)
+	test -x $(TFLITE_VENV)/bin/python || $(PYTHON) -m venv $(TFLITE_VENV)
+	$(TFLITE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		"torch==$$($(BIN)/python -c 'from importlib.metadata import version; print(version("torch"))')" "litert-torch==0.10.0" "ai-edge-litert==2.3.0"
+	touch $@
+
+tflite-env: $(TFLITE_STAMP)
+
+deploy-extras: $(DEPLOY_STAMP) $(TFLITE_STAMP)
 
 data: install
 	@bash scripts/ensure_data.sh $(DATASET)

@@ -129,6 +129,9 @@ class _Runner:
         # The artifact entering the first quantizing pass, and that step's label: what a deploy
         # target that quantizes with its own tools converts from (None: no pass quantizes).
         self._float_parent: tuple[art.Artifact, str] | None = None
+        # The last torch model before any pass quantized, and how the report names it: what a
+        # target whose converter reads PyTorch converts from (None: the model was never torch).
+        self._float_torch: tuple[art.Artifact, str] | None = None
 
     @cached_property
     def data(self):
@@ -222,11 +225,15 @@ class _Runner:
         every = self.recipe.evaluation.steps == "all"
         artifact, steps = source, []
         for index, step in enumerate(self.recipe.passes):
+            if self._float_parent is None and artifact.kind == "torch":
+                self._float_torch = artifact, f"the input of passes[{index}].{step.name}"
             if self._float_parent is None and self.registry.get(step.name).quantizes:
                 self._float_parent = artifact, f"passes[{index}].{step.name}"
             artifact, record = self._step(index, step, artifact, baseline_model=source, evaluate=every)
             steps.append(record)
         if artifact.kind == "torch":  # every run ends in an ONNX file
+            if self._float_parent is None:
+                self._float_torch = artifact, "the output of the last pass"
             self.ui.log("the last pass left a torch model: exporting it with default settings")
             implicit = PassStep(name="export", config=self.registry.get("export").Config())
             artifact, record = self._step(len(steps), implicit, artifact, baseline_model=source, evaluate=every)
@@ -253,16 +260,33 @@ class _Runner:
             if self._float_parent is None:  # nothing quantized: the final model is the float one
                 return final_source
             parent, label = self._float_parent
-            if parent.kind == "torch":  # exported and optimized as the baseline is (cached steps)
-                export = PassStep(name="export", config=self.registry.get("export").Config())
-                parent = self._produce(-1, export, parent, baseline_model=source, label="deploy")[0]
-                parent = self._produce(-1, self._optimize_step(), parent, baseline_model=source, label="deploy")[0]
+            if parent.kind == "torch":
+                parent = self._float_onnx(parent, source)
             return Source(Path(parent.path), parent.id, f"float ONNX (the input of {label})")
+
+        def torch_source() -> Source | None:
+            if self._float_torch is None:
+                return None
+            from modelzip.deploy.program import torch_program
+
+            parent, label = self._float_torch
+            parent = parent.loaded()
+            onnx = Path(self._float_onnx(parent, source).path)
+            program = torch_program(self.cache, parent.id, parent.module, tuple(self.recipe.model.input_shape))
+            return Source(onnx, parent.id, f"float torch model ({label})", program=program)
 
         deployer = Deployer(self.recipe, self.recipe.targets or default_targets(), self.cache, self.ui,
                             lambda: self.data, lambda for_eval: self._data_key(for_eval=for_eval),
                             self.measurer.threads, cpu_model())
-        return deployer.run(final_source, cache(float_source), final.metrics.accuracy, self.folder.staging)
+        return deployer.run(final_source, cache(float_source), final.metrics.accuracy, self.folder.staging,
+                            cache(torch_source))
+
+    def _float_onnx(self, parent: art.Artifact, source: art.Artifact) -> art.Artifact:
+        """``parent`` (a torch artifact) exported and optimized as the baseline is (cached steps):
+        the float ONNX a target converts from, or measures its parity against."""
+        export = PassStep(name="export", config=self.registry.get("export").Config())
+        exported = self._produce(-1, export, parent, baseline_model=source, label="deploy")[0]
+        return self._produce(-1, self._optimize_step(), exported, baseline_model=source, label="deploy")[0]
 
     def _preflight(self, source: art.Artifact) -> int | None:
         """Input mistakes (shapes, classes, NaN weights) are exit 2 before any pass runs.

@@ -289,9 +289,17 @@ def deploy_notes(report: dict[str, Any]) -> str:
                                                                       if d["error"].get("fix") else ""))
         if d.get("note"):
             lines.append(f"- {d['target']}: {d['note']}")
-        if d.get("details", {}).get("inference_precision"):
-            lines.append(f"- {d['target']}: ran at inference precision {d['details']['inference_precision']}; "
-                         f"converter: {d['details'].get('converter', 'n/a')}")
-        if d.get("blocked"):
-            lines.append(f"- {d['target']}: refused during conversion (kept offline): {'; '.join(d['blocked'])}")
+        details = d.get("details", {})
+        if details.get("inference_precision"):
+            lines.append(f"- {d['target']}: ran at inference precision {details['inference_precision']}; "
+                         f"converter: {details.get('converter', 'n/a')}")
+        elif details.get("converter"):  # e.g. tflite: its quantization and the batches its file was fixed at
+            batches = ", ".join(str(b) for b in details.get("signatures", {}).values())
+            lines.append(f"- {d['target']}: converter: {details['converter']}"
+                         + "".join(f"; {part}" for part in (details.get("quantization"), details.get("layout"))
+                                   if part)
+                         + (f"; fixed batches {batches} (one signature each)" if batches else ""))
+        refused = [*d.get("blocked", []), *details.get("converter_blocked", [])]
+        if refused:
+            lines.append(f"- {d['target']}: refused during conversion (kept offline): {'; '.join(refused)}")
     return "\n".join(lines)

@@ -23,8 +23,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 Precision = Literal["fp32", "fp16", "int8"]
 # Which ONNX a target converts from: "final" = the recipe's model.onnx (e.g. a QDQ int8 file a
 # converter reads correctly), "float" = the last float model (the step before the quantizing
-# pass, exported), so a target can quantize with its own calibrated tools.
-SourceKind = Literal["final", "float"]
+# pass, exported), so a target can quantize with its own calibrated tools; "torch" = that same
+# float model as a torch module (saved as a torch.export program, ConvertInput.program), for a
+# converter that reads PyTorch (litert-torch); ConvertInput.onnx is then its ONNX export.
+SourceKind = Literal["final", "float", "torch"]
 
 # Parity defaults, per precision. fp32: converters reorder float sums, which moves logits
 # by ~1e-6 relative; 1e-3 absolute leaves room for logits of magnitude ~100. fp16 weights
@@ -70,11 +72,16 @@ class CalibratedConfig(TargetConfig):
 @dataclass(frozen=True)
 class ConvertInput:
     """What ``Target.convert`` gets: the ONNX file to convert and, for calibrated int8, a .npy
-    file of calibration images (float32, batch first, normalized as the model expects)."""
+    file of calibration images (float32, batch first, normalized as the model expects). A target
+    whose source is "torch" also gets the float model as a torch.export program (``program``, a
+    .pt2 file saved with a dynamic batch). ``batches``: the batch sizes the file will be run at
+    (1 and data.batch_size), for a format whose batch is fixed at conversion."""
 
     onnx: Path
     input_shape: tuple[int, ...]
     calibration: Path | None = None
+    program: Path | None = None
+    batches: tuple[int, ...] = (1,)
 
     def calibration_batches(self, batch: int = 1) -> Iterator[np.ndarray]:
         """The calibration images in batches of ``batch`` (none without a calibration file)."""

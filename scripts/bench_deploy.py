@@ -41,7 +41,7 @@ def section(report: dict) -> str:
         "<!-- deploy:begin (scripts/bench_deploy.py writes this section) -->",
         "## Deploy targets (issue #14)", "",
         "`modelzip run recipes/examples/deploy.yaml` (prune 50% of channels, 3 epochs of distillation, static "
-        "int8 for onnxruntime, then OpenVINO int8, MNN fp16 and TensorRT int8), then "
+        "int8 for onnxruntime, then OpenVINO int8, MNN fp16, TensorRT int8 and TFLite int8), then "
         "`python scripts/bench_deploy.py --write BENCHMARKS.md`. Every row ran on the 10,000 Fashion-MNIST test "
         f"images; latency is the median ms against the final ONNX in onnxruntime timed interleaved in the same run "
         f"({report['final']['threads']} threads; > 1x: the target is faster). Accuracy of the input model "

@@ -114,7 +114,8 @@ for args in (["--help"], ["passes"], ["targets"], ["explain", "export"], ["schem
     result = runner.invoke(app, args)
     assert result.exit_code == 0, (args, result.output)
 heavy = sorted(m for m in ("torch", "torchvision", "onnxruntime", "onnx", "numpy", "matplotlib",
-                           "openvino", "nncf", "MNN", "_tools", "tensorrt") if m in sys.modules)
+                           "openvino", "nncf", "MNN", "_tools", "tensorrt", "ai_edge_litert", "litert_torch")
+             if m in sys.modules)
 print(",".join(heavy))
 """
 

@@ -30,11 +30,13 @@ CONVERTED = "converted.json"  # beside the files in a cache entry: files, detail
 
 @dataclass(frozen=True)
 class Source:
-    """An ONNX file a target converts from: its path, artifact id and how the report names it."""
+    """An ONNX file a target converts from: its path, artifact id and how the report names it;
+    ``program``: the same model as a torch.export program (.pt2), for a "torch" source."""
 
     path: Path
     id: str
     label: str
+    program: Path | None = None
 
 
 @dataclass
@@ -49,12 +51,25 @@ class Deployer:
     cpu: str
 
     def run(self, final: Source, float_source: Callable[[], Source], final_accuracy: float | None,
-            staging: Path) -> list[DeployRecord]:
-        """Convert and measure every target; their files are staged in ``staging/deploy/<target>/``."""
+            staging: Path, torch_source: Callable[[], Source | None] = lambda: None) -> list[DeployRecord]:
+        """Convert and measure every target; their files are staged in ``staging/deploy/<target>/``.
+        ``torch_source``: the float model as a torch program (None: the recipe never had one)."""
         records = []
         for step in self.recipe.deploy:
             target = self.targets.get(step.target)()
-            source = final if target.source(step.config) == "final" else float_source()
+            kind = target.source(step.config)
+            try:
+                source = final if kind == "final" else float_source() if kind == "float" else torch_source()
+                if source is None:
+                    raise TargetError(f"{step.target} converts from a torch model, and this recipe's model never "
+                                      "was one", got="an ONNX model source",
+                                      fix=f"leave {step.target} out of `deploy:`")
+            except TargetError as exc:
+                records.append(DeployRecord(
+                    status=CONVERSION_FAILED, target=step.target, precision=step.config.precision,
+                    runtime=target.runtime, converted_from="none", params=step.params(),
+                    error={"what": exc.what, "nodes": [], "got": exc.got, "fix": exc.fix}))
+                continue
             records.append(self._one(step, target, source, final, final_accuracy, staging))
         return records
 
@@ -64,7 +79,7 @@ class Deployer:
         base = {"target": step.target, "precision": config.precision, "runtime": target.runtime,
                 "converted_from": source.label, "params": step.params()}
         key = content_key(what="deploy", target=step.target, params=step.params(), version=target.version,
-                          source=source.id, seed=self.recipe.seed,
+                          source=source.id, seed=self.recipe.seed, batches=self._batches(),
                           calibration=self.data_key(False) if target.calibrates(config) else None)
         try:
             entry, converted, meta, cached = self._converted(key, step, target, source)
@@ -107,7 +122,8 @@ class Deployer:
             with tempfile.TemporaryDirectory(prefix="modelzip-deploy-") as scratch, self.cache.store(key) as work:
                 calibration = self._calibration(step.config, Path(scratch)) if target.calibrates(step.config) else None
                 result = convert_offline(type(target), step.params(), source.path,
-                                         tuple(self.recipe.model.input_shape), calibration, work, Path(scratch))
+                                         tuple(self.recipe.model.input_shape), calibration, work, Path(scratch),
+                                         program=source.program, batches=self._batches())
                 missing = [name for name in result["files"] if not (work / name).is_file()]
                 if missing:
                     raise TargetError(f"the converter reported files it did not write: {missing}",
@@ -116,6 +132,10 @@ class Deployer:
             entry = self.cache.entry(key)
         meta = json.loads((entry / CONVERTED).read_text())
         return entry, Converted(tuple(meta["files"]), meta["details"]), meta, cached
+
+    def _batches(self) -> tuple[int, ...]:
+        """The batch sizes every target is measured at: 1 and data.batch_size."""
+        return tuple(sorted({1, self.recipe.data.batch_size}))
 
     def _calibration(self, config: TargetConfig, scratch: Path) -> Path:
         """The calibration split's first ``calibration_samples`` images (seeded) as one .npy file."""

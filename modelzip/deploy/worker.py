@@ -23,12 +23,14 @@ REQUEST, RESULT = "request.json", "result.json"
 
 
 def convert_offline(target_cls: type, params: dict[str, Any], onnx: Path, input_shape: tuple[int, ...],
-                    calibration: Path | None, out_dir: Path, scratch: Path) -> dict[str, Any]:
+                    calibration: Path | None, out_dir: Path, scratch: Path, *, program: Path | None = None,
+                    batches: tuple[int, ...] = (1,)) -> dict[str, Any]:
     """Convert in a worker process; returns RESULT.json ({"files", "details", "blocked",
     "wall_time_s"}); raises TargetError for a conversion the target refused or a worker that died."""
     request = {"target": f"{target_cls.__module__}:{target_cls.__qualname__}", "params": params,
                "onnx": str(Path(onnx).resolve()), "input_shape": list(input_shape), "out": str(Path(out_dir).resolve()),
-               "calibration": None if calibration is None else str(Path(calibration).resolve())}
+               "calibration": None if calibration is None else str(Path(calibration).resolve()),
+               "program": None if program is None else str(Path(program).resolve()), "batches": list(batches)}
     (scratch / REQUEST).write_text(json.dumps(request))
     (scratch / RESULT).unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_root(), os.environ.get("PYTHONPATH")]))}
@@ -65,7 +67,9 @@ def main(scratch: Path) -> None:
             target_cls = getattr(importlib.import_module(module), name)
             config = target_cls.Config.model_validate(request["params"])
             source = ConvertInput(Path(request["onnx"]), tuple(request["input_shape"]),
-                                  None if request["calibration"] is None else Path(request["calibration"]))
+                                  None if request["calibration"] is None else Path(request["calibration"]),
+                                  None if request["program"] is None else Path(request["program"]),
+                                  tuple(request["batches"]))
             converted = target_cls().convert(source, config, Path(request["out"]))
             result = {"files": list(converted.files), "details": converted.details}
         except TargetError as exc:
