@@ -7,7 +7,7 @@ onnx or onnxruntime inside ``run``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -66,6 +66,15 @@ def _cross_field(loc: tuple[str | int, ...], message: str, value: Any) -> InitEr
     return InitErrorDetails(type=PydanticCustomError(CROSS_FIELD, message), loc=loc, input=value)
 
 
+class TaskKeys(NamedTuple):
+    """A parameter keyed by task name: its path inside the pass's parameters, its keys, and whether
+    every task of ``model.tasks`` needs a key (a merge's teachers) or any subset may appear."""
+
+    path: tuple[str, ...]
+    keys: tuple[str, ...]
+    every_task: bool = False
+
+
 class PassConfig(BaseModel):
     """Base of every pass's parameters: frozen, unknown keys are errors, floats are finite
     (`.inf` or `.nan` would switch a check off or poison training).
@@ -88,6 +97,11 @@ class PassConfig(BaseModel):
             unknown = [n for n in (param, *conditions) if n not in cls.model_fields]
             if unknown:
                 raise TypeError(f"{cls.__name__}.applies_to names {unknown}, which are not fields")
+
+    def task_keys(self) -> list[TaskKeys]:
+        """The parameters keyed by task name (none by default), so that `validate` checks their keys
+        against ``model.tasks`` with a did-you-mean, without loading the model."""
+        return []
 
     def not_applicable(self) -> dict[str, dict[str, Any]]:
         """{parameter: {selector: chosen value}} for each parameter the choices made exclude."""

@@ -53,6 +53,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def check_source(value: str) -> str:
+    """A torch model's source as a recipe writes it (a merge teacher's; model.source also takes onnx:)."""
+    if not _CALLABLE.match(value):
+        raise ValueError('expected "torchvision:<name>" or "<module>:<callable>"')
+    return value
+
+
 class ModelSpec(Section):
     source: str = Field(description='"torchvision:<name>", "<module>:<callable>", "modelzip.zoo:<name>", '
                                     'or "onnx:<file>.onnx" (an fp32 ONNX file; then only ONNX passes apply)')
@@ -535,10 +542,28 @@ class _Validator:
                          "adds, but the last pass is `optimize`, which runs anyway",
                          "remove `optimize: false`, or remove the last pass to write the file unoptimized")
             return None
+        if not self.check_pass_tasks(steps, recipe.model.tasks):
+            return None
         recipe = recipe.model_copy(update={"passes": steps, "deploy": targets})
         recipe._registry = self.registry
         recipe._targets = self._targets
         return recipe
+
+    def check_pass_tasks(self, steps: list[PassStep], tasks: tuple[str, ...] | None) -> bool:
+        """Pass parameters keyed by task (PassConfig.task_keys) name tasks of ``model.tasks``."""
+        ok = True
+        for index, step in enumerate(steps):
+            for keyed in step.config.task_keys():
+                path = ("passes", index, step.name, *keyed.path)
+                found = task_key_problems(dict.fromkeys(keyed.keys), tasks, path)
+                missing = [task for task in tasks or () if task not in keyed.keys]
+                if keyed.every_task and missing:
+                    found.append((path, f"`{'.'.join(keyed.path)}` has no entry for {', '.join(map(repr, missing))} "
+                                        f"of model.tasks; give one per task ({', '.join(tasks)})", None))
+                for where, message, _ in found:
+                    self.problem(where, message)
+                ok = ok and not found
+        return ok
 
     def validate_passes(self, raw: Any, kind: ArtifactKind = "torch") -> list[PassStep] | None:
         """The passes, each checked alone and against the kind of model it receives (``kind``:

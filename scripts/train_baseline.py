@@ -8,10 +8,17 @@ A multi-task model trains on the sum of its tasks' losses (the dataset's tasks: 
 left and right), and reports each task's accuracy:
 
     python scripts/train_baseline.py --model multitask_cnn --dataset multi-fashion --epochs 4
+
+``--task`` trains a single-output zoo model on one task of a multi-task dataset (the teachers of
+the ``merge`` pass, recipes/examples/merge.yaml):
+
+    python scripts/train_baseline.py --model fashion_cnn --dataset multi-fashion --task left \
+        --out checkpoints/left_cnn.pt
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -36,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="fashion_cnn",
                         help=f"a zoo model ({', '.join(list_models() + sorted(TASK_ZOO))}) or torchvision:<name>")
     parser.add_argument("--dataset", default="fashion-mnist", help="a built-in dataset or module:callable")
+    parser.add_argument("--task", default=None,
+                        help="a multi-task dataset's task: train a single-output model on it alone")
     parser.add_argument("--epochs", type=int, default=4, help="4 reach 91%% on Fashion-MNIST")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -50,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         spec = DataSpec(dataset=args.dataset, limit_train=args.limit_train, val_samples=args.val_samples)
-        tasks = DATASET_TASKS.get(args.dataset)
+        tasks = _tasks(args.dataset, args.task)
         bundle = load_data(spec, base_dir=Path.cwd(), seed=args.seed, tasks=tasks)
     except ValidationError as exc:  # e.g. an unknown --dataset, with a did-you-mean
         print(f"invalid option: {exc.errors()[0]['msg'].removeprefix('Value error, ')}", file=sys.stderr)
@@ -59,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return exc.exit_code
     torch.manual_seed(args.seed)  # the same initial weights for a seed
-    model = _build(args.model, bundle.num_classes or 10, bundle.sample_shape, tasks)
-    print(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters; "
+    model = _build(args.model, bundle.num_classes or 10, bundle.sample_shape, None if args.task else tasks)
+    named = f"{args.model} ({args.task})" if args.task else args.model
+    print(f"{named}: {sum(p.numel() for p in model.parameters()):,} parameters; "
           f"train {len(bundle.train)}, validation {len(bundle.validation)}, eval {len(bundle.eval)}")
     started = time.perf_counter()
     train_classifier(model, bundle, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
@@ -74,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(model.state_dict(), partial)
     print(f"saved {out}")
     return 0
+
+
+def _tasks(dataset: str, task: str | None) -> tuple[str, ...] | None:
+    """The tasks the targets carry: the dataset's, or the one ``--task`` names."""
+    tasks = DATASET_TASKS.get(dataset)
+    if task is None:
+        return tasks
+    if tasks is None or task not in tasks:
+        raise SystemExit(f"--task {task!r}: expected one of the tasks of a multi-task dataset "
+                         f"({', '.join(f'{d}: {list(t)}' for d, t in DATASET_TASKS.items())})")
+    return (task,)
 
 
 def _build(name: str, num_classes: int, sample_shape: tuple[int, ...],
@@ -91,7 +112,9 @@ def _build(name: str, num_classes: int, sample_shape: tuple[int, ...],
     if not name.startswith("torchvision:"):
         if name not in ZOO:
             raise SystemExit(f"unknown model {name!r}: expected one of {list_models()} or torchvision:<name>")
-        return ZOO[name](num_classes=num_classes, in_channels=sample_shape[0])
+        factory = ZOO[name]
+        sized = {"size": sample_shape[-1]} if "size" in inspect.signature(factory).parameters else {}
+        return factory(num_classes=num_classes, in_channels=sample_shape[0], **sized)
     spec = ModelSpec(source=name, args={"num_classes": num_classes}, input_shape=(1, *sample_shape),
                      in_channels=sample_shape[0])
     return build_model(spec, Path.cwd())

@@ -284,3 +284,22 @@ def test_train_baseline_trains_multitask_cnn(tmp_path, capsys):
     assert "left " in printed and "right " in printed and out.is_file()
     state = torch.load(out, weights_only=True)
     assert {"heads.left.weight", "heads.right.weight"} <= set(state)
+
+
+@needs_fashion
+def test_train_baseline_trains_one_task_of_multi_fashion(tmp_path, capsys):
+    """--task: a single-output zoo model on one task (a teacher of the merge pass), sized to 36x36."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_baseline", REPO / "scripts" / "train_baseline.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "left_cnn.pt"
+    assert script.main(["--model", "fashion_cnn", "--dataset", "multi-fashion", "--task", "left", "--epochs", "1",
+                        "--limit-train", "256", "--val-samples", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fashion_cnn (left)" in printed and ", left " in printed and "right" not in printed
+    state = torch.load(out, weights_only=True)
+    assert state["classifier.1.weight"].shape == (256, 64 * 9 * 9)  # 36x36 inputs, two 2x poolings
+    with pytest.raises(SystemExit, match="--task 'middle'"):
+        script.main(["--model", "fashion_cnn", "--dataset", "multi-fashion", "--task", "middle"])

@@ -13,7 +13,7 @@ from modelzip.passes._distill import TEACHERS, DistillConfig, teacher_files
 from modelzip.passes._gradual import GradualPruneConfig
 from modelzip.plugin import Pass, PassConfig
 
-__all__ = ["DistillConfig", "FinetuneConfig", "FinetunePass", "GradualPruneConfig", "TEACHERS",
+__all__ = ["DistillConfig", "FinetuneConfig", "TrainingConfig", "FinetunePass", "GradualPruneConfig", "TEACHERS",
            "teacher_files"]
 
 DEFAULT_EPOCHS = 2  # when neither epochs nor steps is given
@@ -23,7 +23,9 @@ DEFAULT_EPOCHS = 2  # when neither epochs nor steps is given
 DEFAULT_LR = {"sgd": 0.01, "adamw": 0.001}
 
 
-class FinetuneConfig(PassConfig):
+class TrainingConfig(PassConfig):
+    """The training settings of finetune, shared by merge (which trains a student from its teachers)."""
+
     epochs: int | None = Field(
         None, ge=1, le=10_000,
         description=f"passes over the training split (default {DEFAULT_EPOCHS} when "
@@ -53,14 +55,6 @@ class FinetuneConfig(PassConfig):
     patience: int | None = Field(
         None, ge=1, le=10_000, description="stop after this many epochs without a better validation accuracy "
                                 "(null: run every epoch); the best validation epoch is kept either way")
-    distill: DistillConfig | None = Field(
-        None, description="knowledge distillation, e.g. {teacher: baseline, alpha: 0.5, temperature: 4}; "
-                          "null: plain fine-tuning on the labels")
-    prune: GradualPruneConfig | None = Field(
-        None, exclude_if=lambda value: value is None,  # unset: params, and so cache keys, as before
-        description="prune while training, e.g. {method: magnitude, sparsity: 0.9, schedule: gradual}: "
-                    "sparsity rises on a cubic ramp over `start`..`end` of the steps (the way to high "
-                    "sparsity); null: no pruning (exact zeros already there stay zero either way)")
 
     @model_validator(mode="before")
     @classmethod
@@ -89,6 +83,17 @@ class FinetuneConfig(PassConfig):
         if info.data.get("optimizer") == "adamw":
             raise ValueError("momentum applies to optimizer: sgd only (adamw uses its betas)")
         return value
+
+
+class FinetuneConfig(TrainingConfig):
+    distill: DistillConfig | None = Field(
+        None, description="knowledge distillation, e.g. {teacher: baseline, alpha: 0.5, temperature: 4}; "
+                          "null: plain fine-tuning on the labels")
+    prune: GradualPruneConfig | None = Field(
+        None, exclude_if=lambda value: value is None,  # unset: params, and so cache keys, as before
+        description="prune while training, e.g. {method: magnitude, sparsity: 0.9, schedule: gradual}: "
+                    "sparsity rises on a cubic ramp over `start`..`end` of the steps (the way to high "
+                    "sparsity); null: no pruning (exact zeros already there stay zero either way)")
 
 
 class FinetunePass(Pass):

@@ -29,6 +29,18 @@ def two_head(dict_output: bool = True, hidden: int = 32):
     return (MultiTaskCNN if dict_output else _tuple_outputs())(features, trunk, heads)
 
 
+def one_head(task: str = "band", hidden: int = 32):
+    """``two_head``'s layers with a single head, for ``task``: a single-output teacher of the ``merge``
+    pass (two of them hold about twice the student's parameters)."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(), nn.Linear(16 * 4 * 4, hidden), nn.ReLU(), nn.Linear(hidden, CLASSES[task]),
+    )
+
+
 def _tuple_outputs():
     from modelzip.zoo import MultiTaskCNN
 
