@@ -28,7 +28,7 @@ from modelzip.evaluation.latency import timed_once
 from modelzip.evaluation.measure import Measurer
 from modelzip.evaluation.records import Baseline, Final, GateResult, Metrics, Report, StepRecord
 from modelzip.findings import find_problems
-from modelzip.gates import check_gates
+from modelzip.gates import check_gates, teacher_accuracy
 from modelzip.onnx_optimize import NAME_MAP_FILE
 from modelzip.recipe import PassStep, Recipe
 from modelzip.registry import PassRegistry, default_registry
@@ -204,7 +204,7 @@ class _Runner:
             artifact, steps = self._steps(source)
             final = self._final(artifact, baseline, steps[-1].metrics)
             deployed = self._deploy(source, artifact, final)
-        gates = check_gates(self.recipe.gates, final)
+        gates = check_gates(self.recipe.gates, final, teacher_accuracy(steps))
         found = find_problems(baseline.reference, steps, classes, final.latency)
         staged = (MODEL, RESOLVED_RECIPE) + ((NAME_MAP,) if final.name_map else ())
         record = Report(self.recipe.name, self.recipe.seed, time.perf_counter() - started, baseline, tuple(steps),

@@ -210,6 +210,9 @@ class Pass:
     # True: under torchrun every process runs this pass (data-parallel training); False:
     # rank 0 runs it alone while the other processes wait.
     distributed: ClassVar[bool] = False
+    # True: the pass records its teachers' accuracy per task (details "merge" -> "accuracy"), which
+    # `gates.max_drop_vs_teacher` compares the final model with.
+    compares_teachers: ClassVar[bool] = False
     # True: the pass quantizes the model; `validate` refuses a second quantizing pass after it.
     quantizes: ClassVar[bool] = False
     # What the step reads besides its input artifact and params, so its cache key can cover it

@@ -241,6 +241,9 @@ class Gates(Section):
         None, description="absolute, final vs input model; a multi-task model: every task, or {task: drop}")
     min_accuracy: PerTask | None = Field(
         None, description="final top-1 accuracy; a multi-task model: every task, or {task: accuracy}")
+    max_drop_vs_teacher: PerTask | None = Field(
+        None, description="after a `merge` pass: each task's final accuracy at most this below its teacher's "
+                          "(eval split, absolute); every task, or {task: drop}")
 
     def per_task(self, name: str, tasks: tuple[str, ...]) -> dict[str, float]:
         """``name``'s threshold for each task it applies to (one number applies to all)."""
@@ -332,7 +335,7 @@ class Recipe(Section):
         problems = []
         if self.model.task_weights is not None:
             problems += task_key_problems(self.model.task_weights, self.model.tasks, ("model", "task_weights"))
-        for name in ("max_accuracy_drop", "min_accuracy"):
+        for name in ("max_accuracy_drop", "min_accuracy", "max_drop_vs_teacher"):
             value = getattr(self.gates, name)
             if isinstance(value, dict):
                 problems += task_key_problems(value, self.model.tasks, ("gates", name))
@@ -542,7 +545,7 @@ class _Validator:
                          "adds, but the last pass is `optimize`, which runs anyway",
                          "remove `optimize: false`, or remove the last pass to write the file unoptimized")
             return None
-        if not self.check_pass_tasks(steps, recipe.model.tasks):
+        if not self.check_pass_tasks(steps, recipe.model.tasks) or not self.check_teacher_gate(recipe, steps):
             return None
         recipe = recipe.model_copy(update={"passes": steps, "deploy": targets})
         recipe._registry = self.registry
@@ -555,6 +558,8 @@ class _Validator:
         for index, step in enumerate(steps):
             for keyed in step.config.task_keys():
                 path = ("passes", index, step.name, *keyed.path)
+                if tasks is None and keyed.every_task and len(keyed.keys) == 1:
+                    continue  # one entry for a single-task model's one output, under any name
                 found = task_key_problems(dict.fromkeys(keyed.keys), tasks, path)
                 missing = [task for task in tasks or () if task not in keyed.keys]
                 if keyed.every_task and missing:
@@ -564,6 +569,17 @@ class _Validator:
                     self.problem(where, message)
                 ok = ok and not found
         return ok
+
+    def check_teacher_gate(self, recipe: Recipe, steps: list[PassStep]) -> bool:
+        """``gates.max_drop_vs_teacher`` needs a pass that measures teachers (``merge``)."""
+        if recipe.gates.max_drop_vs_teacher is None:
+            return True
+        if any(self.registry.get(step.name).compares_teachers for step in steps):
+            return True
+        self.problem(("gates", "max_drop_vs_teacher"), "`gates.max_drop_vs_teacher` compares each task with "
+                     "the teacher a `merge` pass distilled it from, but no pass here has teachers",
+                     "add a merge pass, or use max_accuracy_drop (against the input model)")
+        return False
 
     def validate_passes(self, raw: Any, kind: ArtifactKind = "torch") -> list[PassStep] | None:
         """The passes, each checked alone and against the kind of model it receives (``kind``:

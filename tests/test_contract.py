@@ -16,6 +16,9 @@ CONFIGS = {
     "lowrank": {"rank_ratio": 0.5},
     "export": {"opset": 18},
     "optimize": {},
+    # One teacher (tiny_cnn, saved beside the recipe by the test) for the single-task tiny model.
+    "merge": {"teachers": {"y": {"source": "modelzip.zoo:tiny_cnn", "args": {"num_classes": 4},
+                                 "checkpoint": "teacher.pt"}}, "epochs": 1},
 }
 
 
@@ -24,6 +27,12 @@ def test_builtin_pass_keeps_the_contract(name, tmp_path):
     pass_cls = REGISTRY.get(name)
     if name not in CONFIGS:
         pytest.fail(f"add small settings for the new pass {name!r} to CONFIGS")
+    if name == "merge":
+        import torch
+
+        from modelzip.zoo import tiny_cnn
+
+        torch.save(tiny_cnn(num_classes=4).state_dict(), tmp_path / "teacher.pt")
     # Each pass on the first kind it takes (optimize takes ONNX only).
     check_pass_contract(pass_cls, pass_cls.Config(**CONFIGS[name]), artifact_kind=pass_cls.consumes[0],
                         work_dir=tmp_path)

@@ -24,7 +24,7 @@ DATASET = "modelzip.testing.multitask:two_task_dataset"
 def recipe(teachers: str = "{band: {source: modelzip.testing.multitask:one_head, args: {task: band}, "
                            "checkpoint: band.pt}, column: {source: modelzip.testing.multitask:one_head, "
                            "args: {task: column}, checkpoint: column.pt}}",
-           extra: str = "", latency: str = "true") -> str:
+           extra: str = "", latency: str = "true", gates: str = "{}") -> str:
     return f"""
 version: 1
 name: merged
@@ -44,6 +44,7 @@ passes:
       epochs: 2
       optimizer: adamw
       lr: 0.01{extra}
+gates: {gates}
 evaluation: {{warmup: 1, repeats: 5, latency: {latency}}}
 output: out
 """
@@ -85,7 +86,8 @@ def untrained(tmp_path):
 
 
 def test_the_student_learns_both_tasks_and_is_compared_with_the_teachers_sum(recipe_file, teachers):
-    result = run_recipe(load_recipe(recipe_file(recipe())))
+    gates = "{max_drop_vs_teacher: 0.1, max_accuracy_drop: 0.0}"  # from an untrained student: a gain
+    result = run_recipe(load_recipe(recipe_file(recipe(gates=gates))))
     report = json.loads((result.output_dir / "report.json").read_text())
     merge_step = report["steps"][0]
     merge = merge_step["details"]["merge"]
@@ -101,6 +103,12 @@ def test_the_student_learns_both_tasks_and_is_compared_with_the_teachers_sum(rec
     markdown = (result.output_dir / "report.md").read_text()
     assert "Student vs teachers" in markdown and "Accuracy per task vs its teacher" in markdown
     assert "of their parameters" in merge_step["details"]["summary"]
+    checked = {gate["name"]: gate for gate in report["gates"]}
+    assert {"max_drop_vs_teacher[band]", "max_drop_vs_teacher[column]"} <= set(checked)
+    final = report["final"]["task_accuracy"]
+    assert checked["max_drop_vs_teacher[band]"]["got"] == pytest.approx(
+        merge["accuracy"]["band"]["teacher"] - final["band"], abs=1e-4)
+    assert all(gate["passed"] for gate in report["gates"]) and not report["warnings"]
 
 
 def test_the_cache_key_covers_the_teacher_checkpoints(recipe_file, teachers, tmp_path):
@@ -143,6 +151,15 @@ def test_validate_names_teachers_by_the_tasks_of_the_model(recipe_file):
     with pytest.raises(RecipeError) as caught:
         load_recipe(recipe_file(single))
     assert "need `model.tasks`" in caught.value.problems[0].message
+
+
+def test_the_teacher_gate_needs_a_merge_pass(recipe_file):
+    body = recipe(gates="{max_drop_vs_teacher: 0.01}")
+    body = body[:body.index("passes:")] + "passes:\n  - export\n" + body[body.index("gates:"):]
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(recipe_file(body))
+    (problem,) = caught.value.problems
+    assert problem.path == "gates.max_drop_vs_teacher" and "no pass here has teachers" in problem.message
 
 
 def test_the_teacher_ensemble_stays_frozen_in_eval_mode():

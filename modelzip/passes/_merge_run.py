@@ -24,7 +24,8 @@ EXPORT_OPSET = 18  # the export pass's default, so the timed files are like the 
 
 
 def run_merge(artifact, config, ctx, *, pass_name: str):
-    names = tuple(ctx.recipe.model.tasks)  # validate made sure there is one teacher per task
+    # validate made sure there is one teacher per task; a single-task student has one, by any name
+    names = tuple(ctx.recipe.model.tasks or config.teachers)
     ensemble = TeacherEnsemble({task: _load_teacher(task, config.teachers[task], ctx, pass_name)
                                 for task in names})
     _check_fit(ensemble, artifact, ctx, pass_name)
@@ -80,8 +81,8 @@ def _compare(student, ensemble: TeacherEnsemble, input_shape, ctx, pass_name: st
 
     student = student.cpu().eval()
     data = ctx.data
-    teacher_accuracy = torch_task_accuracies(ensemble, data.batches("eval")).named
-    student_accuracy = torch_task_accuracies(student, data.batches("eval")).named
+    teacher_accuracy = _by_task(torch_task_accuracies(ensemble, data.batches("eval")).by_task, ensemble)
+    student_accuracy = _by_task(torch_task_accuracies(student, data.batches("eval")).by_task, ensemble)
     with tempfile.TemporaryDirectory(prefix="merge-") as scratch:
         def export(module, name: str, tasks) -> Path:
             path = Path(scratch) / f"{name}.onnx"
@@ -103,6 +104,13 @@ def _compare(student, ensemble: TeacherEnsemble, input_shape, ctx, pass_name: st
                                 "drop": round(teacher_accuracy[task] - student_accuracy[task], 6)}
                          for task in ensemble.teachers},
             "latency": latency}
+
+
+def _by_task(accuracy: dict[str, float], ensemble: TeacherEnsemble) -> dict[str, float]:
+    """Accuracies by teacher name (a single-task model's plain labels are the task "")."""
+    if set(accuracy) == {""}:
+        return dict.fromkeys(ensemble.teachers, accuracy[""])
+    return accuracy
 
 
 def _latency(student: Path, teachers: list[Path], input_shape, ctx) -> list[dict[str, Any]] | None:

@@ -59,6 +59,7 @@ class MergePass(Pass):
     consumes = ("torch",)
     # "timing": the step times the student against the teachers run one after the other.
     reads = frozenset({"data", "timing"})
+    compares_teachers = True
 
     def input_files(self, config: MergeConfig) -> list[str]:
         return [teacher.checkpoint for teacher in config.teachers.values()]
