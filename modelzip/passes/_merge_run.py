@@ -145,7 +145,7 @@ def _record(ctx, config, result, comparison: dict[str, Any]) -> None:
                      _footprint_rows(student, teachers, ratios) + _latency_rows(comparison["latency"]))
     ctx.record_table("Accuracy per task vs its teacher (eval split, torch)",
                      ["task", "teacher", "student", "student - teacher"],
-                     [[task, f"{a['teacher']:.2%}", f"{a['student']:.2%}", f"{-100 * a['drop']:+.2f} pp"]
+                     [[task, f"{a['teacher']:.2%}", f"{a['student']:.2%}", f"{_pp(a['drop'])} pp"]
                       for task, a in comparison["accuracy"].items()])
 
 
@@ -160,11 +160,16 @@ def _latency_rows(latency: list[dict[str, Any]] | None) -> list[list[Any]]:
              f"{1 / t['speedup']:.1%} ({t['speedup']:.2f}x {t['verdict']})"] for t in latency or []]
 
 
+def _pp(drop: float) -> str:
+    """Student minus teacher in percentage points, signed (never -0.00)."""
+    return f"{-100 * drop + 0.0:+.2f}"
+
+
 def _summary(merge: dict[str, Any]) -> str:
     parts = [f"{len(merge['teachers'])} teachers -> 1 student, {merge['ratio_to_teachers']['params']:.0%} "
              "of their parameters"]
     if merge["latency"]:
         t = merge["latency"][-1]
         parts.append(f"{t['speedup']:.2f}x their latency at batch {t['batch']} ({t['verdict']})")
-    parts.append(", ".join(f"{task} {-100 * a['drop']:+.2f} pp vs teacher" for task, a in merge["accuracy"].items()))
+    parts.append(", ".join(f"{task} {_pp(a['drop'])} pp vs teacher" for task, a in merge["accuracy"].items()))
     return "; ".join(parts)
