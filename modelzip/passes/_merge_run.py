@@ -6,6 +6,7 @@ ensemble and the comparison, which never see the context.
 """
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,8 @@ def _check_fit(ensemble: TeacherEnsemble, artifact, ctx, pass_name: str) -> None
     import torch
 
     sample = torch.zeros((2, *artifact.input_shape[1:]))
-    try:
-        check_teachers(ensemble, artifact.module.cpu(), sample)
+    try:  # on a CPU copy: the input artifact stays where it is, as it is
+        check_teachers(ensemble, copy.deepcopy(artifact.module).cpu(), sample)
     except TeacherOutputMismatch as exc:
         raise PassError(f"the teacher of task {exc.task!r} does not fit the student", pass_name=pass_name,
                         step=ctx.step, got=exc.got, expected=exc.expected,
