@@ -42,7 +42,8 @@ class TeacherSpec(PassConfig):
 class MergeConfig(TrainingConfig):
     teachers: dict[str, TeacherSpec] = Field(
         min_length=1, description="one single-task teacher per task of model.tasks: {task: {source, args, "
-                                  "checkpoint}}; each head of the student distills from its task's teacher")
+                                  "checkpoint, in_channels}}; each head of the student distills from its "
+                                  "task's teacher")
     alpha: float = Field(
         0.5, ge=0, le=1, description="weight of the distillation term, alpha·T²·KL(teacher‖student) per head; "
                                      "(1 - alpha) weighs cross-entropy on the labels")
