@@ -318,22 +318,23 @@ def test_a_quantize_only_run_times_its_pair_once(tiny_recipe, monkeypatch):
     the baseline export's file: the final latency is that measurement, not a second one. (With the
     default final optimize step both files the report compares are the optimized ones, which are
     timed; under prefer: smaller the pass times nothing.) Where int8 was measured slower, the float
-    model comes back: the final file is the baseline's, and nothing more is timed either."""
+    model comes back: the final file is the baseline's, timed alone for its milliseconds."""
     from modelzip.evaluation import latency
 
-    timed = []
+    timed = []  # (batch, files timed together) per measurement
     measure = latency.measure_latency
-    monkeypatch.setattr(latency, "measure_latency", lambda *a, **k: timed.append(a[2]) or measure(*a, **k))
+    monkeypatch.setattr(latency, "measure_latency",
+                        lambda *a, **k: timed.append((a[2], len(a[0]))) or measure(*a, **k))
     _with_passes(tiny_recipe, "  - quantize: {prefer: faster}\n")
     result = run_recipe(load_recipe(tiny_recipe, ["optimize=false"]), RunOptions(ui=CountingUI()))
     step = result.report["steps"][0]["details"]
     final = result.report["final"]["latency"]
-    assert timed == [1, 64]  # the pass's two batch sizes, once each
+    pair = [(1, 2), (64, 2)]  # the pass's int8-vs-float pair at both batch sizes, once each
     for batch in ("batch_1", "batch_64"):
         if step["returned"] == "quantized":
-            assert final[batch] == step["latency"][batch]
+            assert final[batch] == step["latency"][batch] and timed == pair
         else:
-            assert final[batch]["verdict"] == "same model"
+            assert final[batch]["verdict"] == "same model" and timed == pair + [(1, 1), (64, 1)]
         assert step["latency"][batch]["stopped"] in ("tight", "repeats", "time_cap", "min_span")
     assert final["cached"] is False
 
