@@ -56,7 +56,8 @@ class Section(BaseModel):
 def check_source(value: str) -> str:
     """A torch model's source as a recipe writes it (a merge teacher's; model.source also takes onnx:)."""
     if not _CALLABLE.match(value):
-        raise ValueError('expected "torchvision:<name>" or "<module>:<callable>"')
+        raise ValueError('expected "torchvision:<name>" or "<module>:<callable>" (model.source also takes '
+                         '"onnx:<file>.onnx")')
     return value
 
 
@@ -97,12 +98,10 @@ class ModelSpec(Section):
     @field_validator("source")
     @classmethod
     def _source_form(cls, value: str) -> str:
-        if value.startswith(ONNX_SOURCE):
-            if not value[len(ONNX_SOURCE):].strip().endswith(".onnx"):
-                raise ValueError('expected "onnx:<path to a .onnx file>", relative to the recipe')
-            return value
-        if not _CALLABLE.match(value):
-            raise ValueError('expected "torchvision:<name>", "<module>:<callable>" or "onnx:<file>.onnx"')
+        if not value.startswith(ONNX_SOURCE):
+            return check_source(value)
+        if not value[len(ONNX_SOURCE):].strip().endswith(".onnx"):
+            raise ValueError('expected "onnx:<path to a .onnx file>", relative to the recipe')
         return value
 
     @property
