@@ -97,6 +97,9 @@ class InMemoryDataset(Dataset):
     def batch(self, positions: Tensor) -> tuple[Tensor, Any]:
         # Gathered by numpy: torch's indexing runs on its intra-op thread pool, and on a busy
         # 2-core machine a 256-image gather took ~17 ms that way against 0.03 ms in numpy (measured).
+        # The batches stay numpy's arrays (16-byte aligned, where torch allocates at 64): training
+        # the zoo CNN ran 1.5x faster on them here (2,550 -> 3,900 samples/s, alternating runs),
+        # and a copy into torch's memory gave the old speed back. Float results differ in the last bits.
         rows = self.rows[positions].numpy()
         images, labels = torch.from_numpy(self.images.numpy()[rows]), torch.from_numpy(self.labels.numpy()[rows])
         if self.tasks is not None:
