@@ -40,6 +40,13 @@ _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 ONNX_SOURCE = "onnx:"  # model.source "onnx:<file>.onnx": an fp32 ONNX file, run through ONNX passes only
 
 
+def onnx_file_of(source: object) -> str | None:
+    """The path an "onnx:<file>" model.source names, as written; None for any other source."""
+    if isinstance(source, str) and source.startswith(ONNX_SOURCE):
+        return source[len(ONNX_SOURCE):].strip()
+    return None
+
+
 # Upper bounds below are far past any real use; they stop values that would only hang
 # or exhaust memory (`batch_size: 1e30` is an int to pydantic) and say so at validation.
 MAX_BATCH = 65536
@@ -98,16 +105,17 @@ class ModelSpec(Section):
     @field_validator("source")
     @classmethod
     def _source_form(cls, value: str) -> str:
-        if not value.startswith(ONNX_SOURCE):
+        path = onnx_file_of(value)
+        if path is None:
             return check_source(value)
-        if not value[len(ONNX_SOURCE):].strip().endswith(".onnx"):
+        if not path.endswith(".onnx"):
             raise ValueError('expected "onnx:<path to a .onnx file>", relative to the recipe')
         return value
 
     @property
     def onnx_file(self) -> str | None:
         """The path an "onnx:" source names, as written (None for a torch source)."""
-        return self.source[len(ONNX_SOURCE):].strip() if self.source.startswith(ONNX_SOURCE) else None
+        return onnx_file_of(self.source)
 
     @model_validator(mode="after")
     def _onnx_carries_its_weights(self) -> ModelSpec:
@@ -528,8 +536,7 @@ class _Validator:
             data = {k: v for k, v in data.items() if k != "base_dir"}
         model = data.get("model")
         source = model.get("source") if isinstance(model, dict) else None
-        onnx_input = isinstance(source, str) and source.startswith(ONNX_SOURCE)
-        steps = self.validate_passes(data.get("passes"), "onnx" if onnx_input else "torch")
+        steps = self.validate_passes(data.get("passes"), "onnx" if onnx_file_of(source) is not None else "torch")
         targets = self.validate_deploy(data.get("deploy"))
         top = {k: v for k, v in data.items() if k not in ("passes", "deploy")}
         try:
