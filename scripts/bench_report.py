@@ -11,6 +11,8 @@ FP32 = "fp32 ONNX (baseline)"
 TARGETS = [
     ("quantize_static", "quantize-only: >= 3.9x smaller, within 0.2 pp, faster at batch 1 and 256",
      lambda r, b: _check(r, b, size=3.9, drop=0.002, speed1=1.0, speed256=1.0)),
+    ("quantize_static", "static int8: >= 2x faster at batch 256, within 0.5 pp (issue 18)",
+     lambda r, b: _check(r, b, speed256=2.0, drop=0.005)),
     ("prune_distill_int8", "prune + distill + int8: >= 15x smaller, >= 3x faster at 256, within 0.5 pp",
      lambda r, b: _check(r, b, size=15, drop=0.005, speed256=3.0)),
     ("magnitude_int8", "magnitude + finetune + int8: zip >= 30x smaller, within 0.5 pp",
@@ -29,9 +31,18 @@ def _faster_at_256(figures: dict) -> tuple[str, bool]:
 
 
 # Residual-network runs: name -> (description, check(figures) -> (got text, met?)).
+def _size_ratio_at_least(target: float):
+    def check(figures: dict) -> tuple[str, bool]:
+        return f"size {figures['size_ratio']:.2f}x ({figures['params_input']:,} parameters)", \
+            figures["size_ratio"] >= target
+    return check
+
+
 RESIDUAL_TARGETS = [
     ("resnet20_lowrank", "ResNet-20 lowrank conv: channel: faster than the baseline at batch 256 (issue 6)",
      _faster_at_256),
+    ("dsresnet_quantize_static", "int8 file of a ~64k-parameter model (dsresnet) >= 3x smaller than its fp32 "
+     "ONNX (issue 18)", _size_ratio_at_least(3.0)),
 ]
 
 
@@ -157,7 +168,7 @@ def write_markdown(results: dict, path: Path) -> None:
         "onnxruntime CPU, all artifacts interleaved round-robin at each batch size; ratios are against "
         "the fp32 ONNX of the same baseline.", "",
         *artifact_table(results), "",
-        "## Residual network (ResNet-20): figures from each run's own report", "",
+        "## Residual networks (ResNet-20, dsresnet): figures from each run's own report", "",
         "Baseline and final ONNX interleaved within each run; accuracy on the full test set.", "",
         *residual_table(results), "",
         "## Targets", "", "Accuracy drops use the mean over seeds where a recipe ran several.", "",

@@ -298,6 +298,25 @@ def test_measure_latency_two_models(models: dict[str, Path]) -> None:
         assert measured.mean_ms > 0
 
 
+def test_measurement_sessions_bound_thread_spinning(models: dict[str, Path]) -> None:
+    # Idle threads spinning for onnxruntime's default time made interleaved sessions slow each
+    # other down (runtime.MEASUREMENT_SESSION_CONFIG); every measurement session sets the bound.
+    options = runtime.ort_session(models["float"], threads=1).get_session_options()
+    for key, value in runtime.MEASUREMENT_SESSION_CONFIG.items():
+        assert options.get_session_config_entry(key) == value
+
+
+def test_timing_inputs_name_the_session_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A step that times models is keyed on how its sessions were set up: changing that retimes.
+    from modelzip import inputs
+    from modelzip.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "quickstart.yaml")
+    before = inputs.timing_fingerprint(recipe, threads=2)
+    monkeypatch.setattr(runtime, "MEASUREMENT_SESSION_CONFIG", {"session.intra_op.allow_spinning": "0"})
+    assert inputs.timing_fingerprint(recipe, threads=2) != before
+
+
 class RecordingSession:
     """Stands in for an ORT session: records run order, sleeps a fixed time."""
 

@@ -20,11 +20,28 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
+# Session settings every measurement uses beyond the defaults; part of the cache key of anything timed
+# (modelzip.inputs.timing_fingerprint, Measurer.latency). An idle onnxruntime worker thread spins
+# before it sleeps, by default for long enough that the sessions of an interleaved comparison (two
+# models, three sessions each) kept taking the cores from whichever session ran: on the fashion CNN
+# (2 cores, onnxruntime 1.32) the fp32 file ran 24-28 ms at batch 256 interleaved against 12.4 ms
+# alone, and the int8 speedup read 1.56-1.80x where each file timed alone gave 2.1-2.3x; at batch 1
+# it read 1.93x against 1.58-1.66x alone. Spinning at most 1 ms after a run brought the interleaved
+# ratios to 2.13-2.23x and 1.47-1.57x, and left a lone session's own times as they were (0.073-0.075
+# ms vs 0.075-0.077 at batch 1, 12.3-12.4 ms at 256). Turning spinning off fixed batch 256 but added
+# the thread wake-up to every batch-1 run (0.047 -> 0.078-0.093 ms int8). Reproduce with
+# scripts/probe_spinning.py (BENCHMARKS.md "Thread spinning and interleaved timing").
+# onnxruntime honours the key from 1.26 on; earlier versions ignore it.
+MEASUREMENT_SESSION_CONFIG = {"session.intra_op.spin_duration_us": "1000"}
+
+
 def ort_session(path: Path, *, threads: int | None = None) -> onnxruntime.InferenceSession:
     """A CPU onnxruntime session set up the way all measurements in modelzip use it.
 
     One inter-op thread and sequential execution: our graphs are chains, and a
-    second pool would only add scheduling noise to latency numbers.
+    second pool would only add scheduling noise to latency numbers. Idle threads
+    spin briefly (MEASUREMENT_SESSION_CONFIG), so sessions timed in turns do not
+    slow each other down.
     """
     import onnxruntime as ort
 
@@ -34,6 +51,8 @@ def ort_session(path: Path, *, threads: int | None = None) -> onnxruntime.Infere
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
+    for key, value in MEASUREMENT_SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
