@@ -124,6 +124,46 @@ def test_int8_file_loses_overhead_but_runs_the_same_integer_kernels(tmp_path):
     assert fused["QLinearConv"] > 0 and _runtime_graph(result.path, tmp_path) == fused
 
 
+def _bias_scale_readers(path) -> list[str]:
+    """What produces the scale of each int32 bias's DequantizeLinear: "initializer" or an op type."""
+    model = onnx.load(str(path))
+    initializers = {init.name: init for init in model.graph.initializer}
+    producers = {out: node.op_type for node in model.graph.node for out in node.output}
+    return ["initializer" if node.input[1] in initializers else producers[node.input[1]]
+            for node in model.graph.node if node.op_type == "DequantizeLinear"
+            and initializers.get(node.input[0]) is not None
+            and initializers[node.input[0]].data_type == TensorProto.INT32]
+
+
+def test_bias_scales_are_computed_from_the_layer_scales_and_fuse_the_same(tmp_path):
+    source = _int8(tmp_path)
+    assert set(_bias_scale_readers(source)) == {"initializer"}
+    result = optimize_onnx(source, tmp_path / "out", OptimizeSettings())
+    readers = _bias_scale_readers(result.path)
+    assert readers and set(readers) == {"Mul"} and result.bias_scales_derived == len(readers)
+    assert result.to_json()["bias_scales_derived"] == len(readers)
+    np.testing.assert_array_equal(_outputs(result.path, {"input": X})[0], _outputs(source, {"input": X})[0])
+    fused = _runtime_graph(source, tmp_path)
+    assert fused["QGemm"] > 0 and _runtime_graph(result.path, tmp_path) == fused
+    # A second optimization folds the Mul and derives it again: the file does not change.
+    again = optimize_onnx(result.path, tmp_path / "again", OptimizeSettings())
+    assert again.path.read_bytes() == result.path.read_bytes()
+
+
+def test_a_bias_scale_that_is_not_the_product_stays_stored(tmp_path):
+    source = _int8(tmp_path)
+    model = onnx.load(str(source))
+    initializers = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        data = initializers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if data is not None and data.data_type == TensorProto.INT32:
+            scale = initializers[node.input[1]]
+            scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(1.5), scale.name))
+    edited = _save(model, tmp_path / "edited.onnx")
+    result = optimize_onnx(edited, tmp_path / "out", OptimizeSettings())
+    assert result.bias_scales_derived == 0 and set(_bias_scale_readers(result.path)) == {"initializer"}
+
+
 def _with_constants(tmp_path):
     """y = x + (a * b) reshaped, where a, b and the shape are Constant nodes; plus a
     DequantizeLinear of a constant, an Expand that would grow the file, and a dead node."""
@@ -237,7 +277,7 @@ def test_a_changed_output_fails_with_the_difference(tmp_path):
 def test_settings_switch_each_edit_off(tmp_path):
     source = _int8(tmp_path)
     off = OptimizeSettings(shorten_names=False, remove_unused_domains=False, fold_constants=False,
-                           dedupe_initializers=False, strip=False)
+                           dedupe_initializers=False, strip=False, derive_bias_scales=False)
     result = optimize_onnx(source, tmp_path / "out", off)
     before, after = onnx.load(str(source)), onnx.load(str(result.path))
     assert result.name_map is None and not (tmp_path / "out" / NAME_MAP_FILE).exists()
@@ -245,7 +285,7 @@ def test_settings_switch_each_edit_off(tmp_path):
     assert [n.name for n in after.graph.node] == [n.name for n in before.graph.node]
     assert len(after.graph.value_info) == len(before.graph.value_info)
     assert (result.stripped, result.folded, result.shared_initializers, result.domains_removed,
-            result.names_shortened) == (None, None, None, None, None)
+            result.names_shortened, result.bias_scales_derived) == (None, None, None, None, None, None)
 
 
 def test_tensor_data_bytes_counts_initializers_and_constant_tensors(tmp_path):

@@ -9,6 +9,8 @@ its config onto them and turns an :class:`OptimizeFailure` into a PassError.
   initializers.
 - ``fold``: constant folding (Constant nodes into initializers; nodes whose inputs are all
   constant computed once with onnx.reference).
+- ``scales``: a QDQ layer's int32 bias scale computed from its input and weight scales
+  instead of stored (onnxruntime folds it back at load, before fusing the int8 layer).
 - ``names``: short names for every tensor and node but the graph's inputs and outputs, and
   the old -> new map written beside the file.
 - ``run``: ties these together, measures bytes and graph overhead before and after, and
@@ -42,6 +44,7 @@ class OptimizeSettings:
     fold_constants: bool = True
     dedupe_initializers: bool = True
     strip: bool = True  # doc strings, value_info, debug metadata, default attributes, zero int32 zero points
+    derive_bias_scales: bool = True  # an int32 bias's scale as a Mul of its layer's scales (scales.py)
     parity_samples: int = 8  # batch of seeded random inputs both models run on
     parity_rtol: float = 1e-6  # max |diff| allowed, relative to the largest |output|
     seed: int = 0

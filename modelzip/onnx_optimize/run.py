@@ -1,6 +1,7 @@
 """One optimization: read the ONNX file, edit a copy, write it with its name map, check it.
 
-The order matters: stripping and folding come first (they remove tensors), then dead nodes
+The order matters: stripping and folding come first (they remove tensors), then bias scales are
+replaced by their derivation (folding would compute them again), then dead nodes
 and unused initializers go, identical initializers are shared, unused domains dropped, and
 names are shortened last, so the map lists only tensors the file still holds.
 """
@@ -58,6 +59,7 @@ class OptimizeResult:
     domains_removed: tuple[str, ...] | None
     names_shortened: dict[str, int] | None
     parity: dict[str, Any]
+    bias_scales_derived: int | None = None
 
     @property
     def summary(self) -> str:
@@ -69,6 +71,8 @@ class OptimizeResult:
             parts.append(f"{sum(self.names_shortened.values())} names shortened")
         if self.domains_removed:
             parts.append(f"{len(self.domains_removed)} unused domains removed")
+        if self.bias_scales_derived:
+            parts.append(f"{self.bias_scales_derived} bias scales computed from their layers' scales")
         if self.folded and (self.folded.nodes or self.folded.constant_nodes):
             parts.append(f"{self.folded.nodes + self.folded.constant_nodes} constant nodes folded")
         return ", ".join(parts)
@@ -80,7 +84,7 @@ class OptimizeResult:
             "stripped": self.stripped, "constants_folded": self.folded.to_json() if self.folded else None,
             "removed": self.removed, "shared_initializers": self.shared_initializers,
             "domains_removed": None if self.domains_removed is None else list(self.domains_removed),
-            "names_shortened": self.names_shortened,
+            "names_shortened": self.names_shortened, "bias_scales_derived": self.bias_scales_derived,
             "name_map": self.name_map.name if self.name_map else None,
             "parity": self.parity, "summary": self.summary,
         }
@@ -91,11 +95,13 @@ def optimize_onnx(source: Path, out_dir: Path, settings: OptimizeSettings) -> Op
     ``out_dir``/names.json when names were shortened, or ``source`` came with one)."""
     import onnx
 
-    from modelzip.onnx_optimize import fold, graph, names
+    from modelzip.onnx_optimize import fold, graph, names, scales
 
     model = onnx.load(str(source))
     stripped = graph.strip(model) if settings.strip else None
     folded = fold.fold_constants(model) if settings.fold_constants else None
+    # After folding, which would compute the products again.
+    derived = scales.derive_bias_scales(model.graph) if settings.derive_bias_scales else None
     dead_nodes, unused = graph.remove_dead(model.graph)
     aliases = graph.dedupe_initializers(model.graph) if settings.dedupe_initializers else {}
     domains = tuple(graph.remove_unused_domains(model)) if settings.remove_unused_domains else None
@@ -117,7 +123,8 @@ def optimize_onnx(source: Path, out_dir: Path, settings: OptimizeSettings) -> Op
                                              "nodes": len(shortened.nodes)}
     return OptimizeResult(path, map_path, Sizes.of(source), Sizes.of(path), stripped, folded,
                           {"nodes": dead_nodes, "initializers": unused},
-                          len(aliases) if settings.dedupe_initializers else None, domains, counts, parity)
+                          len(aliases) if settings.dedupe_initializers else None, domains, counts, parity,
+                          derived)
 
 
 def _earlier_map(source: Path):

@@ -29,6 +29,10 @@ class OptimizeConfig(PassConfig):
         True, description="drop doc strings, intermediate shape annotations (value_info), exporter "
                           "debug metadata, attributes equal to their defaults and all-zero int32 zero "
                           "points; the model's own metadata_props stay")
+    derive_bias_scales: bool = Field(
+        True, description="a QDQ layer's int32 bias scale, which is its input scale x weight scale, is "
+                          "computed from those (a Mul onnxruntime folds at load, before fusing the int8 "
+                          "layer) instead of stored: only where the stored value is that product exactly")
     parity_samples: int = Field(
         8, ge=1, le=256, description="random inputs (seeded) both models run on in onnxruntime")
     # Renaming, stripping and sharing change no arithmetic (max |diff| is 0.0); folding computes
@@ -46,6 +50,7 @@ class OptimizePass(Pass):
     consumes = ("onnx",)
     produces = "onnx"
     reads = frozenset()  # seeded random inputs: no data
+    version = "2"  # "2": int32 bias scales computed from their layer's scales (derive_bias_scales)
 
     def run(self, artifact, config: OptimizeConfig, ctx):
         from modelzip.errors import PassError
@@ -55,7 +60,8 @@ class OptimizePass(Pass):
         settings = OptimizeSettings(
             shorten_names=config.shorten_names, remove_unused_domains=config.remove_unused_domains,
             fold_constants=config.fold_constants, dedupe_initializers=config.dedupe_initializers,
-            strip=config.strip, parity_samples=config.parity_samples, parity_rtol=config.parity_rtol,
+            strip=config.strip, derive_bias_scales=config.derive_bias_scales,
+            parity_samples=config.parity_samples, parity_rtol=config.parity_rtol,
             seed=ctx.seed)
         try:
             result = optimize_onnx(artifact.path, ctx.work_dir, settings)
