@@ -31,7 +31,7 @@ def default_threads() -> int:
 # ms vs 0.075-0.077 at batch 1, 12.3-12.4 ms at 256). Turning spinning off fixed batch 256 but added
 # the thread wake-up to every batch-1 run (0.047 -> 0.078-0.093 ms int8). Reproduce with
 # scripts/probe_spinning.py (BENCHMARKS.md "Thread spinning and interleaved timing").
-# onnxruntime honours the key from 1.26 on; earlier versions ignore it.
+# Measured with onnxruntime 1.32; a version that does not know the key ignores it and times as before.
 MEASUREMENT_SESSION_CONFIG = {"session.intra_op.spin_duration_us": "1000"}
 
 
