@@ -6,12 +6,13 @@ three sessions each) and each file alone in one session (the deployment case). A
 ratio far from the lone one means the sessions slowed each other. The figures behind
 modelzip.evaluation.runtime.MEASUREMENT_SESSION_CONFIG came from this script:
 
-    python scripts/probe_spinning.py --baseline fp32.onnx --final int8.onnx --rounds 2
+    python scripts/probe_spinning.py --baseline fp32.onnx --final int8.onnx --rounds 2 [--write BENCHMARKS.md]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,9 @@ import numpy as np
 import onnxruntime as ort
 
 from modelzip.evaluation import latency, runtime
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_report import write_section
 
 SETTINGS = {"default": {}, "spin <= 1000 us": {"session.intra_op.spin_duration_us": "1000"},
             "spin <= 200 us": {"session.intra_op.spin_duration_us": "200"},
@@ -32,6 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--input-shape", type=int, nargs="+", default=[1, 1, 28, 28])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 256])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--write", type=Path, help="also write the table into this BENCHMARKS.md")
     return parser.parse_args()
 
 
@@ -65,8 +70,9 @@ def alone_ms(open_session, path: Path, shape: list[int], batch: int) -> float:
 
 def main() -> None:
     args = parse_args()
-    print("| round | spinning | batch | interleaved baseline / final ms | speedup [95%] | alone baseline / final ms "
-          "| speedup alone |\n|---|---|---|---|---|---|---|")
+    rows = ["| round | spinning | batch | interleaved baseline / final ms | speedup [95%] | alone baseline / final ms "
+            "| speedup alone |", "|---|---|---|---|---|---|---|"]
+    print("\n".join(rows))
     for round_index in range(args.rounds):
         for name, config in SETTINGS.items():
             runtime.ort_session = opener(config)  # what compare_latency opens its sessions with
@@ -75,9 +81,22 @@ def main() -> None:
                                                            repeats=200 if batch == 1 else 50)
                 alone_base = alone_ms(runtime.ort_session, args.baseline, args.input_shape, batch)
                 alone_final = alone_ms(runtime.ort_session, args.final, args.input_shape, batch)
-                print(f"| {round_index} | {name} | {batch} | {base.median_ms:.3f} / {final.median_ms:.3f} "
-                      f"| {cmp.ratio:.2f}x [{cmp.ci_low:.2f}, {cmp.ci_high:.2f}] "
-                      f"| {alone_base:.3f} / {alone_final:.3f} | {alone_base / alone_final:.2f}x |", flush=True)
+                rows.append(f"| {round_index} | {name} | {batch} | {base.median_ms:.3f} / {final.median_ms:.3f} "
+                            f"| {cmp.ratio:.2f}x [{cmp.ci_low:.2f}, {cmp.ci_high:.2f}] "
+                            f"| {alone_base:.3f} / {alone_final:.3f} | {alone_base / alone_final:.2f}x |")
+                print(rows[-1], flush=True)
+    if args.write:
+        write_section(args.write, "spinning", "\n".join([
+            "<!-- spinning:begin (scripts/probe_spinning.py writes this section) -->",
+            "## Thread spinning and interleaved timing (issue #18)", "",
+            f"`python scripts/probe_spinning.py --baseline {args.baseline.name} --final {args.final.name} "
+            f"--rounds {args.rounds} --write BENCHMARKS.md`: the fashion CNN's fp32 and static int8 files compared "
+            "the way every run compares its baseline and final model (interleaved, three onnxruntime sessions "
+            "each), and each file timed alone in one session (the deployment case), under each spin setting. "
+            "modelzip's sessions let idle threads spin at most 1 ms (`session.intra_op.spin_duration_us`): with "
+            "onnxruntime's default the interleaved sessions took the cores from each other and the ratios "
+            "drifted from the lone ones; with spinning off, every batch-1 run paid the thread wake-up.", "",
+            *rows, "<!-- spinning:end -->", ""]))
 
 
 if __name__ == "__main__":
