@@ -95,10 +95,10 @@ def named_files(paths: list[str], recipe: Recipe) -> dict[str, str]:
 def timing_fingerprint(recipe: Recipe, threads: int) -> dict[str, Any]:
     """What a pass that times models (quantize's `prefer: faster`) depends on."""
     from modelzip.envinfo import cpu_model
-    from modelzip.evaluation.runtime import MEASUREMENT_SESSION_CONFIG
+    from modelzip.evaluation.runtime import TIMING_METHOD
 
     return {"cpu": cpu_model(), "threads": threads, "evaluation": recipe.evaluation.timing_settings(),
-            "batch_size": recipe.data.batch_size, "sessions": MEASUREMENT_SESSION_CONFIG}
+            "batch_size": recipe.data.batch_size, "method": TIMING_METHOD}
 
 
 def cpu_fingerprint() -> dict[str, Any]:

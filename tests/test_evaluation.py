@@ -313,7 +313,7 @@ def test_timing_inputs_name_the_session_setup(monkeypatch: pytest.MonkeyPatch) -
 
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "quickstart.yaml")
     before = inputs.timing_fingerprint(recipe, threads=2)
-    monkeypatch.setattr(runtime, "MEASUREMENT_SESSION_CONFIG", {"session.intra_op.allow_spinning": "0"})
+    monkeypatch.setattr(runtime, "TIMING_METHOD", {"session_config": {}, "settle_s": 0.0})
     assert inputs.timing_fingerprint(recipe, threads=2) != before
 
 

@@ -23,6 +23,9 @@ class FakeClock:
     def perf_counter_ns(self) -> int:
         return self.now
 
+    def sleep(self, seconds: float) -> None:  # the wait before each turn (runtime.SETTLE_S)
+        self.now += int(seconds * 1e9)
+
 
 class FakeSession:
     """An ORT session whose run takes ``ms`` on the fake clock, times lognormal noise of ``spread``."""

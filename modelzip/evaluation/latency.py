@@ -218,7 +218,8 @@ def _time_round_robin(
     stop: StopRule | None = None, first_check: int = 0,
 ) -> tuple[dict[str, list[int]], list[int], bool]:
     """``runs`` timed runs of each model: every round gives each model one turn of up to
-    ``per_turn`` runs, the first model rotating, on the round's slot of sessions. A turn of
+    ``per_turn`` runs, the first model rotating, on the round's slot of sessions. Each turn
+    waits runtime.SETTLE_S first, until the other session's idle threads stop spinning. A turn of
     several runs starts with one untimed run, which wakes the session's threads again after
     the other model's turn. After a round that brings the runs to ``first_check`` and then to
     CHECK_GROWTH times the last check, ``stop`` may end the timing. Returns the times, each
@@ -233,6 +234,8 @@ def _time_round_robin(
         count = min(per_turn, runs - round_index * per_turn)
         sessions = slots[round_index % len(slots)]
         for name in names[shift:] + names[:shift]:
+            if len(names) > 1:  # the session before has stopped spinning (runtime.SETTLE_S)
+                time.sleep(runtime.SETTLE_S)
             if per_turn > 1:
                 sessions[name].run(None, feeds[name])
             for _ in range(count):

@@ -100,14 +100,15 @@ class Measurer:
         A fully cached rerun then costs seconds. `--no-cache` measures again.
         """
         from modelzip.envinfo import cpu_model
-        from modelzip.evaluation.runtime import MEASUREMENT_SESSION_CONFIG
+        from modelzip.evaluation.runtime import TIMING_METHOD
 
         settings = self.recipe.evaluation
         # "latency/3": entries carry the interval, verdict and stop fields; older ones lack them.
-        # "sessions": how the timed sessions were set up (entries from before lack it: a rerun retimes).
+        # "method": how the timed sessions were set up and taken in turns (entries from before lack
+        # it: a rerun times again).
         key = content_key(what="latency/3", final=final.id, baseline=baseline.id, threads=self.threads,
                           batch=self.recipe.data.batch_size, settings=settings.timing_settings(),
-                          cpu=cpu_model(), seed=self.recipe.seed, sessions=MEASUREMENT_SESSION_CONFIG)
+                          cpu=cpu_model(), seed=self.recipe.seed, method=TIMING_METHOD)
         found = _cached(self.cache, key, lambda d: LatencyResult.from_json(d, cached=True))
         if found is not None:
             return found

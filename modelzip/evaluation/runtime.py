@@ -32,7 +32,17 @@ def default_threads() -> int:
 # the thread wake-up to every batch-1 run (0.047 -> 0.078-0.093 ms int8). Reproduce with
 # scripts/probe_spinning.py (BENCHMARKS.md "Thread spinning and interleaved timing").
 # Measured with onnxruntime 1.32; a version that does not know the key ignores it and times as before.
-MEASUREMENT_SESSION_CONFIG = {"session.intra_op.spin_duration_us": "1000"}
+SPIN_LIMIT_US = 1000
+MEASUREMENT_SESSION_CONFIG = {"session.intra_op.spin_duration_us": str(SPIN_LIMIT_US)}
+# Interleaved timing waits this long before each model's turn, so that the previous session's
+# threads have stopped spinning and the timed run has the cores (latency._time_round_robin). With
+# the bound alone, a 5 ms run still shared its first millisecond: ten artifacts timed together at
+# batch 256 gave the pruned int8 CNN 3.16x where a pair of sessions gave 3.94x; waiting 1.5 ms
+# first, 4.01x (same round, quiet machine).
+SETTLE_S = SPIN_LIMIT_US / 1e6 + 0.0005
+# How timed sessions are set up and taken in turns: part of every timing cache key (anything timed
+# with another method is timed again).
+TIMING_METHOD = {"session_config": MEASUREMENT_SESSION_CONFIG, "settle_s": SETTLE_S}
 
 
 def ort_session(path: Path, *, threads: int | None = None) -> onnxruntime.InferenceSession:
