@@ -81,7 +81,8 @@ def markdown(results: dict) -> str:
            f"({latency['1']['runs']} runs) and 256 ({latency['256']['runs']} runs). Wall time: whole processes, "
            f"tools taking turns ({results['rounds']} rounds, the first tool rotating each round). Then every artifact "
            "measured together in one process: accuracy in onnxruntime on the full test set, latency "
-           "interleaved (speedup = fp32 median / int8 median, 95% interval, verdict).", ""]
+           "interleaved (the ms columns); each speed-up (fp32 median / int8 median, 95% interval, verdict) comes "
+           "from that pair timed head to head, as a run times its baseline against its final model.", ""]
     for model, row in results["models"].items():
         wall, measured = row["wall"], row["measured"]
         out += [f"### {model} (`{row['source']}`)", "",
