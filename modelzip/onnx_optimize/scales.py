@@ -28,6 +28,7 @@ def derive_bias_scales(graph: onnx.GraphProto) -> int:
 
     initializers = {init.name: init for init in graph.initializer}
     producers = {output: node for node in graph.node for output in node.output}
+    taken = set(initializers) | set(producers) | {value.name for value in graph.input}
     derived = []  # (bias DequantizeLinear, the Mul computing its scale)
     for layer in graph.node:
         if layer.op_type not in _LAYERS or layer.domain not in _DEFAULT_DOMAINS or len(layer.input) < 3:
@@ -39,15 +40,27 @@ def derive_bias_scales(graph: onnx.GraphProto) -> int:
         bias = initializers.get(dequantized[2].input[0])
         if None in (x_scale, w_scale, b_scale, bias) or bias.data_type != TensorProto.INT32:
             continue
+        if any(bias_dq is dequantized[2] for bias_dq, _ in derived):
+            continue  # one bias read by two layers: derived once
         product = numpy_helper.to_array(x_scale) * numpy_helper.to_array(w_scale)
         stored = numpy_helper.to_array(b_scale)
         if product.dtype != stored.dtype or not np.array_equal(product, stored):
             continue
-        mul = helper.make_node("Mul", [x_scale.name, w_scale.name], [f"{b_scale.name}_derived"])
-        derived.append((dequantized[2], mul))
+        name = _unused(f"{b_scale.name}_derived", taken)
+        derived.append((dequantized[2], helper.make_node("Mul", [x_scale.name, w_scale.name], [name])))
     for bias_dq, mul in derived:
         # Topological order: the Mul goes right before the DequantizeLinear that reads it.
         position = next(i for i, node in enumerate(graph.node) if node is bias_dq)
         graph.node.insert(position, mul)
         bias_dq.input[1] = mul.output[0]
     return len(derived)
+
+
+def _unused(name: str, taken: set[str]) -> str:
+    """``name``, or ``name`` with the first free numeric suffix; added to ``taken``."""
+    candidate, number = name, 0
+    while candidate in taken:
+        number += 1
+        candidate = f"{name}_{number}"
+    taken.add(candidate)
+    return candidate
