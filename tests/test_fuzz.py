@@ -21,6 +21,22 @@ def test_generation_is_deterministic():
     assert first != [(c.data, c.overrides) for c in generate(50, seed=8)]
 
 
+def test_generation_never_shares_or_changes_the_edge_values():
+    # EDGE_VALUES holds lists and dicts: put into a recipe uncopied, a later mutation could put a
+    # container inside itself, and walking the recipe never ended (seed 0 hit it once
+    # recipes/bench gained a file).
+    import copy
+
+    from modelzip.testing import mutations
+
+    before = copy.deepcopy(mutations.EDGE_VALUES)
+    assert len(list(generate(1000, seed=0))) == 1000
+    assert repr(mutations.EDGE_VALUES) == repr(before)  # repr: nan != nan
+    looped: dict = {"a": []}
+    looped["a"].append(looped)
+    assert len(mutations._containers(looped)) == 2
+
+
 def test_runner_reports_a_crash(tmp_path, monkeypatch):
     """The judge itself works: a loader that raises is a crash, not a rejection."""
     import modelzip.recipe

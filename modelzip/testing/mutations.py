@@ -9,6 +9,7 @@ bytes that are not UTF-8, control characters, bit flips, truncation); and some c
 """
 from __future__ import annotations
 
+import copy
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -116,13 +117,21 @@ def _structured(rng: random.Random, text: str, mutations: list[str]) -> str:
 
 
 def _containers(data: Any) -> list[Any]:
-    out, stack = [], [data]
+    """Every dict and list in ``data``, each once (a container reached twice is not walked again)."""
+    out, stack, seen = [], [data], set()
     while stack:
         node = stack.pop()
-        if isinstance(node, (dict, list)):
+        if isinstance(node, (dict, list)) and id(node) not in seen:
+            seen.add(id(node))
             out.append(node)
             stack.extend(node.values() if isinstance(node, dict) else node)
     return out
+
+
+def _edge(rng: random.Random) -> Any:
+    """One of EDGE_VALUES, copied: a shared list or dict put in two places (or into itself by a
+    later mutation) made a recipe that contains itself, and the walk above never ended."""
+    return copy.deepcopy(rng.choice(EDGE_VALUES))
 
 
 def _slot(rng: random.Random, data: Any) -> tuple[Any, Any] | None:
@@ -165,14 +174,13 @@ def _edge_value(rng, data) -> None:
     slot = _slot(rng, data)
     if slot:
         container, key = slot
-        container[key] = rng.choice(EDGE_VALUES)
+        container[key] = _edge(rng)
 
 
 def _add_key(rng, data) -> None:
     maps = [c for c in _containers(data) if isinstance(c, dict)]
     if maps:
-        rng.choice(maps)[rng.choice(("extra", "lr", "epochs", "seed", "passes", "1", "ünï"))] = \
-            rng.choice(EDGE_VALUES)
+        rng.choice(maps)[rng.choice(("extra", "lr", "epochs", "seed", "passes", "1", "ünï"))] = _edge(rng)
 
 
 def _edit_passes(rng, data) -> None:
@@ -186,7 +194,7 @@ def _edit_passes(rng, data) -> None:
     elif kind == 1:
         rng.shuffle(passes)
     elif kind == 2:
-        passes.insert(rng.randrange(len(passes) + 1), rng.choice(passes))
+        passes.insert(rng.randrange(len(passes) + 1), copy.deepcopy(rng.choice(passes)))
     elif kind == 3:
         data["passes"] = rng.choice([{"export": {}}, "export", 3, [[]], [{}], [{"a": 1, "b": 2}]])
     else:
