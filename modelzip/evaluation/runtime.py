@@ -25,12 +25,14 @@ def default_threads() -> int:
 # before it sleeps, by default for long enough that the sessions of an interleaved comparison (two
 # models, three sessions each) kept taking the cores from whichever session ran: on the fashion CNN
 # (2 cores, onnxruntime 1.32) the fp32 file ran 24-28 ms at batch 256 interleaved against 12.4 ms
-# alone, and the int8 speedup read 1.56-1.80x where each file timed alone gave 2.1-2.3x; at batch 1
-# it read 1.93x against 1.58-1.66x alone. Spinning at most 1 ms after a run brought the interleaved
-# ratios to 2.13-2.23x and 1.47-1.57x, and left a lone session's own times as they were (0.073-0.075
-# ms vs 0.075-0.077 at batch 1, 12.3-12.4 ms at 256). Turning spinning off fixed batch 256 but added
-# the thread wake-up to every batch-1 run (0.047 -> 0.078-0.093 ms int8). Reproduce with
-# scripts/probe_spinning.py (BENCHMARKS.md "Thread spinning and interleaved timing").
+# alone, and the int8 speedup read 1.56-1.81x where each file timed alone gave 2.1-2.3x; at batch 1
+# it read 1.93-1.95x against 1.58-1.66x alone. With idle threads spinning at most 1 ms (and the
+# wait before each turn, SETTLE_S), the interleaved ratios at batch 256 match the lone ones (2.07-
+# 2.23x). At batch 1 they match a lone session with the same bound, but that session sometimes
+# paid a thread wake-up per run (0.11 ms where the default took 0.074 ms on one probe, 0.074 on
+# another), so batch-1 latencies can read up to 1.5x high and int8's batch-1 gain low (1.35-1.40x
+# against 1.61x), where the default read it high. Spinning off paid that wake-up always.
+# Reproduce with scripts/probe_spinning.py (BENCHMARKS.md "Thread spinning and interleaved timing").
 # Measured with onnxruntime 1.32; a version that does not know the key ignores it and times as before.
 SPIN_LIMIT_US = 1000
 MEASUREMENT_SESSION_CONFIG = {"session.intra_op.spin_duration_us": str(SPIN_LIMIT_US)}
