@@ -93,7 +93,8 @@ def named_files(paths: list[str], recipe: Recipe) -> dict[str, str]:
 
 
 def timing_fingerprint(recipe: Recipe, threads: int) -> dict[str, Any]:
-    """What a pass that times models (quantize's `prefer: faster`) depends on."""
+    """What a step that times models depends on (prune's speed check, quantize's `prefer: faster`,
+    merge): the CPU, threads, timing settings and how the timed sessions are set up."""
     from modelzip.envinfo import cpu_model
     from modelzip.evaluation.runtime import TIMING_METHOD
 

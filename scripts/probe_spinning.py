@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from modelzip.evaluation import latency, runtime
 
@@ -40,21 +39,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def opener(config: dict[str, str]):
-    def open_session(path, *, threads=None):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or runtime.default_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        for key, value in config.items():
-            options.add_session_config_entry(key, value)
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    return open_session
-
-
-def alone_ms(open_session, path: Path, shape: list[int], batch: int) -> float:
+def alone_ms(path: Path, shape: list[int], batch: int) -> float:
     """Median of one session's runs, nothing else running in this process."""
-    session = open_session(path)
+    session = runtime.ort_session(path)
     feed = {session.get_inputs()[0].name:
             np.random.default_rng(0).standard_normal((batch, *shape[1:]), dtype=np.float32)}
     runs = 2000 if batch == 1 else 60
@@ -75,12 +62,13 @@ def main() -> None:
     print("\n".join(rows))
     for round_index in range(args.rounds):
         for name, config in SETTINGS.items():
-            runtime.ort_session = opener(config)  # what compare_latency opens its sessions with
+            # The pipeline's own session setup, with this spin setting in place of its bound.
+            runtime.MEASUREMENT_SESSION_CONFIG = config
             for batch in args.batches:
                 base, final, cmp = latency.compare_latency(args.baseline, args.final, tuple(args.input_shape), batch,
                                                            repeats=200 if batch == 1 else 50)
-                alone_base = alone_ms(runtime.ort_session, args.baseline, args.input_shape, batch)
-                alone_final = alone_ms(runtime.ort_session, args.final, args.input_shape, batch)
+                alone_base = alone_ms(args.baseline, args.input_shape, batch)
+                alone_final = alone_ms(args.final, args.input_shape, batch)
                 rows.append(f"| {round_index} | {name} | {batch} | {base.median_ms:.3f} / {final.median_ms:.3f} "
                             f"| {cmp.ratio:.2f}x [{cmp.ci_low:.2f}, {cmp.ci_high:.2f}] "
                             f"| {alone_base:.3f} / {alone_final:.3f} | {alone_base / alone_final:.2f}x |")
